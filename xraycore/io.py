@@ -1,0 +1,270 @@
+"""Decoding of radiographs from bytes: PNG, JPEG and DICOM, recognised by content.
+
+Every failure raises :class:`ImageDecodeError`, a :class:`ValueError`, with the
+name of the input in the message. Image dimensions are read from the header and
+checked against a pixel limit *before* any pixel buffer is allocated, so a
+decompression bomb costs microseconds, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "decode_image",
+    "image_format",
+    "read_image",
+]
+
+#: Largest image (height * width) decoded by default: 100 megapixels, about
+#: 10x the largest digital chest detectors. Override with ``max_pixels=`` or the
+#: ``XRAY_MAX_PIXELS`` environment variable.
+DEFAULT_MAX_PIXELS = int(os.environ.get("XRAY_MAX_PIXELS", 100_000_000))
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GRAY_TYPES = (0, 4)  # gray, gray + alpha
+# Start-of-frame markers carry the image size (all SOFn except DHT, JPG, DAC).
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class ImageDecodeError(ValueError):
+    """An input could not be decoded into an image (empty, truncated, not an image...)."""
+
+
+def image_format(data: bytes) -> str | None:
+    """Return ``"png"``, ``"jpeg"``, ``"dicom"`` or None, judged by content alone."""
+    head = bytes(data[:136])
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    # DICOM without the 128-byte preamble (raw data sets, often extension-less):
+    # the first element is a group 0x0002 or 0x0008 tag, little or big endian.
+    if len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        return "dicom"
+    return None
+
+
+def decode_image(
+    data: bytes, *, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """Decode a PNG, JPEG or DICOM file held in memory.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    name : str, optional
+        Used in error messages (a path or URL).
+    max_pixels : int, optional
+        Refuse images with more than this many pixels, checked from the header
+        before decoding. Default :data:`DEFAULT_MAX_PIXELS`.
+
+    Returns
+    -------
+    image : (H, W) or (H, W, 3) ndarray of uint8 or uint16
+        Grayscale as 2-D, colour in OpenCV's BGR order; alpha is dropped and a
+        colour file whose channels are identical is returned as grayscale. DICOM
+        has its rescale slope/intercept and VOI LUT or window applied, is scaled
+        to the full range of uint8 (BitsStored <= 8) or uint16, and MONOCHROME1
+        is inverted so that bone is bright.
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, truncated or unrecognised data, DICOM without pixel data, or an
+        image larger than ``max_pixels``.
+    """
+    label = name or "<bytes>"
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit <= 0:
+        raise ValueError(f"max_pixels must be > 0, got {max_pixels!r}")
+    data = bytes(data)
+    if len(data) == 0:
+        raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+    kind = image_format(data)
+    if kind == "png":
+        return _decode_png(data, label, limit)
+    if kind == "jpeg":
+        return _decode_jpeg(data, label, limit)
+    if kind == "dicom":
+        return _decode_dicom(data, label, limit)
+    raise ImageDecodeError(
+        f"{label}: not a PNG, JPEG or DICOM image (starts with {data[:8]!r})"
+    )
+
+
+def read_image(uri: str, *, max_pixels: int | None = None, **storage_options) -> np.ndarray:
+    """Read and decode one image from a local path or any fsspec URL (``s3://...``).
+
+    ``storage_options`` go to :func:`fsspec.open` (for S3: ``endpoint_url``,
+    ``key``, ``secret``, ``anon``...). See :func:`decode_image` for the result.
+    """
+    import fsspec
+
+    with fsspec.open(uri, "rb", **storage_options) as f:
+        data = f.read()
+    return decode_image(data, name=uri, max_pixels=max_pixels)
+
+
+def _check_size(height: int, width: int, label: str, limit: int) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"{label}: header declares an empty image ({width}x{height})")
+    if height * width > limit:
+        raise ImageDecodeError(
+            f"{label}: image of {width}x{height} = {height * width:,} pixels exceeds the "
+            f"limit of {limit:,} (max_pixels / XRAY_MAX_PIXELS); refusing to decode"
+        )
+
+
+def _finish(image: np.ndarray | None, label: str, kind: str, gray: bool) -> np.ndarray:
+    if image is None:
+        raise ImageDecodeError(f"{label}: corrupt {kind} data (decoder failed)")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if gray else cv2.COLOR_BGRA2BGR)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and (gray or _channels_equal(image)):
+        image = np.ascontiguousarray(image[:, :, 0])
+    return image
+
+
+def _channels_equal(image: np.ndarray) -> bool:
+    b, g, r = cv2.split(image)
+    return bool(np.array_equal(b, g) and np.array_equal(g, r))
+
+
+def _decode_png(data: bytes, label: str, limit: int) -> np.ndarray:
+    # Walk the chunk list: a PNG cut short has no IEND, and libpng may hand back
+    # a partly grey image for it instead of failing.
+    pos, width, height, color_type, seen_iend = 8, 0, 0, -1, False
+    n = len(data)
+    while pos + 8 <= n:
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > n:
+            raise ImageDecodeError(
+                f"{label}: truncated PNG ({ctype.decode('latin-1')} chunk needs {end} bytes, "
+                f"file has {n})"
+            )
+        if ctype == b"IHDR":
+            if length < 13:
+                raise ImageDecodeError(f"{label}: corrupt PNG header")
+            width, height = struct.unpack(">II", data[pos + 8 : pos + 16])
+            color_type = data[pos + 17]
+            _check_size(height, width, label, limit)
+        elif ctype == b"IEND":
+            seen_iend = True
+            break
+        pos = end
+    if color_type < 0:
+        raise ImageDecodeError(f"{label}: truncated PNG (no IHDR header)")
+    if not seen_iend:
+        raise ImageDecodeError(f"{label}: truncated PNG (no IEND chunk after {n} bytes)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return _finish(image, label, "PNG", color_type in _PNG_GRAY_TYPES)
+
+
+def _decode_jpeg(data: bytes, label: str, limit: int) -> np.ndarray:
+    pos, n, size, last_sos = 2, len(data), None, -1
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise ImageDecodeError(f"{label}: corrupt JPEG (bad marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            pos += 2
+            continue
+        if marker == 0xD9:
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF and pos + 9 <= n:
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            _check_size(h, w, label, limit)
+            size = (h, w)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            last_sos = pos
+            break
+        pos += 2 + length
+    if size is None:
+        raise ImageDecodeError(f"{label}: truncated JPEG (no frame header)")
+    if last_sos < 0 or data.rfind(b"\xff\xd9") < last_sos:
+        raise ImageDecodeError(f"{label}: truncated JPEG (no end-of-image marker)")
+    # ANYCOLOR|ANYDEPTH keeps grayscale as grayscale and applies EXIF orientation.
+    image = cv2.imdecode(
+        np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+    )
+    return _finish(image, label, "JPEG", False)
+
+
+def _decode_dicom(data: bytes, label: str, limit: int) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImageDecodeError(
+            f"{label}: is DICOM, but pydicom is not installed "
+            "(pip install 'xray-pipeline[dicom]')"
+        ) from exc
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageDecodeError(f"{label}: corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        raise ImageDecodeError(f"{label}: DICOM file has no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(rows, cols, label, limit)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImageDecodeError(f"{label}: multi-frame DICOM ({frames} frames) is not supported")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"{label}: DICOM pixel data could not be decoded ({type(exc).__name__}: {exc})"
+        ) from exc
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    if samples == 3:
+        rgb = pixels if pixels.dtype == np.uint8 else _to_dtype(pixels, 0, 2**bits - 1, bits)
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+        lo, hi = float(lut.min()), float(lut.max())
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center = float(np.atleast_1d(ds.WindowCenter)[0])
+        width = max(float(np.atleast_1d(ds.WindowWidth)[0]), 1.0)
+        # DICOM PS3.3 C.11.2.1.2.1, the LINEAR function, onto [0, 1].
+        values = np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    image = _to_dtype(values, lo, hi, bits)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        image = np.iinfo(image.dtype).max - image
+    return image
+
+
+def _to_dtype(values: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    top = float(np.iinfo(dtype).max)
+    if hi <= lo:
+        return np.zeros(values.shape, dtype)
+    scaled = (values.astype(np.float64) - lo) * (top / (hi - lo))
+    return np.clip(np.rint(scaled), 0, top).astype(dtype)
