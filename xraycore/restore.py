@@ -270,7 +270,8 @@ def _refine_corners(corners: np.ndarray, outline: np.ndarray) -> np.ndarray:
         if length < 8:
             return corners
         t = (pts - a) @ ab / length**2
-        dist = np.abs(np.cross(ab, pts - a)) / length
+        rel = pts - a
+        dist = np.abs(ab[0] * rel[:, 1] - ab[1] * rel[:, 0]) / length
         sel = pts[(t > 0.15) & (t < 0.85) & (dist < 4)]
         if len(sel) < 8:
             return corners

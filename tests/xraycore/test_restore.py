@@ -1,0 +1,188 @@
+"""Restoration steps: known answers on synthetic damage, seed formulas, real scans."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from xraycore import restore
+from xraycore.metrics import ssim
+from xraycore.synth import damage_scan, phantom_chest
+
+PHANTOM = phantom_chest(256, seed=1)
+
+
+def test_rebalance_channel_is_seed_000_formula():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    out = restore.rebalance_channel(image)
+    expected = cv2.convertScaleAbs(cv2.GaussianBlur(image[:, :, 1], (5, 5), 0), alpha=0.9)
+    assert np.array_equal(out[:, :, 1], expected)
+    assert np.array_equal(out[:, :, [0, 2]], image[:, :, [0, 2]])
+
+
+def test_denoise_median_removes_salt_and_pepper():
+    noisy = PHANTOM.copy()
+    rng = np.random.default_rng(0)
+    hit = rng.random(noisy.shape) < 0.05
+    noisy[hit] = rng.choice([0, 255], hit.sum())
+    assert ssim(restore.denoise_median(noisy), PHANTOM) > ssim(noisy, PHANTOM) + 0.2
+
+
+def test_decode_colormap_inverts_jet_exactly():
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (8, 1))
+    coloured = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)
+    assert np.abs(restore.decode_colormap(coloured).astype(int) - ramp).max() <= 3
+
+
+def test_fuse_channels_auto_picks_method():
+    jet = cv2.applyColorMap(PHANTOM, cv2.COLORMAP_JET)
+    assert ssim(restore.fuse_channels(jet), PHANTOM) > 0.9
+    # A linear, green-boosted imbalance is fused with weights, not as a colour map.
+    damaged = np.dstack([PHANTOM, np.clip(PHANTOM * 1.5 + 30, 0, 255), PHANTOM * 0.8])
+    fused = restore.fuse_channels(damaged.astype(np.uint8))
+    assert np.corrcoef(fused.ravel(), PHANTOM.ravel())[0, 1] > 0.98
+
+
+def test_fuse_channels_downweights_noisy_channel():
+    rng = np.random.default_rng(0)
+    noisy = np.clip(PHANTOM + rng.normal(0, 60, PHANTOM.shape), 0, 255).astype(np.uint8)
+    image = np.dstack([PHANTOM, noisy, PHANTOM])
+    fused = restore.fuse_channels(image, method="weighted")
+    equal = restore.rescale_intensity(image.astype(np.float32).mean(axis=2))
+    assert ssim(fused, PHANTOM) > ssim(equal, PHANTOM) + 0.05
+
+
+def test_frame_corners_and_dewarp_recover_geometry():
+    damaged, truth = damage_scan(PHANTOM, seed=4, noise=0.0, circle_radius=0.0)
+    corners = restore.frame_corners(damaged)
+    assert corners is not None
+    assert np.abs(corners - truth.corners).max() < 2.0
+    assert restore.estimate_skew(damaged) == pytest.approx(truth.angle, abs=1.0)
+    back = restore.dewarp(damaged[:, :, 0], corners=corners)
+    assert ssim(back, PHANTOM) > 0.85
+
+
+def test_frame_corners_none_on_clean_scan():
+    assert restore.frame_corners(PHANTOM) is None
+    assert restore.estimate_skew(PHANTOM) == 0.0
+    assert np.array_equal(restore.dewarp(PHANTOM), PHANTOM)
+
+
+def test_rotate_then_back_is_near_identity():
+    there = restore.rotate(PHANTOM, angle=5.0)
+    back = restore.rotate(there, angle=-5.0)
+    assert ssim(back[40:-40, 40:-40], PHANTOM[40:-40, 40:-40]) > 0.9
+    assert ssim(there, PHANTOM) < 0.9
+
+
+def test_circle_mask_finds_the_hole_and_nothing_else():
+    image = PHANTOM.copy()
+    cv2.circle(image, (170, 80), 14, 0, -1)
+    mask = restore.circle_mask(image)
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.mean() - 170) < 1.5 and abs(ys.mean() - 80) < 1.5
+    assert 0.9 < mask.sum() / (np.pi * 16**2) < 1.3  # circle plus the 2 px margin
+    assert not restore.circle_mask(PHANTOM).any()
+
+
+def test_inpaint_fills_the_hole():
+    image = PHANTOM.copy()
+    cv2.circle(image, (170, 80), 14, 0, -1)
+    mask = restore.circle_mask(image)
+    for method in ("ns", "telea"):
+        filled = restore.inpaint(image, mask, method=method)
+        hole = cv2.circle(np.zeros(PHANTOM.shape, np.uint8), (170, 80), 14, 1, -1) > 0
+        assert filled[hole].min() > 0
+        err = np.abs(filled[hole].astype(int) - PHANTOM[hole]).mean()
+        assert err < np.abs(image[hole].astype(int) - PHANTOM[hole]).mean() / 2
+
+
+def test_white_balance_stretches_each_channel():
+    image = np.dstack([PHANTOM // 2 + 40, PHANTOM // 3 + 10, PHANTOM // 4 + 100]).astype(np.uint8)
+    out = restore.white_balance(image)
+    for c in range(3):
+        assert out[:, :, c].min() == 0 and out[:, :, c].max() == 255
+
+
+def test_clahe_matches_opencv_and_keeps_uint16():
+    out = restore.clahe(PHANTOM)
+    ref = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(PHANTOM)
+    assert np.array_equal(out, ref)
+    deep = restore.clahe(PHANTOM.astype(np.uint16) * 257)
+    assert deep.dtype == np.uint16
+
+
+def test_equalize_and_contrast():
+    eq = restore.equalize_luma(PHANTOM)
+    assert np.array_equal(eq, cv2.equalizeHist(PHANTOM))
+    colour = restore.equalize_luma(cv2.cvtColor(PHANTOM, cv2.COLOR_GRAY2BGR))
+    assert colour.shape == (*PHANTOM.shape, 3)
+    assert np.array_equal(restore.adjust_contrast(PHANTOM, alpha=2.0, beta=-10),
+                          cv2.convertScaleAbs(PHANTOM, alpha=2.0, beta=-10))
+
+
+def test_restore_scan_improves_ssim_on_synthetic_damage():
+    # Known ground truth: damage a clean phantom, restore, compare.
+    clean = phantom_chest(512, seed=7)
+    for seed in range(3):
+        damaged, _ = damage_scan(clean, seed=seed)
+        before = ssim(cv2.cvtColor(damaged, cv2.COLOR_BGR2GRAY), clean)
+        after = ssim(restore.restore_scan(damaged), clean)
+        # The phantom's fine film grain is lost to the median: lower than real scans.
+        assert after >= 0.75, f"seed {seed}: SSIM {after:.3f}"
+        assert after > before + 0.4
+
+
+def test_restore_scan_on_real_scans_with_synthetic_damage(chestxray8_files):
+    scores = []
+    for seed, path in enumerate(chestxray8_files):
+        clean = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        damaged, _ = damage_scan(clean, seed=seed)
+        scores.append(ssim(restore.restore_scan(damaged), clean))
+    # Measured 0.933 mean, 0.908 worst; the issue asks >= 0.85.
+    assert np.mean(scores) >= 0.90, scores
+    assert min(scores) >= 0.85, scores
+
+
+def test_restore_scan_leaves_clean_scans_nearly_alone(chestxray8_files):
+    for path in chestxray8_files[:4]:
+        clean = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert ssim(restore.restore_scan(clean), clean) > 0.9
+
+
+def test_restore_scan_runs_on_all_real_damaged_scans(damaged_files):
+    assert len(damaged_files) == 100
+    for path in damaged_files:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        out = restore.restore_scan(image)
+        assert out.shape == image.shape[:2] and out.dtype == np.uint8
+        # The circle is found in every damaged scan, and no hole of its size is left.
+        before = restore.circle_mask(restore.fuse_channels(restore.denoise_median(image, ksize=5)))
+        assert before.sum() > 0.002 * before.size, path.name
+        assert restore.circle_mask(out).sum() < 0.5 * before.sum(), path.name
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: restore.rebalance_channel(PHANTOM), r"\(H, W, 3\)"),
+        (lambda: restore.rebalance_channel(np.zeros((8, 8, 3), np.uint8), channel=3), "channel"),
+        (lambda: restore.denoise_median(PHANTOM, ksize=4), "ksize must be an odd"),
+        (lambda: restore.white_balance(PHANTOM, tail=0.6), "tail"),
+        (lambda: restore.clahe(PHANTOM, clip_limit=0), "clip_limit"),
+        (lambda: restore.clahe(PHANTOM, tile_grid=(0, 8)), "tile_grid"),
+        (lambda: restore.inpaint(PHANTOM, np.zeros((3, 3), bool)), "mask must be"),
+        (lambda: restore.inpaint(PHANTOM, np.zeros(PHANTOM.shape, bool), method="x"), "method"),
+        (lambda: restore.fuse_channels(PHANTOM, method="pca"), "method"),
+        (lambda: restore.decode_colormap(np.zeros((8, 8, 3), np.uint8), colormap="hsv"),
+         "colormap"),
+        (lambda: restore.rotate(PHANTOM, angle=float("nan")), "angle"),
+        (lambda: restore.rescale_intensity(PHANTOM, low=50, high=10), "low < high"),
+        (lambda: restore.adjust_contrast(PHANTOM, alpha=-1), "alpha"),
+    ],
+)
+def test_bad_parameters_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
