@@ -1,0 +1,202 @@
+"""The store contract: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
+
+- Arrays ``preprocessed`` (N, S, S) uint8, ``log``, ``gradient_magnitude``,
+  ``sobel`` (N, S, S) float16, ``canny``, ``mask`` (N, S, S) bool and
+  ``histogram`` (N, 256) int64. Chunks hold one image; shards hold
+  ``shard_size`` images and are always written whole by one writer.
+- ``metadata.parquet`` is a Parquet dataset directory: one part file per
+  committed batch, compacted to one file at the end of a run. A part is written
+  only after the pixels it describes, so a row that says ``ok`` has its pixels
+  durably in the store.
+- The group's attributes record the pipeline spec and its hash; a store refuses
+  a different spec unless asked to overwrite.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from typing import Any
+
+import numpy as np
+
+from .pipeline import PipelineSpec
+from .storage import Storage
+
+__all__ = ["ARRAY_DTYPES", "METADATA", "IMAGES", "ScanStore", "StoreConflictError"]
+
+IMAGES = "images.zarr"
+METADATA = "metadata.parquet"
+ARRAY_DTYPES = {
+    "preprocessed": "uint8",
+    "log": "float16",
+    "gradient_magnitude": "float16",
+    "sobel": "float16",
+    "canny": "bool",
+    "mask": "bool",
+    "histogram": "int64",
+}
+STORE_FORMAT = 1
+
+
+class StoreConflictError(ValueError):
+    """The store was written with another pipeline spec or shard size."""
+
+
+def _arrays_for(spec: PipelineSpec) -> list[str]:
+    return ["preprocessed", *spec.outputs]
+
+
+class ScanStore:
+    """A store of processed scans under one URL (local path or ``s3://``)."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScanStore:
+        return cls(Storage.from_url(url, storage_options))
+
+    # -- Zarr ---------------------------------------------------------------
+    def _group(self, mode: str = "r"):
+        import zarr
+
+        return zarr.open_group(self.storage.zarr_store(IMAGES), mode=mode, zarr_format=3)
+
+    def info(self) -> dict[str, Any] | None:
+        """The store's recorded attributes, or None when there is no store yet."""
+        if not self.storage.exists(IMAGES, "zarr.json"):
+            return None
+        return dict(self._group("r").attrs)
+
+    def initialise(self, spec: PipelineSpec, *, shard_size: int, overwrite: bool = False) -> None:
+        """Create the group and arrays, or check that an existing store matches."""
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        info = self.info()
+        if info is not None and not overwrite:
+            if info.get("pipeline_hash") != spec.hash:
+                raise StoreConflictError(
+                    f"store {self.storage.url} was written with pipeline {info.get('pipeline_hash')}"
+                    f", this run's pipeline is {spec.hash}: its outputs would be stale or mixed. "
+                    "Use another --out, or pass --overwrite to discard the store and start again."
+                )
+            if info.get("shard_size") != shard_size:
+                raise StoreConflictError(
+                    f"store {self.storage.url} uses batches (shards) of {info.get('shard_size')} "
+                    f"images, not {shard_size}: rerun with --batch-size {info.get('shard_size')}"
+                )
+            return
+        if info is not None and overwrite:
+            self.storage.remove(IMAGES)
+            self.storage.remove(METADATA)
+        self.storage.makedirs()
+        group = zarr.open_group(self.storage.zarr_store(IMAGES), mode="w", zarr_format=3)
+        s = spec.size
+        for name in _arrays_for(spec):
+            dtype = ARRAY_DTYPES[name]
+            if name == "histogram":
+                shape, chunks, shards = (0, 256), (shard_size, 256), None
+            else:
+                shape, chunks, shards = (0, s, s), (1, s, s), (shard_size, s, s)
+            shuffle = "bitshuffle" if dtype in ("uint8", "bool") else "shuffle"
+            group.create_array(
+                name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                compressors=BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),
+                fill_value=False if dtype == "bool" else 0,
+            )
+        group.attrs.update({
+            "format": STORE_FORMAT,
+            "pipeline_hash": spec.hash,
+            "pipeline": spec.to_dict(),
+            "shard_size": shard_size,
+            "size": s,
+            "arrays": _arrays_for(spec),
+        })
+
+    def capacity(self) -> int:
+        return int(self._group("r")["preprocessed"].shape[0])
+
+    def ensure_capacity(self, rows: int) -> None:
+        """Grow every array to hold ``rows`` rows (metadata-only for Zarr)."""
+        group = self._group("a")
+        for name in group.attrs["arrays"]:
+            arr = group[name]
+            if arr.shape[0] < rows:
+                arr.resize((rows, *arr.shape[1:]))
+
+    def write_shard(self, start: int, blocks: dict[str, np.ndarray]) -> None:
+        """Write whole shards: ``blocks[name]`` holds ``shard_size`` rows from ``start``."""
+        group = self._group("a")
+        shard = int(group.attrs["shard_size"])
+        if start % shard:
+            raise ValueError(f"start row {start} is not aligned to shards of {shard}")
+        for name, block in blocks.items():
+            if block.shape[0] != shard:
+                raise ValueError(f"{name}: block of {block.shape[0]} rows, shard is {shard}")
+            group[name][start : start + shard] = block
+
+    def read(self, name: str, rows) -> np.ndarray:
+        """Rows of one array (``rows`` an int, slice or list of ints)."""
+        return self._group("r")[name].oindex[rows] if isinstance(rows, list) else \
+            self._group("r")[name][rows]
+
+    # -- Parquet ------------------------------------------------------------
+    def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
+        """Commit the rows of one batch as one part file (atomic publish)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.storage.write_bytes_atomic(posixpath.join(METADATA, f"part-{part}.parquet"),
+                                        buf.getvalue())
+
+    def _part_paths(self) -> list[str]:
+        if not self.storage.exists(METADATA):
+            return []
+        return sorted(
+            p for p in self.storage.fs.ls(self.storage.path(METADATA), detail=False)
+            if p.endswith(".parquet") and posixpath.basename(p).startswith("part-")
+        )
+
+    def read_metadata(self):
+        """All rows, one per source (the latest), as a pyarrow Table (None if empty)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        tables = []
+        for path in self._part_paths():
+            tables.append(pq.read_table(io.BytesIO(self.storage.read_bytes(path))))
+        if not tables:
+            return None
+        table = pa.concat_tables(tables, promote_options="default")
+        # Latest row per source wins (a retried failure, a crash before compaction).
+        order = pc.sort_indices(table, [("source", "ascending"), ("processed_at", "descending")])
+        table = table.take(order)
+        sources = table.column("source").to_pylist()
+        keep = [i for i, s in enumerate(sources) if i == 0 or s != sources[i - 1]]
+        table = table.take(pa.array(keep, pa.int64()))
+        return table.sort_by([("image_id", "ascending")])
+
+    def compact_metadata(self, run_id: str) -> int:
+        """Replace all part files by one deduplicated file; returns its row count."""
+        import pyarrow.parquet as pq
+
+        before = self._part_paths()
+        table = self.read_metadata()
+        if table is None:
+            return 0
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        name = f"part-compacted-{run_id}.parquet"
+        self.storage.write_bytes_atomic(posixpath.join(METADATA, name), buf.getvalue())
+        for path in before:
+            if posixpath.basename(path) != name:
+                self.storage.fs.rm(path)
+        return table.num_rows
