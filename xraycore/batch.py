@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -85,8 +86,9 @@ def plan_batches(
         lab = tuple((labels or {}).get(_label_key(s.image_id)) for s in chunk) if labels else ()
         batches.append(Batch(start=start + i, items=chunk, labels=lab))
     end = start + len(batches) * shard_size if batches else first_free_row
-    return Plan(batches=batches, skipped=skipped, end_row=end, retried=retried,
-                new=len(todo) - retried)
+    return Plan(
+        batches=batches, skipped=skipped, end_row=end, retried=retried, new=len(todo) - retried
+    )
 
 
 def _label_key(image_id: str) -> str:
@@ -184,6 +186,7 @@ def process_batch(
         "compute_s": compute_s,
         "total_s": time.perf_counter() - t0,
         "failures": [(r["image_id"], r["error"]) for r in rows if r["status"] != "ok"],
+        "pid": os.getpid(),
     }
 
 

@@ -62,8 +62,9 @@ def list_sources(source: Storage) -> list[SourceFile]:
                     continue
         rel = posixpath.relpath(path, root) if path != root else name
         uri = path if source.is_local else f"{source.protocol}://{path}"
-        files.append(SourceFile(uri=uri, image_id=rel, size=int(info.get("size") or 0),
-                                mtime=_mtime(info)))
+        files.append(
+            SourceFile(uri=uri, image_id=rel, size=int(info.get("size") or 0), mtime=_mtime(info))
+        )
     return sorted(files, key=lambda f: f.image_id)
 
 
@@ -113,8 +114,9 @@ def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict
                 f"columns are {names}"
             )
     rows = table.to_pylist()
-    findings = sorted({f.strip() for r in rows for f in str(r["Finding Labels"]).split("|")
-                       if f.strip()})
+    findings = sorted(
+        {f.strip() for r in rows for f in str(r["Finding Labels"]).split("|") if f.strip()}
+    )
     labels: dict[str, dict] = {}
     for r in rows:
         found = [f.strip() for f in str(r["Finding Labels"]).split("|") if f.strip()]

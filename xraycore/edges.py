@@ -309,8 +309,12 @@ def statistics(image: np.ndarray) -> dict[str, float]:
         hi = int(np.searchsorted(cum, n // 2, side="right"))
         median = (lo + hi) / 2.0
         mn, mx = cv2.minMaxLoc(image)[:2]
-        return {"min": float(mn), "max": float(mx), "mean": float(cv2.mean(image)[0]),
-                "median": median}
+        return {
+            "min": float(mn),
+            "max": float(mx),
+            "mean": float(cv2.mean(image)[0]),
+            "median": median,
+        }
     return {
         "min": float(image.min()),
         "max": float(image.max()),

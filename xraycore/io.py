@@ -100,9 +100,7 @@ def decode_image(
         return _decode_jpeg(data, label, limit)
     if kind == "dicom":
         return _decode_dicom(data, label, limit)
-    raise ImageDecodeError(
-        f"{label}: not a PNG, JPEG or DICOM image (starts with {data[:8]!r})"
-    )
+    raise ImageDecodeError(f"{label}: not a PNG, JPEG or DICOM image (starts with {data[:8]!r})")
 
 
 def read_image(uri: str, *, max_pixels: int | None = None, **storage_options) -> np.ndarray:
@@ -205,9 +203,7 @@ def _decode_jpeg(data: bytes, label: str, limit: int) -> np.ndarray:
     if last_sos < 0 or data.rfind(b"\xff\xd9") < last_sos:
         raise ImageDecodeError(f"{label}: truncated JPEG (no end-of-image marker)")
     # ANYCOLOR|ANYDEPTH keeps grayscale as grayscale and applies EXIF orientation.
-    image = cv2.imdecode(
-        np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
-    )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     return _finish(image, label, "JPEG", False)
 
 
@@ -217,8 +213,7 @@ def _decode_dicom(data: bytes, label: str, limit: int) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImageDecodeError(
-            f"{label}: is DICOM, but pydicom is not installed "
-            "(pip install 'xray-pipeline[dicom]')"
+            f"{label}: is DICOM, but pydicom is not installed (pip install 'xray-pipeline[dicom]')"
         ) from exc
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)

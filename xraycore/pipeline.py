@@ -125,7 +125,8 @@ class PipelineSpec:
     def hash(self) -> str:
         """Stable 16-hex-digit digest of the spec and :data:`PIPELINE_VERSION`."""
         canonical = json.dumps(
-            {"version": PIPELINE_VERSION, **self.to_dict()}, sort_keys=True,
+            {"version": PIPELINE_VERSION, **self.to_dict()},
+            sort_keys=True,
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -135,8 +136,9 @@ class PipelineSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"pipeline spec has unknown keys {sorted(unknown)}; known: "
-                             f"{sorted(known)}")
+            raise ValueError(
+                f"pipeline spec has unknown keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**d)
 
     @classmethod

@@ -259,8 +259,10 @@ def _refine_corners(corners: np.ndarray, outline: np.ndarray) -> np.ndarray:
     intersect neighbouring lines."""
     # Densify the hull so every edge has points along its whole length.
     closed = np.vstack([outline, outline[:1]]).astype(np.float32)
-    steps = [np.linspace(a, b, max(2, int(np.hypot(*(b - a)))), endpoint=False)
-             for a, b in zip(closed[:-1], closed[1:], strict=True)]
+    steps = [
+        np.linspace(a, b, max(2, int(np.hypot(*(b - a)))), endpoint=False)
+        for a, b in zip(closed[:-1], closed[1:], strict=True)
+    ]
     pts = np.vstack(steps)
     lines = []
     for i in range(4):
@@ -388,8 +390,9 @@ def rotate(image: np.ndarray, *, angle: float = 5.0) -> np.ndarray:
         raise ValueError(f"angle must be finite, got {angle!r}")
     h, w = image.shape[:2]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle), 1.0)
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def circle_mask(
@@ -448,8 +451,9 @@ def circle_mask(
         if circularity >= min_circularity and fill >= min_circularity:
             cv2.drawContours(mask[y : y + bh, x : x + bw], [contour], -1, 1, -1)
     if margin > 0 and mask.any():
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                          (2 * margin + 1, 2 * margin + 1)))
+        mask = cv2.dilate(
+            mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        )
     return mask.astype(bool)
 
 
@@ -609,8 +613,9 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     holes = circle_mask(gray)
     if corners is not None:
         gray = dewarp(gray, corners=corners)
-        holes = dewarp(holes.astype(np.uint8), corners=corners,
-                       interpolation=cv2.INTER_NEAREST).astype(bool)
+        holes = dewarp(
+            holes.astype(np.uint8), corners=corners, interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
     if holes.any():
         gray = inpaint(gray, holes, method=inpaint_method, radius=5.0)
     return rescale_intensity(gray, low=0.1, high=99.9, mask=~holes)

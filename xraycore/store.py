@@ -78,8 +78,8 @@ class ScanStore:
         if info is not None and not overwrite:
             if info.get("pipeline_hash") != spec.hash:
                 raise StoreConflictError(
-                    f"store {self.storage.url} was written with pipeline {info.get('pipeline_hash')}"
-                    f", this run's pipeline is {spec.hash}: its outputs would be stale or mixed. "
+                    f"store {self.storage.url} was written with pipeline "
+                    f"{info.get('pipeline_hash')}, this run's pipeline is {spec.hash}: its outputs would be stale or mixed. "
                     "Use another --out, or pass --overwrite to discard the store and start again."
                 )
             if info.get("shard_size") != shard_size:
@@ -102,18 +102,24 @@ class ScanStore:
                 shape, chunks, shards = (0, s, s), (1, s, s), (shard_size, s, s)
             shuffle = "bitshuffle" if dtype in ("uint8", "bool") else "shuffle"
             group.create_array(
-                name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
+                name,
+                shape=shape,
+                dtype=dtype,
+                chunks=chunks,
+                shards=shards,
                 compressors=BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),
                 fill_value=False if dtype == "bool" else 0,
             )
-        group.attrs.update({
-            "format": STORE_FORMAT,
-            "pipeline_hash": spec.hash,
-            "pipeline": spec.to_dict(),
-            "shard_size": shard_size,
-            "size": s,
-            "arrays": _arrays_for(spec),
-        })
+        group.attrs.update(
+            {
+                "format": STORE_FORMAT,
+                "pipeline_hash": spec.hash,
+                "pipeline": spec.to_dict(),
+                "shard_size": shard_size,
+                "size": s,
+                "arrays": _arrays_for(spec),
+            }
+        )
 
     def capacity(self) -> int:
         return int(self._group("r")["preprocessed"].shape[0])
@@ -139,8 +145,11 @@ class ScanStore:
 
     def read(self, name: str, rows) -> np.ndarray:
         """Rows of one array (``rows`` an int, slice or list of ints)."""
-        return self._group("r")[name].oindex[rows] if isinstance(rows, list) else \
-            self._group("r")[name][rows]
+        return (
+            self._group("r")[name].oindex[rows]
+            if isinstance(rows, list)
+            else self._group("r")[name][rows]
+        )
 
     # -- Parquet ------------------------------------------------------------
     def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
@@ -153,14 +162,16 @@ class ScanStore:
         table = pa.Table.from_pylist(rows)
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        self.storage.write_bytes_atomic(posixpath.join(METADATA, f"part-{part}.parquet"),
-                                        buf.getvalue())
+        self.storage.write_bytes_atomic(
+            posixpath.join(METADATA, f"part-{part}.parquet"), buf.getvalue()
+        )
 
     def _part_paths(self) -> list[str]:
         if not self.storage.exists(METADATA):
             return []
         return sorted(
-            p for p in self.storage.fs.ls(self.storage.path(METADATA), detail=False)
+            p
+            for p in self.storage.fs.ls(self.storage.path(METADATA), detail=False)
             if p.endswith(".parquet") and posixpath.basename(p).startswith("part-")
         )
 

@@ -47,8 +47,17 @@ def phantom_chest(
     img = np.full((size, size), 18, np.float32)
 
     def ell(cx, cy, ax, ay, value, angle=0.0):
-        cv2.ellipse(img, (int(cx * s), int(cy * s)), (int(ax * s), int(ay * s)), angle,
-                    0, 360, float(value), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (int(cx * s), int(cy * s)),
+            (int(ax * s), int(ay * s)),
+            angle,
+            0,
+            360,
+            float(value),
+            -1,
+            cv2.LINE_AA,
+        )
 
     j = rng.uniform(-8, 8, size=8)
     ell(256, 300, 220 + j[0], 250, 170)  # body
@@ -59,9 +68,17 @@ def phantom_chest(
     for k in range(7):  # ribs
         y = (150 + 38 * k + j[6]) * s
         for side in (-1, 1):
-            cv2.ellipse(img, (int((256 + side * 20) * s), int(y)), (int(110 * s), int(22 * s)),
-                        0, 180 if side < 0 else 270, 270 if side < 0 else 360, 150,
-                        max(1, int(6 * s)), cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (int((256 + side * 20) * s), int(y)),
+                (int(110 * s), int(22 * s)),
+                0,
+                180 if side < 0 else 270,
+                270 if side < 0 else 360,
+                150,
+                max(1, int(6 * s)),
+                cv2.LINE_AA,
+            )
     if opacity:
         ell(165 + j[7], 280, 38, 48, 140)
     if marker:
@@ -135,14 +152,15 @@ def damage_scan(
     dst = (src - centre) * shrink @ rot.T + centre
     dst += rng.uniform(-perspective, perspective, size=(4, 2)).astype(np.float32) * [w, h]
     matrix = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
-    warped = cv2.warpPerspective(scan, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, (w, h),
-                                 flags=cv2.INTER_NEAREST) > 0
-    base = warped.astype(np.float32)
-    bgr = np.stack(
-        [base, base * green_gain + green_bias * inside, base * 0.8], axis=-1
+    warped = cv2.warpPerspective(
+        scan, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
+    inside = (
+        cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST)
+        > 0
+    )
+    base = warped.astype(np.float32)
+    bgr = np.stack([base, base * green_gain + green_bias * inside, base * 0.8], axis=-1)
     damaged = np.clip(bgr, 0, 255).astype(np.uint8)
     r = int((circle_radius if circle_radius is not None else rng.uniform(0.04, 0.07)) * w)
     cx = int(rng.uniform(0.55, 0.75) * w)

@@ -30,7 +30,9 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("xraycore.viz needs matplotlib: pip install 'xray-pipeline[viz]'") from exc
+        raise ImportError(
+            "xraycore.viz needs matplotlib: pip install 'xray-pipeline[viz]'"
+        ) from exc
     return plt
 
 
@@ -57,8 +59,9 @@ def comparison_figure(
         raise ValueError("rows must hold at least one scan")
     plt = _pyplot()
     names = [n for n in _PANELS if any(n in r and np.ndim(r[n]) == 2 for r in rows)]
-    fig, axes = plt.subplots(len(rows), len(names), figsize=(2.6 * len(names), 2.8 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(names), figsize=(2.6 * len(names), 2.8 * len(rows)), squeeze=False
+    )
     for i, row in enumerate(rows):
         for j, name in enumerate(names):
             ax = axes[i][j]

@@ -95,7 +95,7 @@ def test_step_edge_known_answers():
     log = edges.gaussian_laplace(image)
     # LoG changes sign across the step and is ~0 far from it.
     assert log[:, col - 1].mean() > 0 > log[:, col].mean()
-    assert np.abs(log[:, :col - 6]).max() < 1e-3
+    assert np.abs(log[:, : col - 6]).max() < 1e-3
     ggm = edges.gaussian_gradient_magnitude(image)
     assert set(np.argmax(ggm, axis=1)) <= {col - 1, col}
     sob = edges.sobel(image)
@@ -169,8 +169,12 @@ def test_statistics_match_numpy(dtype):
         image = _random_image(dtype, shape=shape)
         s = edges.statistics(image)
         assert s == pytest.approx(
-            {"min": image.min(), "max": image.max(), "mean": image.mean(dtype=np.float64),
-             "median": np.median(image)}
+            {
+                "min": image.min(),
+                "max": image.max(),
+                "mean": image.mean(dtype=np.float64),
+                "median": np.median(image),
+            }
         )
 
 
@@ -179,14 +183,18 @@ def test_statistics_match_numpy(dtype):
     [
         (lambda: edges.gaussian_laplace(np.zeros((8, 8)), sigma=0), "sigma must be > 0"),
         (lambda: edges.gaussian_laplace(np.zeros((8, 8)), sigma=-1), "sigma must be > 0"),
-        (lambda: edges.gaussian_gradient_magnitude(np.zeros((8, 8)), sigma=float("nan")),
-         "sigma must be > 0"),
+        (
+            lambda: edges.gaussian_gradient_magnitude(np.zeros((8, 8)), sigma=float("nan")),
+            "sigma must be > 0",
+        ),
         (lambda: edges.sobel(np.zeros((8, 8, 2))), "2-D grayscale"),
         (lambda: edges.sobel(np.zeros((8, 8), np.int32)), "dtype must be"),
         (lambda: edges.sobel(np.full((8, 8), np.nan)), "NaN"),
         (lambda: edges.sobel(np.zeros((2, 8))), "at least 3x3"),
-        (lambda: edges.canny(np.zeros((8, 8)), low_threshold=60, high_threshold=10),
-         "low_threshold must be <="),
+        (
+            lambda: edges.canny(np.zeros((8, 8)), low_threshold=60, high_threshold=10),
+            "low_threshold must be <=",
+        ),
         (lambda: edges.canny(np.zeros((8, 8)), sigma=-1), "sigma must be >= 0"),
         (lambda: edges.prewitt(np.zeros((8, 8)), fourier_sigma=0), "fourier_sigma must be > 0"),
         (lambda: edges.histogram(np.zeros((8, 8)), bins=0), "bins must be"),

@@ -96,9 +96,7 @@ def test_dicom_monochrome1_is_inverted_so_bone_is_bright():
 def test_dicom_rescale_and_window():
     raw = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
     # HU = 2 * raw - 1000; window centre 1000 width 2000 -> [0, 2000) HU maps onto 0..65535.
-    out = xio.decode_image(
-        make_dicom(raw, slope=2.0, intercept=-1000.0, window=(1000.0, 2000.0))
-    )
+    out = xio.decode_image(make_dicom(raw, slope=2.0, intercept=-1000.0, window=(1000.0, 2000.0)))
     hu = 2.0 * raw - 1000.0
     expected = np.clip((hu - 999.5) / 1999.0 + 0.5, 0, 1) * 65535
     assert np.abs(out.astype(float) - expected).max() <= 1.0
@@ -149,8 +147,20 @@ def _bomb_jpeg(width: int, height: int) -> bytes:
         (_bomb_jpeg(60_000, 60_000), "exceeds the limit"),
         (_bomb_png(0, 10), "empty image"),
     ],
-    ids=["empty", "text", "png-half", "png-head", "png-sig", "jpeg-cut", "jpeg-stub",
-         "dicom-nopixels", "dicom-cut", "png-bomb", "jpeg-bomb", "png-zero"],
+    ids=[
+        "empty",
+        "text",
+        "png-half",
+        "png-head",
+        "png-sig",
+        "jpeg-cut",
+        "jpeg-stub",
+        "dicom-nopixels",
+        "dicom-cut",
+        "png-bomb",
+        "jpeg-bomb",
+        "png-zero",
+    ],
 )
 def test_bad_inputs_raise_value_error_fast_without_allocating(data, match):
     tracemalloc.start()

@@ -36,7 +36,7 @@ def test_spec_from_json_and_toml(tmp_path):
     j = tmp_path / "spec.json"
     j.write_text(json.dumps({"size": 256, "params": {"clahe": {"clip_limit": 3.0}}}))
     t = tmp_path / "spec.toml"
-    t.write_text('size = 256\n[params.clahe]\nclip_limit = 3.0\n')
+    t.write_text("size = 256\n[params.clahe]\nclip_limit = 3.0\n")
     assert PipelineSpec.from_file(j).hash == PipelineSpec.from_file(t).hash
     assert PipelineSpec.from_file(j).params["clahe"]["clip_limit"] == 3.0
 

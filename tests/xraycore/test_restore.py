@@ -119,8 +119,10 @@ def test_equalize_and_contrast():
     assert np.array_equal(eq, cv2.equalizeHist(PHANTOM))
     colour = restore.equalize_luma(cv2.cvtColor(PHANTOM, cv2.COLOR_GRAY2BGR))
     assert colour.shape == (*PHANTOM.shape, 3)
-    assert np.array_equal(restore.adjust_contrast(PHANTOM, alpha=2.0, beta=-10),
-                          cv2.convertScaleAbs(PHANTOM, alpha=2.0, beta=-10))
+    assert np.array_equal(
+        restore.adjust_contrast(PHANTOM, alpha=2.0, beta=-10),
+        cv2.convertScaleAbs(PHANTOM, alpha=2.0, beta=-10),
+    )
 
 
 def test_restore_scan_improves_ssim_on_synthetic_damage():
@@ -176,8 +178,10 @@ def test_restore_scan_runs_on_all_real_damaged_scans(damaged_files):
         (lambda: restore.inpaint(PHANTOM, np.zeros((3, 3), bool)), "mask must be"),
         (lambda: restore.inpaint(PHANTOM, np.zeros(PHANTOM.shape, bool), method="x"), "method"),
         (lambda: restore.fuse_channels(PHANTOM, method="pca"), "method"),
-        (lambda: restore.decode_colormap(np.zeros((8, 8, 3), np.uint8), colormap="hsv"),
-         "colormap"),
+        (
+            lambda: restore.decode_colormap(np.zeros((8, 8, 3), np.uint8), colormap="hsv"),
+            "colormap",
+        ),
         (lambda: restore.rotate(PHANTOM, angle=float("nan")), "angle"),
         (lambda: restore.rescale_intensity(PHANTOM, low=50, high=10), "low < high"),
         (lambda: restore.adjust_contrast(PHANTOM, alpha=-1), "alpha"),

@@ -47,8 +47,9 @@ def test_ssim_known_answers():
 def test_comparison_figure_histogram_and_gif(tmp_path):
     scan = synth.phantom_chest(128, seed=0)
     out = run_pipeline(scan)
-    sheet = viz.comparison_figure([dict(original=scan, **out)], tmp_path / "sheet.png",
-                                  titles=["phantom"])
+    sheet = viz.comparison_figure(
+        [dict(original=scan, **out)], tmp_path / "sheet.png", titles=["phantom"]
+    )
     picture = cv2.imread(str(sheet))
     assert picture is not None and picture.shape[1] > 4 * picture.shape[0]
     hist = cv2.imread(str(viz.histogram_plot(out["histogram"], tmp_path / "hist.png")))

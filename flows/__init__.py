@@ -1,0 +1,1 @@
+"""Prefect flows: list, plan, map batch tasks over Dask, commit, publish."""

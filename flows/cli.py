@@ -1,0 +1,191 @@
+"""The ``xray`` command line: run, inspect, sheet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Chest X-ray collections -> Zarr + Parquet training stores.",
+)
+
+
+def _options(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--storage-options is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("--storage-options must be a JSON object")
+    return value
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix of scans.")],
+    out: Annotated[str, typer.Option("--out", help="Store URL (path or s3://...).")],
+    labels: Annotated[str | None, typer.Option(help="Data_Entry_2017.csv-style labels.")] = None,
+    size: Annotated[int | None, typer.Option(help="Output size S (default 1024).")] = None,
+    pipeline: Annotated[Path | None, typer.Option(help="Pipeline spec (.json/.toml).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Scans per batch (= per shard).")] = 64,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard a store of another pipeline.")] = False,
+) -> None:
+    """Process SOURCE into the store OUT (resumable: reruns skip finished scans)."""
+    from flows.runner import run_preprocess
+    from xraycore.storage import redact
+
+    if batch_size < 1:
+        raise typer.BadParameter("--batch-size must be >= 1")
+    opts = _options(storage_options)
+    typer.echo(f"xray run {source} -> {out}" + (f" options {redact(opts)}" if opts else ""))
+    try:
+        summary = run_preprocess(
+            scheduler=scheduler,
+            workers=workers,
+            source=source,
+            out=out,
+            labels=labels,
+            size=size,
+            pipeline=str(pipeline) if pipeline else None,
+            batch_size=batch_size,
+            storage_options=opts,
+            overwrite=overwrite,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:  # the run itself failed: say so, exit non-zero
+        _fail(f"run failed: {type(exc).__name__}: {exc}")
+    _print_summary(summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    typer.echo(
+        f"done: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped "
+        f"in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s)"
+    )
+    typer.echo(f"store: {s['store']} ({s['rows_in_store']} rows, pipeline {s['pipeline_hash']})")
+    for image_id, error in s["failures"][:20]:
+        typer.echo(f"  failed {image_id}: {error}")
+
+
+@app.command()
+def inspect(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+) -> None:
+    """Print a store's summary and its failed rows."""
+    from xraycore.store import ScanStore
+
+    st = ScanStore.open(store, _options(storage_options))
+    info = st.info()
+    if info is None:
+        _fail(f"{store} is not a store (no images.zarr)", 2)
+    meta = st.read_metadata()
+    rows = meta.to_pylist() if meta is not None else []
+    ok = [r for r in rows if r["status"] == "ok"]
+    failed = [r for r in rows if r["status"] != "ok"]
+    typer.echo(
+        f"store {store}: pipeline {info['pipeline_hash']}, size {info['size']}, "
+        f"shards of {info['shard_size']}, arrays {', '.join(info['arrays'])}"
+    )
+    typer.echo(
+        f"rows: {len(rows)} ({len(ok)} ok, {len(failed)} failed), array capacity {st.capacity()}"
+    )
+    for r in failed:
+        typer.echo(f"  failed {r['image_id']}: {r['error']}")
+
+
+@app.command()
+def sheet(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    rows: Annotated[str, typer.Option(help="Comma-separated row numbers.")] = "0",
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("sheet.png"),
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+) -> None:
+    """Write the comparison picture (original + filters) for a few rows."""
+    from xraycore import viz
+    from xraycore.io import read_image
+    from xraycore.pipeline import fit_to_size
+    from xraycore.restore import fuse_channels
+    from xraycore.store import ScanStore
+
+    st = ScanStore.open(store, _options(storage_options))
+    info = st.info()
+    if info is None:
+        _fail(f"{store} is not a store (no images.zarr)", 2)
+    try:
+        wanted = [int(r) for r in rows.split(",") if r.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--rows must be comma-separated integers, got {rows!r}") from None
+    meta = {r["row"]: r for r in (st.read_metadata().to_pylist()) if r["status"] == "ok"}
+    panels, titles = [], []
+    for row in wanted:
+        if row not in meta:
+            _fail(f"row {row} is not an ok row of {store}", 2)
+        entry = {name: st.read(name, row) for name in info["arrays"] if name != "histogram"}
+        original = read_image(meta[row]["source"], **(_options(storage_options) or {}))
+        entry["original"] = fit_to_size(fuse_channels(original), info["size"])
+        panels.append(entry)
+        titles.append(meta[row]["image_id"])
+    path = viz.comparison_figure(panels, out, titles=titles)
+    typer.echo(f"picture: {path.resolve()}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the store and the picture.")] = Path("out"),
+    source: Annotated[str | None, typer.Option(help="Scans; default: generated phantoms.")] = None,
+) -> None:
+    """The embedded default: run over SOURCE (or 12 generated phantoms) into OUT."""
+    import cv2
+
+    from xraycore.synth import phantom_chest
+
+    out.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        folder = out / "phantoms"
+        folder.mkdir(exist_ok=True)
+        for i in range(12):
+            cv2.imwrite(
+                str(folder / f"phantom_{i:03d}.png"),
+                phantom_chest(1024, seed=i, opacity=i % 2 == 1),
+            )
+        source = str(folder)
+        typer.echo(f"no source given: generated 12 phantom scans in {folder}")
+    run(
+        source=source,
+        out=str(out / "store"),
+        labels=None,
+        size=None,
+        pipeline=None,
+        batch_size=16,
+        workers=None,
+        scheduler=None,
+        storage_options=None,
+        overwrite=False,
+    )
+    sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

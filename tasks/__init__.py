@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: one batch of images -> one call into xraycore."""

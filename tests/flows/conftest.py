@@ -1,0 +1,177 @@
+"""Real parts for the flow tests: a Prefect API server, a moto S3 server, and
+dask scheduler/worker processes, all on loopback and started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from xraycore.synth import damage_scan, phantom_chest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One real Prefect API server (SQLite, temporary PREFECT_HOME) for the session."""
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"xray-prefect-{os.getpid()}"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer(port=free_port())
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    yield server.api_url
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    server.stop()
+    os.environ.pop("PREFECT_API_URL", None)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+@pytest.fixture
+def source_dir(tmp_path) -> Path:
+    """Good scans (real ones when ../shared is there, phantoms always) and bad files."""
+    src = tmp_path / "source"
+    (src / "sub").mkdir(parents=True)
+    real = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chestxray8"
+    for p in sorted(real.glob("*.png"))[:2]:
+        shutil.copy(p, src / p.name)
+    for i in range(3):
+        _png(src / f"phantom_{i}.png", phantom_chest(200 + 50 * i, seed=i))
+    damaged, _ = damage_scan(phantom_chest(256, seed=9), seed=1)
+    ok, buf = cv2.imencode(".jpg", damaged)
+    (src / "sub" / "damaged.jpg").write_bytes(buf.tobytes())
+    (src / "empty.png").write_bytes(b"")
+    good = (src / "phantom_0.png").read_bytes()
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "notes.png").write_bytes(b"this is not an image")
+    (src / "README.txt").write_text("ignored: not an image extension")
+    return src
+
+
+BAD = {
+    "empty.png": "empty file",
+    "truncated.png": "truncated PNG",
+    "notes.png": "not a PNG, JPEG or DICOM",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto in server mode on a loopback port: a real S3 API over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+        )
+    }
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+        }
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def dask_cluster(tmp_path, prefect_server):
+    """`dask scheduler` and two `dask worker` processes on loopback."""
+    scheduler_file = tmp_path / "scheduler.json"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    procs = [
+        subprocess.Popen(
+            [
+                str(bindir / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    deadline = time.time() + 60
+    while not scheduler_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    import json
+
+    address = json.loads(scheduler_file.read_text())["address"]
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(bindir / "dask"),
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+        pids = set(client.run(os.getpid).values())
+    yield address, pids
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()

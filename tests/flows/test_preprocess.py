@@ -1,0 +1,176 @@
+"""The dataset flow end to end, on real parts: Prefect API, Dask processes, S3 over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import BAD
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.runner import run_preprocess
+from xraycore.io import read_image
+from xraycore.pipeline import PipelineSpec, run_pipeline
+from xraycore.store import ScanStore, StoreConflictError
+
+SIZE = 128
+
+
+def _run(source, out, **kw):
+    kw.setdefault("workers", 2)
+    return run_preprocess(source=str(source), out=str(out), size=SIZE, batch_size=4, **kw)
+
+
+def test_local_run_rows_failures_and_pixels(source_dir, tmp_path):
+    out = tmp_path / "store"
+    good = sorted(
+        p for p in source_dir.rglob("*") if p.suffix in (".png", ".jpg") and p.name not in BAD
+    )
+    summary = _run(source_dir, out)
+    assert summary["ok"] == len(good) and summary["failed"] == len(BAD)
+    assert summary["inputs"] == len(good) + len(BAD)  # README.txt is not an input
+
+    table = pq.read_table(out / "metadata.parquet")  # readable as a plain Parquet dataset
+    assert table.num_rows == len(good) + len(BAD)
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    for name, message in BAD.items():
+        assert rows[name]["status"] == "failed" and rows[name]["row"] is None
+        assert rows[name]["error"].startswith("ImageDecodeError") and message in rows[name]["error"]
+    assert "sub/damaged.jpg" in rows and rows["sub/damaged.jpg"]["channels"] == 3
+
+    store = ScanStore.open(str(out))
+    spec = PipelineSpec(size=SIZE)
+    assert store.info()["pipeline_hash"] == spec.hash
+    for path in good:
+        r = rows[str(path.relative_to(source_dir))]
+        assert r["status"] == "ok" and r["error"] is None and r["pipeline_hash"] == spec.hash
+        image = read_image(str(path))
+        assert (r["height"], r["width"]) == image.shape[:2]
+        expected = run_pipeline(image, spec)
+        assert np.array_equal(store.read("preprocessed", r["row"]), expected["preprocessed"])
+        assert np.array_equal(store.read("canny", r["row"]), expected["canny"])
+        assert np.array_equal(store.read("histogram", r["row"]), expected["histogram"])
+        log = store.read("log", r["row"])
+        assert log.dtype == np.float16
+        assert np.array_equal(log, expected["log"].astype(np.float16))
+        assert r["mean"] == pytest.approx(float(expected["preprocessed"].mean()))
+    # Shards are written whole and rows start on shard boundaries.
+    assert store.capacity() % 4 == 0
+
+
+def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(source_dir, tmp_path):
+    out = tmp_path / "store"
+    first = _run(source_dir, out)
+    before = {r["image_id"]: r for r in ScanStore.open(str(out)).read_metadata().to_pylist()}
+
+    again = _run(source_dir, out)
+    assert again["ok"] == 0 and again["failed"] == len(BAD)  # failed inputs are retried
+    assert again["skipped"] == first["ok"]
+    after = {r["image_id"]: r for r in ScanStore.open(str(out)).read_metadata().to_pylist()}
+    for k, r in before.items():
+        if r["status"] == "ok":
+            assert after[k]["processed_at"] == r["processed_at"] and after[k]["row"] == r["row"]
+
+    # Fix one bad file, add a new one: only those two are processed.
+    shutil.copy(source_dir / "phantom_1.png", source_dir / "empty.png")
+    shutil.copy(source_dir / "phantom_2.png", source_dir / "new.png")
+    third = _run(source_dir, out)
+    assert third["ok"] == 2 and third["failed"] == len(BAD) - 1
+    meta = ScanStore.open(str(out)).read_metadata().to_pylist()
+    assert len(meta) == len(after) + 1  # one row per input, no duplicates
+    fixed = next(r for r in meta if r["image_id"] == "empty.png")
+    assert fixed["status"] == "ok" and fixed["row"] >= first["batches"] * 4
+
+    with pytest.raises(StoreConflictError, match="--overwrite"):
+        run_preprocess(source=str(source_dir), out=str(out), size=SIZE * 2, batch_size=4, workers=2)
+    replaced = run_preprocess(
+        source=str(source_dir), out=str(out), size=SIZE * 2, batch_size=4, workers=2, overwrite=True
+    )
+    assert replaced["skipped"] == 0 and replaced["ok"] == len(meta) - (len(BAD) - 1)
+
+
+def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_cluster):
+    address, worker_pids = dask_cluster
+    out = tmp_path / "store"
+    from flows.preprocess import preprocess_dataset
+    from flows.runner import task_runner
+
+    runner = task_runner(scheduler=address)
+    result = preprocess_dataset.with_options(task_runner=runner)(
+        source=str(source_dir), out=str(out), size=SIZE, batch_size=2
+    )
+    assert result["failed"] == len(BAD) and result["ok"] > 0
+    # The batches ran in the dask worker processes, not in this one.
+    from distributed import Client
+
+    with Client(address) as client:
+        pids = set(client.run(os.getpid).values())
+    assert pids == worker_pids
+    meta = ScanStore.open(str(out)).read_metadata()
+    assert meta.num_rows == result["ok"] + result["failed"]
+
+
+def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    fs.mkdir("scans")
+    fs.mkdir("stores")
+    for p in source_dir.rglob("*"):
+        if p.is_file():
+            fs.put_file(str(p), f"scans/in/{p.relative_to(source_dir)}")
+    summary = _run("s3://scans/in", "s3://stores/run1")
+    assert summary["failed"] == len(BAD) and summary["ok"] == 6 - (
+        0 if (source_dir / "00000011_000.png").exists() else 2
+    )
+    assert fs.exists("stores/run1/images.zarr/zarr.json")
+    parts = fs.ls("stores/run1/metadata.parquet")
+    assert len(parts) == 1  # compacted
+    with fs.open(parts[0], "rb") as f:
+        table = pq.read_table(f)
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    assert rows["phantom_0.png"]["source"] == "s3://scans/in/phantom_0.png"
+    store = ScanStore.open("s3://stores/run1")
+    r = rows["phantom_0.png"]
+    expected = run_pipeline(read_image(str(source_dir / "phantom_0.png")), PipelineSpec(size=SIZE))
+    assert np.array_equal(store.read("preprocessed", r["row"]), expected["preprocessed"])
+    assert _run("s3://scans/in", "s3://stores/run1")["skipped"] == summary["ok"]
+
+
+def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path):
+    cli = CliRunner()
+    out = tmp_path / "store"
+    res = cli.invoke(
+        app,
+        [
+            "run",
+            str(source_dir),
+            "--out",
+            str(out),
+            "--size",
+            str(SIZE),
+            "--batch-size",
+            "4",
+            "--workers",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert f"{len(BAD)} failed" in res.output and "images/s" in res.output
+    res = cli.invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0 and "truncated PNG" in res.output
+    res = cli.invoke(app, ["sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    res = cli.invoke(app, ["run", str(source_dir), "--out", str(out), "--size", "64"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = cli.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = cli.invoke(app, ["run", str(source_dir), "--out", str(out), "--storage-options", "[1"])
+    assert res.exit_code == 2
+    res = cli.invoke(app, ["inspect", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not a store" in res.output
