@@ -79,7 +79,8 @@ class ScanStore:
             if info.get("pipeline_hash") != spec.hash:
                 raise StoreConflictError(
                     f"store {self.storage.url} was written with pipeline "
-                    f"{info.get('pipeline_hash')}, this run's pipeline is {spec.hash}: its outputs would be stale or mixed. "
+                    f"{info.get('pipeline_hash')}, this run's pipeline is {spec.hash}: "
+                    "its outputs would be stale or mixed. "
                     "Use another --out, or pass --overwrite to discard the store and start again."
                 )
             if info.get("shard_size") != shard_size:
