@@ -65,20 +65,36 @@ def main() -> None:
     print(f"# {what}; one thread; median of {args.repeat} repeats; ms per scan")
     damaged = [damage_scan(s, seed=i)[0] for i, s in enumerate(scans[:3])]
     rows = [
-        ("LoG sigma=1", lambda x: ndimage.gaussian_laplace(x.astype(float), 1),
-         edges.gaussian_laplace),
-        ("GGM sigma=2", lambda x: ndimage.gaussian_gradient_magnitude(x.astype(float), 2),
-         edges.gaussian_gradient_magnitude),
-        ("Sobel magnitude",
-         lambda x: np.hypot(ndimage.sobel(x.astype(float), 0), ndimage.sobel(x.astype(float), 1)),
-         edges.sobel),
-        ("histogram 256", lambda x: ndimage.histogram(x, min=0, max=255, bins=256),
-         edges.histogram),
+        (
+            "LoG sigma=1",
+            lambda x: ndimage.gaussian_laplace(x.astype(float), 1),
+            edges.gaussian_laplace,
+        ),
+        (
+            "GGM sigma=2",
+            lambda x: ndimage.gaussian_gradient_magnitude(x.astype(float), 2),
+            edges.gaussian_gradient_magnitude,
+        ),
+        (
+            "Sobel magnitude",
+            lambda x: np.hypot(
+                ndimage.sobel(x.astype(float), 0), ndimage.sobel(x.astype(float), 1)
+            ),
+            edges.sobel,
+        ),
+        (
+            "histogram 256",
+            lambda x: ndimage.histogram(x, min=0, max=255, bins=256),
+            edges.histogram,
+        ),
         ("Canny (ours only; the seed's is Prewitt)", None, edges.canny),
-        ("Prewitt (seed's 'Canny')",
-         lambda x: np.hypot(ndimage.prewitt(x.astype(float), 0),
-                            ndimage.prewitt(x.astype(float), 1)),
-         edges.prewitt),
+        (
+            "Prewitt (seed's 'Canny')",
+            lambda x: np.hypot(
+                ndimage.prewitt(x.astype(float), 0), ndimage.prewitt(x.astype(float), 1)
+            ),
+            edges.prewitt,
+        ),
         ("threshold mask", lambda x: np.where(x > 150, 1, 0), edges.threshold_mask),
         ("white balance", None, restore.white_balance),
         ("CLAHE", None, restore.clahe),
@@ -95,8 +111,10 @@ def main() -> None:
     print(f"{'restore_scan (synthetic damage)':44s} {'-':>10s} {t_rs:8.2f} {'-':>7s}")
     t_ref = timed(scipy_default_set, scans, args.repeat)
     t_ours = timed(ours_default_set, scans, args.repeat)
-    print(f"\ndefault edge set (LoG, GGM, Sobel, Canny, histogram): scipy float64 {t_ref:.1f} ms "
-          f"(without any Canny), ours {t_ours:.1f} ms -> {t_ref / t_ours:.1f}x faster")
+    print(
+        f"\ndefault edge set (LoG, GGM, Sobel, Canny, histogram): scipy float64 {t_ref:.1f} ms "
+        f"(without any Canny), ours {t_ours:.1f} ms -> {t_ref / t_ours:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":
