@@ -16,16 +16,20 @@ app = typer.Typer(
 )
 
 
-def _options(text: str | None) -> dict[str, Any] | None:
+def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
     if not text:
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--storage-options is not valid JSON: {exc}") from exc
+        raise typer.BadParameter(f"{flag} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise typer.BadParameter("--storage-options must be a JSON object")
+        raise typer.BadParameter(f"{flag} must be a JSON object")
     return value
+
+
+def _options(text: str | None) -> dict[str, Any] | None:
+    return _json_object(text, "--storage-options")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -45,6 +49,10 @@ def run(
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
     storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard a store of another pipeline.")] = False,
+    cluster_class: Annotated[
+        str | None, typer.Option(help="Dask cluster class, e.g. dask_jobqueue.SLURMCluster.")
+    ] = None,
+    cluster_kwargs: Annotated[str | None, typer.Option(help="Cluster kwargs, JSON.")] = None,
 ) -> None:
     """Process SOURCE into the store OUT (resumable: reruns skip finished scans)."""
     from flows.runner import run_preprocess
@@ -58,6 +66,8 @@ def run(
         summary = run_preprocess(
             scheduler=scheduler,
             workers=workers,
+            cluster_class=cluster_class,
+            cluster_kwargs=_json_object(cluster_kwargs, "--cluster-kwargs"),
             source=source,
             out=out,
             labels=labels,
@@ -80,6 +90,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s)"
     )
     typer.echo(f"store: {s['store']} ({s['rows_in_store']} rows, pipeline {s['pipeline_hash']})")
+    if s.get("dashboard"):
+        typer.echo(f"dask dashboard (while the cluster ran): {s['dashboard']}")
     for image_id, error in s["failures"][:20]:
         typer.echo(f"  failed {image_id}: {error}")
 
@@ -179,6 +191,8 @@ def demo(
         scheduler=None,
         storage_options=None,
         overwrite=False,
+        cluster_class=None,
+        cluster_kwargs=None,
     )
     sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
 

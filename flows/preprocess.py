@@ -7,8 +7,13 @@ import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import wait
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
 
 from tasks.preprocess import commit_metadata, process_batch
 from xraycore.batch import plan_batches
@@ -77,14 +82,10 @@ def preprocess_dataset(
         storage_options=unmapped(storage_options),
         source_options=unmapped(storage_options),
     )
-    wait(futures)
-    results, broken = [], []
-    for batch, fut in zip(plan.batches, futures, strict=True):
-        state = fut.state
-        if state.is_completed():
-            results.append(fut.result())
-        else:
-            broken.append((batch.start, str(state.message)))
+    dashboard = _dashboard_link()
+    if dashboard:
+        logger.info("Dask dashboard: %s", dashboard)
+    results, broken = _collect(futures, plan, logger)
     rows = commit_metadata(out, run_id, storage_options)
 
     elapsed = time.perf_counter() - started
@@ -104,7 +105,14 @@ def preprocess_dataset(
         "seconds": elapsed,
         "images_per_s": (ok + failed) / elapsed if elapsed > 0 else 0.0,
         "failures": [f for r in results for f in r["failures"]],
+        "dashboard": dashboard,
     }
+    if summary["failures"]:
+        create_table_artifact(
+            key="preprocess-failures",
+            table=[{"image_id": i, "error": e} for i, e in summary["failures"]],
+            description="Inputs that could not be processed (retried on the next run)",
+        )
     create_markdown_artifact(
         key="preprocess-summary",
         markdown=_summary_markdown(summary),
@@ -116,6 +124,42 @@ def preprocess_dataset(
             f"{broken[0][1]}); their inputs have no rows yet. Rerun the same command to resume."
         )
     return summary
+
+
+def _collect(futures, plan, logger) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Wait for the batches in completion order, reporting progress as they finish."""
+    total = sum(len(b.items) for b in plan.batches)
+    progress = create_progress_artifact(progress=0.0, description="images processed (%)")
+    by_future = {id(f): b for f, b in zip(futures, plan.batches, strict=True)}
+    results, broken, done, t0 = [], [], 0, time.perf_counter()
+    for fut in as_completed(futures):
+        batch = by_future[id(fut)]
+        try:
+            results.append(fut.result())
+        except Exception as exc:  # a batch that failed after its retries
+            broken.append((batch.start, f"{type(exc).__name__}: {exc}"))
+        done += len(batch.items)
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        logger.info(
+            "progress: %d/%d batches, %d/%d images, %.1f images/s",
+            len(results) + len(broken),
+            len(plan.batches),
+            done,
+            total,
+            rate,
+        )
+        update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+    return results, broken
+
+
+def _dashboard_link() -> str | None:
+    try:
+        from prefect.context import FlowRunContext
+
+        client = FlowRunContext.get().task_runner.client
+        return client.dashboard_link
+    except Exception:  # no Dask runner (tests, a plain call): no dashboard
+        return None
 
 
 def _summary_markdown(s: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from dicom_files import make_dicom
 
 from xraycore.synth import damage_scan, phantom_chest
 
@@ -69,7 +70,31 @@ def source_dir(tmp_path) -> Path:
     (src / "truncated.png").write_bytes(good[: len(good) // 2])
     (src / "notes.png").write_bytes(b"this is not an image")
     (src / "README.txt").write_text("ignored: not an image extension")
+    (src / "LICENSE").write_text("ignored: no extension and not DICOM")
+    deep = phantom_chest(160, seed=4).astype(np.uint16) * 64
+    (src / "sub" / "scan.dcm").write_bytes(make_dicom(deep))
+    (src / "sub" / "IM0001").write_bytes(make_dicom(deep, photometric="MONOCHROME1"))
     return src
+
+
+@pytest.fixture
+def labels_csv(tmp_path) -> Path:
+    """Labels in ChestX-ray8's Data_Entry_2017.csv format for some of the inputs."""
+    path = tmp_path / "Data_Entry_2017.csv"
+    path.write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+        "phantom_0.png,Cardiomegaly|Effusion,0,11,58,M,PA,1024,1024,0.14,0.14\n"
+        "phantom_1.png,No Finding,1,11,58,M,PA,1024,1024,0.14,0.14\n"
+        "phantom_2.png,Pneumonia,0,12,33,F,AP,1024,1024,0.14,0.14\n"
+    )
+    return path
+
+
+@pytest.fixture
+def bad_inputs() -> dict[str, str]:
+    """The bad files of ``source_dir`` and what their error message must say."""
+    return dict(BAD)
 
 
 BAD = {

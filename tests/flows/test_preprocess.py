@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import BAD
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -25,22 +24,40 @@ def _run(source, out, **kw):
     return run_preprocess(source=str(source), out=str(out), size=SIZE, batch_size=4, **kw)
 
 
-def test_local_run_rows_failures_and_pixels(source_dir, tmp_path):
-    out = tmp_path / "store"
-    good = sorted(
-        p for p in source_dir.rglob("*") if p.suffix in (".png", ".jpg") and p.name not in BAD
+def _good_inputs(source_dir, bad_inputs):
+    return sorted(
+        p
+        for p in source_dir.rglob("*")
+        if (p.suffix in (".png", ".jpg", ".dcm") or p.name == "IM0001") and p.name not in bad_inputs
     )
-    summary = _run(source_dir, out)
-    assert summary["ok"] == len(good) and summary["failed"] == len(BAD)
-    assert summary["inputs"] == len(good) + len(BAD)  # README.txt is not an input
+
+
+def test_local_run_rows_failures_and_pixels(source_dir, labels_csv, tmp_path, bad_inputs):
+    out = tmp_path / "store"
+    good = _good_inputs(source_dir, bad_inputs)
+    summary = _run(source_dir, out, labels=str(labels_csv))
+    assert summary["ok"] == len(good) and summary["failed"] == len(bad_inputs)
+    assert summary["inputs"] == len(good) + len(bad_inputs)  # README.txt is not an input
 
     table = pq.read_table(out / "metadata.parquet")  # readable as a plain Parquet dataset
-    assert table.num_rows == len(good) + len(BAD)
+    assert table.num_rows == len(good) + len(bad_inputs)
     rows = {r["image_id"]: r for r in table.to_pylist()}
-    for name, message in BAD.items():
+    for name, message in bad_inputs.items():
         assert rows[name]["status"] == "failed" and rows[name]["row"] is None
         assert rows[name]["error"].startswith("ImageDecodeError") and message in rows[name]["error"]
     assert "sub/damaged.jpg" in rows and rows["sub/damaged.jpg"]["channels"] == 3
+    # DICOM with and without an extension, found by content; MONOCHROME1 inverted.
+    assert rows["sub/scan.dcm"]["source_dtype"] == "uint16"
+    assert rows["sub/IM0001"]["status"] == "ok"
+    # Labels joined on the file name: a list column and one boolean per finding.
+    p0 = rows["phantom_0.png"]
+    assert p0["finding_labels"] == ["Cardiomegaly", "Effusion"]
+    assert p0["finding_cardiomegaly"] and p0["finding_effusion"] and not p0["finding_pneumonia"]
+    assert p0["patient_id"] == "11" and p0["patient_age"] == 58 and p0["view_position"] == "PA"
+    p2 = rows["phantom_2.png"]
+    assert p2["finding_pneumonia"] and p2["patient_gender"] == "F"
+    assert rows["phantom_1.png"]["finding_no_finding"]
+    assert rows["empty.png"]["finding_labels"] is None  # no label row for it
 
     store = ScanStore.open(str(out))
     spec = PipelineSpec(size=SIZE)
@@ -62,13 +79,15 @@ def test_local_run_rows_failures_and_pixels(source_dir, tmp_path):
     assert store.capacity() % 4 == 0
 
 
-def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(source_dir, tmp_path):
+def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(
+    source_dir, tmp_path, bad_inputs
+):
     out = tmp_path / "store"
     first = _run(source_dir, out)
     before = {r["image_id"]: r for r in ScanStore.open(str(out)).read_metadata().to_pylist()}
 
     again = _run(source_dir, out)
-    assert again["ok"] == 0 and again["failed"] == len(BAD)  # failed inputs are retried
+    assert again["ok"] == 0 and again["failed"] == len(bad_inputs)  # failed inputs are retried
     assert again["skipped"] == first["ok"]
     after = {r["image_id"]: r for r in ScanStore.open(str(out)).read_metadata().to_pylist()}
     for k, r in before.items():
@@ -79,7 +98,7 @@ def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(source_di
     shutil.copy(source_dir / "phantom_1.png", source_dir / "empty.png")
     shutil.copy(source_dir / "phantom_2.png", source_dir / "new.png")
     third = _run(source_dir, out)
-    assert third["ok"] == 2 and third["failed"] == len(BAD) - 1
+    assert third["ok"] == 2 and third["failed"] == len(bad_inputs) - 1
     meta = ScanStore.open(str(out)).read_metadata().to_pylist()
     assert len(meta) == len(after) + 1  # one row per input, no duplicates
     fixed = next(r for r in meta if r["image_id"] == "empty.png")
@@ -90,10 +109,10 @@ def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(source_di
     replaced = run_preprocess(
         source=str(source_dir), out=str(out), size=SIZE * 2, batch_size=4, workers=2, overwrite=True
     )
-    assert replaced["skipped"] == 0 and replaced["ok"] == len(meta) - (len(BAD) - 1)
+    assert replaced["skipped"] == 0 and replaced["ok"] == len(meta) - (len(bad_inputs) - 1)
 
 
-def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_cluster):
+def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_cluster, bad_inputs):
     address, worker_pids = dask_cluster
     out = tmp_path / "store"
     from flows.preprocess import preprocess_dataset
@@ -103,7 +122,7 @@ def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_clu
     result = preprocess_dataset.with_options(task_runner=runner)(
         source=str(source_dir), out=str(out), size=SIZE, batch_size=2
     )
-    assert result["failed"] == len(BAD) and result["ok"] > 0
+    assert result["failed"] == len(bad_inputs) and result["ok"] > 0
     # The batches ran in the dask worker processes, not in this one.
     from distributed import Client
 
@@ -114,7 +133,7 @@ def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_clu
     assert meta.num_rows == result["ok"] + result["failed"]
 
 
-def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server):
+def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server, bad_inputs):
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=s3_server)
@@ -124,8 +143,8 @@ def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server):
         if p.is_file():
             fs.put_file(str(p), f"scans/in/{p.relative_to(source_dir)}")
     summary = _run("s3://scans/in", "s3://stores/run1")
-    assert summary["failed"] == len(BAD) and summary["ok"] == 6 - (
-        0 if (source_dir / "00000011_000.png").exists() else 2
+    assert summary["failed"] == len(bad_inputs) and summary["ok"] == len(
+        _good_inputs(source_dir, bad_inputs)
     )
     assert fs.exists("stores/run1/images.zarr/zarr.json")
     parts = fs.ls("stores/run1/metadata.parquet")
@@ -141,7 +160,7 @@ def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server):
     assert _run("s3://scans/in", "s3://stores/run1")["skipped"] == summary["ok"]
 
 
-def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path):
+def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
     cli = CliRunner()
     out = tmp_path / "store"
     res = cli.invoke(
@@ -160,7 +179,7 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert f"{len(BAD)} failed" in res.output and "images/s" in res.output
+    assert f"{len(bad_inputs)} failed" in res.output and "images/s" in res.output
     res = cli.invoke(app, ["inspect", str(out)])
     assert res.exit_code == 0 and "truncated PNG" in res.output
     res = cli.invoke(app, ["sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png")])

@@ -10,7 +10,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import make_dicom
+from dicom_files import make_dicom
 
 from xraycore import io as xio
 from xraycore.synth import phantom_chest
