@@ -53,6 +53,9 @@ def run(
         str | None, typer.Option(help="Dask cluster class, e.g. dask_jobqueue.SLURMCluster.")
     ] = None,
     cluster_kwargs: Annotated[str | None, typer.Option(help="Cluster kwargs, JSON.")] = None,
+    classify: Annotated[
+        str | None, typer.Option(help="ONNX model: score each batch once committed.")
+    ] = None,
 ) -> None:
     """Process SOURCE into the store OUT (resumable: reruns skip finished scans)."""
     from flows.runner import run_preprocess
@@ -76,6 +79,7 @@ def run(
             batch_size=batch_size,
             storage_options=opts,
             overwrite=overwrite,
+            classify=classify,
         )
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc), 2)
@@ -90,6 +94,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s)"
     )
     typer.echo(f"store: {s['store']} ({s['rows_in_store']} rows, pipeline {s['pipeline_hash']})")
+    if s.get("report"):
+        _print_report(s["report"])
     if s.get("dashboard"):
         typer.echo(f"dask dashboard (while the cluster ran): {s['dashboard']}")
     for image_id, error in s["failures"][:20]:
@@ -193,8 +199,110 @@ def demo(
         overwrite=False,
         cluster_class=None,
         cluster_kwargs=None,
+        classify=None,
     )
     sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
+
+
+def _print_report(report: dict) -> None:
+    from flows.classify import report_markdown
+
+    typer.echo(report_markdown(report).split("```")[1].strip("\n"))
+
+
+@app.command()
+def classify(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    model: Annotated[str, typer.Option(help="ONNX model (path or URL).")],
+    size: Annotated[int | None, typer.Option(help="Contract: input size.")] = None,
+    channels: Annotated[int | None, typer.Option(help="Contract: 1 or 3.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Contract: threshold.")] = None,
+    output: Annotated[str | None, typer.Option(help="Contract: sigmoid|softmax2.")] = None,
+    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+) -> None:
+    """Score every ok row of STORE with MODEL; write predictions (and the report)."""
+    from flows.runner import run_classify
+
+    contract = {
+        k: v
+        for k, v in dict(size=size, channels=channels, threshold=threshold, output=output).items()
+        if v is not None
+    }
+    try:
+        result = run_classify(
+            scheduler=scheduler,
+            workers=workers,
+            store=store,
+            model=model,
+            contract=contract or None,
+            storage_options=_options(storage_options),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:
+        _fail(f"classification failed: {type(exc).__name__}: {exc}")
+    typer.echo(f"scored {result['scored']} rows of {store} with {model}")
+    if result["report"]:
+        _print_report(result["report"])
+
+
+@app.command()
+def split(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    fractions: Annotated[str, typer.Option(help="train,validation,test")] = "0.8,0.1,0.1",
+    seed: Annotated[int, typer.Option(help="Seed of the patient assignment.")] = 0,
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+) -> None:
+    """Write patient-grouped train/validation/test splits into the metadata."""
+    import uuid
+
+    from xraycore.store import ScanStore
+    from xraycore.training import assign_splits, write_splits
+
+    try:
+        parts = tuple(float(f) for f in fractions.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--fractions must be three numbers, got {fractions!r}") from None
+    st = ScanStore.open(store, _options(storage_options))
+    meta = st.read_metadata()
+    if meta is None:
+        _fail(f"{store} has no metadata", 2)
+    try:
+        splits = assign_splits(meta, fractions=parts, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    write_splits(st, splits, uuid.uuid4().hex[:12])
+    counts = {k: splits.count(k) for k in ("train", "validation", "test")}
+    typer.echo(f"splits written to {store}: {counts}")
+
+
+@app.command()
+def train(
+    store: Annotated[str, typer.Argument(help="Store URL (with splits).")],
+    target: Annotated[str, typer.Option(help="Finding to predict, e.g. Pneumonia.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+) -> None:
+    """Train the baseline classifier on the train split and export ONNX + contract."""
+    from xraycore.classify import ModelContract
+    from xraycore.training import ScanDataset, export_logistic_onnx, train_logistic
+
+    column = target if target.startswith("finding_") else "finding_" + target.lower()
+    try:
+        data = ScanDataset(
+            store, split="train", target=column, storage_options=_options(storage_options)
+        )
+        images, y = data.arrays()
+        contract = ModelContract(labels=(f"no {target.lower()}", target.lower()))
+        model = train_logistic(images, y, contract=contract)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    export_logistic_onnx(model, out)
+    typer.echo(
+        f"trained on {len(y)} scans ({int(y.sum())} positive); model: {out} (+ contract {out}.json)"
+    )
 
 
 def main() -> None:

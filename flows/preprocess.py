@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -13,11 +14,15 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.events import emit_event
 from prefect.futures import as_completed
 
+from flows.classify import evaluate_store, report_markdown
+from tasks.classify import classify_batch, commit_predictions
 from tasks.preprocess import commit_metadata, process_batch
 from xraycore.batch import plan_batches
 from xraycore.catalog import list_sources, read_labels
+from xraycore.classify import ModelContract
 from xraycore.pipeline import PipelineSpec
 from xraycore.storage import Storage
 from xraycore.store import ScanStore
@@ -45,6 +50,8 @@ def preprocess_dataset(
     batch_size: int = 64,
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
+    classify: str | None = None,
+    classify_contract: dict | None = None,
 ) -> dict[str, Any]:
     """List the source, plan shard-aligned batches, process them on the task
     runner's Dask cluster, commit the metadata and publish a summary."""
@@ -85,8 +92,34 @@ def preprocess_dataset(
     dashboard = _dashboard_link()
     if dashboard:
         logger.info("Dask dashboard: %s", dashboard)
-    results, broken = _collect(futures, plan, logger)
+    scorer, contract = None, None
+    if classify:
+        contract = ModelContract.for_model(classify, storage_options, **(classify_contract or {}))
+        # A batch's rows are scored as soon as they are committed, on the same cluster.
+        scorer = partial(
+            classify_batch.submit,
+            store_url=out,
+            model=classify,
+            contract=contract.to_dict(),
+            run_id=run_id,
+            storage_options=storage_options,
+        )
+
+    results, broken, scoring = _collect(futures, plan, logger, out, scorer)
     rows = commit_metadata(out, run_id, storage_options)
+    emit_event(
+        event="xray.run.committed",
+        resource=_resource(out),
+        payload={"store": out, "run_id": run_id, "rows": rows},
+    )
+    report = None
+    if classify:
+        scored = sum(f.result()["rows"] for f in scoring)
+        commit_predictions(out, run_id, storage_options)
+        report = evaluate_store(store, classify, contract, storage_options=storage_options)
+        logger.info("classified %d rows with %s", scored, classify)
+        if report is not None:
+            create_markdown_artifact(key="classification-report", markdown=report_markdown(report))
 
     elapsed = time.perf_counter() - started
     ok = sum(r["ok"] for r in results)
@@ -106,6 +139,7 @@ def preprocess_dataset(
         "images_per_s": (ok + failed) / elapsed if elapsed > 0 else 0.0,
         "failures": [f for r in results for f in r["failures"]],
         "dashboard": dashboard,
+        "report": report,
     }
     if summary["failures"]:
         create_table_artifact(
@@ -126,18 +160,32 @@ def preprocess_dataset(
     return summary
 
 
-def _collect(futures, plan, logger) -> tuple[list[dict], list[tuple[int, str]]]:
-    """Wait for the batches in completion order, reporting progress as they finish."""
+def _resource(store: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"xray.store.{store}", "prefect.resource.name": store}
+
+
+def _collect(futures, plan, logger, store, scorer=None):
+    """Wait for the batches in completion order, reporting progress, announcing
+    each committed batch (a Prefect event) and handing its rows to ``scorer``."""
     total = sum(len(b.items) for b in plan.batches)
     progress = create_progress_artifact(progress=0.0, description="images processed (%)")
     by_future = {id(f): b for f, b in zip(futures, plan.batches, strict=True)}
-    results, broken, done, t0 = [], [], 0, time.perf_counter()
+    results, broken, scoring, done, t0 = [], [], [], 0, time.perf_counter()
     for fut in as_completed(futures):
         batch = by_future[id(fut)]
         try:
-            results.append(fut.result())
+            result = fut.result()
         except Exception as exc:  # a batch that failed after its retries
             broken.append((batch.start, f"{type(exc).__name__}: {exc}"))
+        else:
+            results.append(result)
+            emit_event(
+                event="xray.batch.committed",
+                resource=_resource(store),
+                payload={"store": store, "start": batch.start, "rows": result["rows"]},
+            )
+            if scorer is not None and result["rows"]:
+                scoring.append(scorer(result["rows"]))
         done += len(batch.items)
         rate = done / max(time.perf_counter() - t0, 1e-9)
         logger.info(
@@ -149,7 +197,7 @@ def _collect(futures, plan, logger) -> tuple[list[dict], list[tuple[int, str]]]:
             rate,
         )
         update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-    return results, broken
+    return results, broken, scoring
 
 
 def _dashboard_link() -> str | None:

@@ -95,3 +95,24 @@ def run_preprocess(
     )
     with prefect_api():
         return preprocess_dataset.with_options(task_runner=runner)(**params)
+
+
+def run_classify(
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    cluster_class: str | None = None,
+    cluster_kwargs: dict[str, Any] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Run ``classify_store`` with a Dask task runner; returns its result."""
+    from flows.classify import classify_store
+
+    runner = task_runner(
+        scheduler=scheduler,
+        workers=workers,
+        cluster_class=cluster_class,
+        cluster_kwargs=cluster_kwargs,
+    )
+    with prefect_api():
+        return classify_store.with_options(task_runner=runner)(**params)

@@ -187,8 +187,60 @@ def process_batch(
         "total_s": time.perf_counter() - t0,
         "failures": [(r["image_id"], r["error"]) for r in rows if r["status"] != "ok"],
         "pid": os.getpid(),
+        "rows": [r["row"] for r in rows if r["status"] == "ok"],
     }
 
 
 def batch_to_dict(batch: Batch) -> dict:
     return asdict(batch)
+
+
+def classify_rows(
+    rows: list[int],
+    *,
+    store_url: str,
+    model_url: str,
+    contract: dict | None = None,
+    run_id: str,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score stored rows with an ONNX model and commit one predictions part.
+
+    Reads ``preprocessed`` for ``rows`` from the store (no pixels travel
+    through the caller) and returns counts only.
+    """
+    from .classify import ModelContract, OnnxClassifier
+
+    store = ScanStore.open(store_url, storage_options)
+    c = ModelContract.from_dict(contract) if contract else None
+    model = OnnxClassifier(model_url, c, storage_options)
+    meta = store.read_metadata()
+    ids = dict(
+        zip(meta.column("row").to_pylist(), meta.column("image_id").to_pylist(), strict=True)
+    )
+    rows = sorted(int(r) for r in rows)
+    scans = store.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
+    scores = model.scores(scans) if rows else np.zeros(0)
+    labels = model.labels(scores)
+    now = datetime.now(UTC)
+    records = [
+        {
+            "image_id": ids[r],
+            "row": r,
+            "score": float(s),
+            "label": lab,
+            "model": model_url,
+            "model_sha256": model.sha256,
+            "run_id": run_id,
+            "classified_at": now,
+        }
+        for r, s, lab in zip(rows, scores, labels, strict=True)
+    ]
+    if records:
+        store.write_part(
+            "predictions.parquet", records, f"{rows[0]:010d}-{model.sha256[:12]}-{run_id}"
+        )
+    return {
+        "rows": len(records),
+        "positive": sum(lab == model.contract.labels[1] for lab in labels),
+    }

@@ -23,10 +23,18 @@ import numpy as np
 from .pipeline import PipelineSpec
 from .storage import Storage
 
-__all__ = ["ARRAY_DTYPES", "METADATA", "IMAGES", "ScanStore", "StoreConflictError"]
+__all__ = [
+    "ARRAY_DTYPES",
+    "IMAGES",
+    "METADATA",
+    "PREDICTIONS",
+    "ScanStore",
+    "StoreConflictError",
+]
 
 IMAGES = "images.zarr"
 METADATA = "metadata.parquet"
+PREDICTIONS = "predictions.parquet"
 ARRAY_DTYPES = {
     "preprocessed": "uint8",
     "log": "float16",
@@ -92,6 +100,7 @@ class ScanStore:
         if info is not None and overwrite:
             self.storage.remove(IMAGES)
             self.storage.remove(METADATA)
+            self.storage.remove(PREDICTIONS)
         self.storage.makedirs()
         group = zarr.open_group(self.storage.zarr_store(IMAGES), mode="w", zarr_format=3)
         s = spec.size
@@ -153,62 +162,90 @@ class ScanStore:
         )
 
     # -- Parquet ------------------------------------------------------------
-    def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
-        """Commit the rows of one batch as one part file (atomic publish)."""
+    # Each Parquet dataset (metadata, predictions) is a directory of part files:
+    # one per committed batch, compacted to one file at the end of a run.
+    def write_part(self, dataset: str, rows: list[dict[str, Any]], part: str) -> None:
+        """Commit rows as one part file of ``dataset`` (atomic publish)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not rows:
             return
-        table = pa.Table.from_pylist(rows)
         buf = io.BytesIO()
-        pq.write_table(table, buf)
+        pq.write_table(pa.Table.from_pylist(rows), buf)
         self.storage.write_bytes_atomic(
-            posixpath.join(METADATA, f"part-{part}.parquet"), buf.getvalue()
+            posixpath.join(dataset, f"part-{part}.parquet"), buf.getvalue()
         )
 
-    def _part_paths(self) -> list[str]:
-        if not self.storage.exists(METADATA):
+    def _part_paths(self, dataset: str) -> list[str]:
+        if not self.storage.exists(dataset):
             return []
         return sorted(
             p
-            for p in self.storage.fs.ls(self.storage.path(METADATA), detail=False)
+            for p in self.storage.fs.ls(self.storage.path(dataset), detail=False)
             if p.endswith(".parquet") and posixpath.basename(p).startswith("part-")
         )
 
-    def read_metadata(self):
-        """All rows, one per source (the latest), as a pyarrow Table (None if empty)."""
+    def read_dataset(self, dataset: str, *, key: tuple[str, ...], time_column: str):
+        """All rows of ``dataset``, the latest per ``key``, as a pyarrow Table (or None)."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        tables = []
-        for path in self._part_paths():
-            tables.append(pq.read_table(io.BytesIO(self.storage.read_bytes(path))))
+        tables = [
+            pq.read_table(io.BytesIO(self.storage.read_bytes(path)))
+            for path in self._part_paths(dataset)
+        ]
         if not tables:
             return None
         table = pa.concat_tables(tables, promote_options="default")
-        # Latest row per source wins (a retried failure, a crash before compaction).
-        order = pc.sort_indices(table, [("source", "ascending"), ("processed_at", "descending")])
+        order = pc.sort_indices(
+            table, [*((k, "ascending") for k in key), (time_column, "descending")]
+        )
         table = table.take(order)
-        sources = table.column("source").to_pylist()
-        keep = [i for i, s in enumerate(sources) if i == 0 or s != sources[i - 1]]
-        table = table.take(pa.array(keep, pa.int64()))
-        return table.sort_by([("image_id", "ascending")])
+        keys = list(zip(*(table.column(k).to_pylist() for k in key), strict=True))
+        keep = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+        return table.take(pa.array(keep, pa.int64()))
 
-    def compact_metadata(self, run_id: str) -> int:
-        """Replace all part files by one deduplicated file; returns its row count."""
+    def replace_dataset(self, dataset: str, table, run_id: str) -> None:
+        """Publish ``table`` as the one file of ``dataset``, then drop the older parts."""
         import pyarrow.parquet as pq
 
-        before = self._part_paths()
-        table = self.read_metadata()
-        if table is None:
-            return 0
+        before = self._part_paths(dataset)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         name = f"part-compacted-{run_id}.parquet"
-        self.storage.write_bytes_atomic(posixpath.join(METADATA, name), buf.getvalue())
+        self.storage.write_bytes_atomic(posixpath.join(dataset, name), buf.getvalue())
         for path in before:
             if posixpath.basename(path) != name:
                 self.storage.fs.rm(path)
+
+    def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
+        self.write_part(METADATA, rows, part)
+
+    def read_metadata(self):
+        """All metadata rows, one per source (the latest), sorted by image_id (or None)."""
+        table = self.read_dataset(METADATA, key=("source",), time_column="processed_at")
+        return None if table is None else table.sort_by([("image_id", "ascending")])
+
+    def compact_metadata(self, run_id: str) -> int:
+        """Replace all metadata parts by one deduplicated file; returns its row count."""
+        table = self.read_metadata()
+        if table is None:
+            return 0
+        self.replace_dataset(METADATA, table, run_id)
+        return table.num_rows
+
+    def read_predictions(self):
+        """Predictions, one per (image, model) (re-classifying replaces), or None."""
+        table = self.read_dataset(
+            PREDICTIONS, key=("image_id", "model_sha256"), time_column="classified_at"
+        )
+        return None if table is None else table.sort_by([("row", "ascending")])
+
+    def compact_predictions(self, run_id: str) -> int:
+        table = self.read_predictions()
+        if table is None:
+            return 0
+        self.replace_dataset(PREDICTIONS, table, run_id)
         return table.num_rows

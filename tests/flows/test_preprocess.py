@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
 from flows.runner import run_preprocess
 from xraycore.io import read_image
 from xraycore.pipeline import PipelineSpec, run_pipeline
@@ -160,36 +161,40 @@ def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server, bad_input
     assert _run("s3://scans/in", "s3://stores/run1")["skipped"] == summary["ok"]
 
 
-def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
-    cli = CliRunner()
-    out = tmp_path / "store"
-    res = cli.invoke(
-        app,
-        [
-            "run",
-            str(source_dir),
-            "--out",
-            str(out),
-            "--size",
-            str(SIZE),
-            "--batch-size",
-            "4",
-            "--workers",
-            "2",
-        ],
+def _xray(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed ``xray`` console script, as a user does."""
+    xray = Path(sys.executable).parent / "xray"
+    return subprocess.run(
+        [str(xray), *args], capture_output=True, text=True, timeout=600, env=os.environ.copy()
     )
-    assert res.exit_code == 0, res.output
-    assert f"{len(bad_inputs)} failed" in res.output and "images/s" in res.output
-    res = cli.invoke(app, ["inspect", str(out)])
-    assert res.exit_code == 0 and "truncated PNG" in res.output
-    res = cli.invoke(app, ["sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png")])
-    assert res.exit_code == 0, res.output
+
+
+def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
+    out = tmp_path / "store"
+    res = _xray(
+        "run",
+        str(source_dir),
+        "--out",
+        str(out),
+        "--size",
+        str(SIZE),
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(bad_inputs)} failed" in res.stdout and "images/s" in res.stdout
+    res = _xray("inspect", str(out))
+    assert res.returncode == 0 and "truncated PNG" in res.stdout
+    res = _xray("sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png"))
+    assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "s.png").stat().st_size > 10_000
-    res = cli.invoke(app, ["run", str(source_dir), "--out", str(out), "--size", "64"])
-    assert res.exit_code == 2 and "--overwrite" in res.output
-    res = cli.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "does not exist" in res.output
-    res = cli.invoke(app, ["run", str(source_dir), "--out", str(out), "--storage-options", "[1"])
-    assert res.exit_code == 2
-    res = cli.invoke(app, ["inspect", str(tmp_path / "nothing")])
-    assert res.exit_code == 2 and "not a store" in res.output
+    res = _xray("run", str(source_dir), "--out", str(out), "--size", "64")
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+    res = _xray("run", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = _xray("run", str(source_dir), "--out", str(out), "--storage-options", "[1")
+    assert res.returncode == 2 and "not valid JSON" in res.stderr
+    res = _xray("inspect", str(tmp_path / "nothing"))
+    assert res.returncode == 2 and "not a store" in res.stderr
