@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 
+from flows.runner import task_runner
 from tasks.classify import classify_batch, commit_predictions
 from xraycore.classify import ModelContract, classification_report, confusion_matrix_figure
 from xraycore.storage import Storage
@@ -30,17 +31,21 @@ def shard_groups(rows: list[int], shard_size: int) -> list[list[int]]:
     return list(groups.values())
 
 
-@flow(name="classify-store", log_prints=True)
+@flow(name="classify-store", log_prints=True, task_runner=task_runner())
 def classify_store(
     store: str,
     model: str,
     contract: dict | None = None,
     target: str | None = None,
-    rows: list[int] | None = None,
+    rows: list[int] | str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the ok rows of a store (or ``rows``), commit predictions, and write
-    the evaluation report when the metadata holds the target labels."""
+    the evaluation report when the metadata holds the target labels.
+
+    ``rows`` may be JSON text, as an event trigger renders a list."""
+    if isinstance(rows, str):
+        rows = [int(r) for r in json.loads(rows)] if rows.strip() else None
     logger = get_run_logger()
     run_id = uuid.uuid4().hex[:12]
     st = ScanStore.open(store, storage_options)

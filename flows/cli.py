@@ -56,6 +56,9 @@ def run(
     classify: Annotated[
         str | None, typer.Option(help="ONNX model: score each batch once committed.")
     ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="Cluster spec: local|existing|kubernetes|slurm or YAML.")
+    ] = None,
 ) -> None:
     """Process SOURCE into the store OUT (resumable: reruns skip finished scans)."""
     from flows.runner import run_preprocess
@@ -67,6 +70,7 @@ def run(
     typer.echo(f"xray run {source} -> {out}" + (f" options {redact(opts)}" if opts else ""))
     try:
         summary = run_preprocess(
+            cluster=cluster,
             scheduler=scheduler,
             workers=workers,
             cluster_class=cluster_class,
@@ -200,6 +204,7 @@ def demo(
         cluster_class=None,
         cluster_kwargs=None,
         classify=None,
+        cluster=None,
     )
     sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
 

@@ -18,6 +18,7 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 
 from flows.classify import evaluate_store, report_markdown
+from flows.runner import task_runner
 from tasks.classify import classify_batch, commit_predictions
 from tasks.preprocess import commit_metadata, process_batch
 from xraycore.batch import plan_batches
@@ -40,7 +41,7 @@ def load_spec(pipeline: str | dict | None, size: int | None) -> PipelineSpec:
     return PipelineSpec.from_dict(base)
 
 
-@flow(name="preprocess-dataset", log_prints=True)
+@flow(name="preprocess-dataset", log_prints=True, task_runner=task_runner())
 def preprocess_dataset(
     source: str,
     out: str,
@@ -54,7 +55,11 @@ def preprocess_dataset(
     classify_contract: dict | None = None,
 ) -> dict[str, Any]:
     """List the source, plan shard-aligned batches, process them on the task
-    runner's Dask cluster, commit the metadata and publish a summary."""
+    runner's Dask cluster, commit the metadata and publish a summary.
+
+    The default task runner is the Dask cluster named by ``XRAY_DASK_CLUSTER``
+    (a spec in ``deploy/clusters`` or a YAML path), else a LocalCluster; the CLI
+    and :mod:`flows.runner` override it per run."""
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]

@@ -8,9 +8,47 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from pathlib import Path
 from typing import Any
 
 DEFAULT_CLUSTER = "distributed.LocalCluster"
+
+
+def cluster_spec_dirs() -> list[Path]:
+    """Where named cluster specs are looked up, first match wins."""
+    dirs = [os.environ.get("XRAY_CLUSTER_SPECS"), os.environ.get("XRAY_PIPELINE_HOME")]
+    found = [
+        Path(d) if i == 0 else Path(d) / "deploy" / "clusters" for i, d in enumerate(dirs) if d
+    ]
+    found.append(Path(__file__).resolve().parents[1] / "deploy" / "clusters")  # a checkout
+    found.append(Path.cwd() / "deploy" / "clusters")
+    return found
+
+
+def load_cluster_spec(spec: str) -> dict[str, Any]:
+    """Read a Dask cluster spec: a name in ``deploy/clusters`` (``local``,
+    ``existing``, ``kubernetes``, ``slurm``) or a path to a YAML file with
+    ``address`` or ``cluster_class`` + ``cluster_kwargs`` (+ ``adapt_kwargs``)."""
+    import yaml
+
+    path = Path(spec)
+    if not path.suffix:
+        candidates = [d / f"{spec}.yaml" for d in cluster_spec_dirs()]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+    if not path.is_file():
+        known = sorted({p.stem for d in cluster_spec_dirs() for p in d.glob("*.yaml")})
+        raise ValueError(f"cluster spec {spec!r} not found (known: {known}, or a YAML path)")
+    data = yaml.safe_load(path.read_text()) or {}
+    allowed = {"address", "cluster_class", "cluster_kwargs", "adapt_kwargs"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if bool(data.get("address")) == bool(data.get("cluster_class")):
+        raise ValueError(f"{path}: give exactly one of 'address' or 'cluster_class'")
+    for key in ("cluster_kwargs", "adapt_kwargs"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ValueError(f"{path}: {key} must be a mapping")
+    return data
 
 
 def task_runner(
@@ -19,12 +57,21 @@ def task_runner(
     workers: int | None = None,
     cluster_class: str | None = None,
     cluster_kwargs: dict[str, Any] | None = None,
+    adapt_kwargs: dict[str, Any] | None = None,
+    cluster: str | None = None,
 ):
     """A prefect-dask ``DaskTaskRunner``: an existing scheduler address, or a
     cluster class (LocalCluster by default, one single-threaded worker process
     per core, since OpenCV and NumPy are already vectorised per scan)."""
     from prefect_dask import DaskTaskRunner
 
+    cluster = cluster or os.environ.get("XRAY_DASK_CLUSTER")
+    if cluster and not (scheduler or cluster_class):
+        spec = load_cluster_spec(cluster)
+        scheduler = spec.get("address")
+        cluster_class = spec.get("cluster_class")
+        cluster_kwargs = {**spec.get("cluster_kwargs", {}), **(cluster_kwargs or {})}
+        adapt_kwargs = spec.get("adapt_kwargs") or adapt_kwargs
     if scheduler:
         if not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")):
             raise ValueError(
@@ -43,7 +90,7 @@ def task_runner(
         getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"cluster class {cls!r} cannot be imported: {exc}") from exc
-    return DaskTaskRunner(cluster_class=cls, cluster_kwargs=kwargs)
+    return DaskTaskRunner(cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=adapt_kwargs)
 
 
 @contextlib.contextmanager
@@ -78,6 +125,7 @@ def prefect_api():
 
 def run_preprocess(
     *,
+    cluster: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     cluster_class: str | None = None,
@@ -92,6 +140,7 @@ def run_preprocess(
         workers=workers,
         cluster_class=cluster_class,
         cluster_kwargs=cluster_kwargs,
+        cluster=cluster,
     )
     with prefect_api():
         return preprocess_dataset.with_options(task_runner=runner)(**params)
@@ -99,6 +148,7 @@ def run_preprocess(
 
 def run_classify(
     *,
+    cluster: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     cluster_class: str | None = None,
@@ -113,6 +163,7 @@ def run_classify(
         workers=workers,
         cluster_class=cluster_class,
         cluster_kwargs=cluster_kwargs,
+        cluster=cluster,
     )
     with prefect_api():
         return classify_store.with_options(task_runner=runner)(**params)

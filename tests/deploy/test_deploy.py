@@ -1,0 +1,228 @@
+"""Deployments on a real `prefect server`: schedule, trigger, a process worker,
+a scheduled-deployment run, and the committed-batch event starting classification.
+Plus every Dask cluster spec in deploy/clusters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+from onnx_models import mean_model
+
+from flows.runner import load_cluster_spec, task_runner
+from xraycore.store import ScanStore
+from xraycore.synth import phantom_chest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+    }
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.terminate()
+        pytest.fail("prefect server did not become healthy: " + (home / "server.log").read_text())
+    yield env
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _prefect(env, *args, timeout=300) -> str:
+    res = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, f"prefect {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+@contextlib.contextmanager
+def _client(env):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            yield client
+
+
+def _wait_for_runs(client, deployment_id, *, count=1, timeout=300):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+        final = [r for r in runs if r.state and r.state.is_final()]
+        if len(final) >= count:
+            return final
+        time.sleep(2)
+    raise AssertionError(f"no finished run of {deployment_id} within {timeout}s: {runs}")
+
+
+def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
+    src = tmp_path / "scans"
+    src.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(src / f"p{i}.png"), phantom_chest(128, seed=i))
+    store = tmp_path / "store"
+    model = mean_model(tmp_path / "mean.onnx", size=256)
+    env = {
+        **server_env,
+        "XRAY_PIPELINE_HOME": str(ROOT),
+        "XRAY_SOURCE": str(src),
+        "XRAY_STORE": str(store),
+        "XRAY_MODEL": model,
+        "XRAY_DASK_CLUSTER": "local",
+    }
+
+    _prefect(env, "work-pool", "create", "xray-process", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+
+    with _client(env) as client:
+        scheduled = client.read_deployment_by_name("preprocess-dataset/scheduled")
+        assert [s.schedule.cron for s in scheduled.schedules] == ["0 2 * * *"]
+        assert scheduled.parameters["source"] == str(src)
+        assert scheduled.work_pool_name == "xray-process"
+        on_batch = client.read_deployment_by_name("classify-store/on-batch")
+        automations = client.read_automations()
+        linked = [
+            a
+            for a in automations
+            if any(getattr(act, "deployment_id", None) == on_batch.id for act in a.actions)
+        ]
+        assert linked, automations
+        assert "xray.batch.committed" in linked[0].trigger.expect
+
+        worker = subprocess.Popen(
+            [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                "xray-process",
+                "--type",
+                "process",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _prefect(
+                env,
+                "deployment",
+                "run",
+                "preprocess-dataset/scheduled",
+                "--param",
+                "size=128",
+                "--param",
+                "batch_size=4",
+            )
+            runs = _wait_for_runs(client, scheduled.id, timeout=300)
+            assert runs[0].state.is_completed(), runs[0].state
+            meta = ScanStore.open(str(store)).read_metadata()
+            assert meta.num_rows == 6 and set(meta.column("status").to_pylist()) == {"ok"}
+
+            # Two batches were committed: each event started a classify-store run.
+            cruns = _wait_for_runs(client, on_batch.id, count=2, timeout=300)
+            assert all(r.state.is_completed() for r in cruns), [r.state for r in cruns]
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                preds = ScanStore.open(str(store)).read_predictions()
+                if preds is not None and preds.num_rows == 6:
+                    break
+                time.sleep(2)
+            assert preds is not None and preds.num_rows == 6
+        finally:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["local", "existing", "kubernetes", "slurm"])
+def test_cluster_specs_parse_and_build_runner_arguments(name):
+    spec = load_cluster_spec(name)
+    if name == "existing":
+        assert spec["address"].startswith("tcp://")
+        runner = task_runner(scheduler=spec["address"])
+        assert runner.address == spec["address"]
+        return
+    module, _, cls = spec["cluster_class"].rpartition(".")
+    assert module and cls and isinstance(spec["cluster_kwargs"], dict)
+    if name == "local":
+        runner = task_runner(cluster=name)
+        assert runner.cluster_kwargs["threads_per_worker"] == 1
+        assert runner.cluster_kwargs["n_workers"] >= 1
+    elif name == "kubernetes":
+        assert spec["cluster_kwargs"]["n_workers"] >= 1 and spec["adapt_kwargs"]["maximum"] > 1
+    else:
+        assert {"cores", "memory", "walltime"} <= set(spec["cluster_kwargs"])
+    try:
+        __import__(module)
+    except ImportError:
+        with pytest.raises(ValueError, match="cannot be imported"):
+            task_runner(cluster=name)
+
+
+def test_bad_cluster_specs(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_cluster_spec("mainframe")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("address: tcp://x:1\ncluster_class: distributed.LocalCluster\n")
+    with pytest.raises(ValueError, match="exactly one"):
+        load_cluster_spec(str(bad))
+    bad.write_text("workers: 3\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_cluster_spec(str(bad))
+    assert json.dumps(load_cluster_spec("local"))  # plain data
