@@ -32,6 +32,17 @@ def _options(text: str | None) -> dict[str, Any] | None:
     return _json_object(text, "--storage-options")
 
 
+def _open_store(store: str, storage_options: str | None):
+    """The store at ``store`` and its attributes; exit 2 when there is none."""
+    from xraycore.store import ScanStore
+
+    st = ScanStore.open(store, _options(storage_options))
+    info = st.info()
+    if info is None:
+        _fail(f"{store} is not a store (no images.zarr)", 2)
+    return st, info
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -112,12 +123,7 @@ def inspect(
     storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
 ) -> None:
     """Print a store's summary and its failed rows."""
-    from xraycore.store import ScanStore
-
-    st = ScanStore.open(store, _options(storage_options))
-    info = st.info()
-    if info is None:
-        _fail(f"{store} is not a store (no images.zarr)", 2)
+    st, info = _open_store(store, storage_options)
     meta = st.read_metadata()
     rows = meta.to_pylist() if meta is not None else []
     ok = [r for r in rows if r["status"] == "ok"]
@@ -145,12 +151,8 @@ def sheet(
     from xraycore.io import read_image
     from xraycore.pipeline import fit_to_size
     from xraycore.restore import fuse_channels
-    from xraycore.store import ScanStore
 
-    st = ScanStore.open(store, _options(storage_options))
-    info = st.info()
-    if info is None:
-        _fail(f"{store} is not a store (no images.zarr)", 2)
+    st, info = _open_store(store, storage_options)
     try:
         wanted = [int(r) for r in rows.split(",") if r.strip()]
     except ValueError:

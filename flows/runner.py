@@ -123,7 +123,8 @@ def prefect_api():
         server.stop()
 
 
-def run_preprocess(
+def run_flow(
+    flow,
     *,
     cluster: str | None = None,
     scheduler: str | None = None,
@@ -131,39 +132,29 @@ def run_preprocess(
     cluster_class: str | None = None,
     cluster_kwargs: dict[str, Any] | None = None,
     **params: Any,
-) -> dict[str, Any]:
-    """Run ``preprocess_dataset`` with a Dask task runner; returns the summary."""
+) -> Any:
+    """Run a flow on a Dask task runner (see :func:`task_runner`) against one
+    Prefect API (see :func:`prefect_api`); returns the flow's result."""
+    runner = task_runner(
+        scheduler=scheduler,
+        workers=workers,
+        cluster_class=cluster_class,
+        cluster_kwargs=cluster_kwargs,
+        cluster=cluster,
+    )
+    with prefect_api():
+        return flow.with_options(task_runner=runner)(**params)
+
+
+def run_preprocess(**kwargs: Any) -> dict[str, Any]:
+    """``preprocess_dataset`` through :func:`run_flow`; returns the run summary."""
     from flows.preprocess import preprocess_dataset
 
-    runner = task_runner(
-        scheduler=scheduler,
-        workers=workers,
-        cluster_class=cluster_class,
-        cluster_kwargs=cluster_kwargs,
-        cluster=cluster,
-    )
-    with prefect_api():
-        return preprocess_dataset.with_options(task_runner=runner)(**params)
+    return run_flow(preprocess_dataset, **kwargs)
 
 
-def run_classify(
-    *,
-    cluster: str | None = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    cluster_class: str | None = None,
-    cluster_kwargs: dict[str, Any] | None = None,
-    **params: Any,
-) -> dict[str, Any]:
-    """Run ``classify_store`` with a Dask task runner; returns its result."""
+def run_classify(**kwargs: Any) -> dict[str, Any]:
+    """``classify_store`` through :func:`run_flow`; returns its result."""
     from flows.classify import classify_store
 
-    runner = task_runner(
-        scheduler=scheduler,
-        workers=workers,
-        cluster_class=cluster_class,
-        cluster_kwargs=cluster_kwargs,
-        cluster=cluster,
-    )
-    with prefect_api():
-        return classify_store.with_options(task_runner=runner)(**params)
+    return run_flow(classify_store, **kwargs)

@@ -117,6 +117,9 @@ def process_batch(
     describes them.
     """
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
+    # A batch runs in a worker that owns one core; OpenCV's own thread pool would
+    # oversubscribe it.
+    cv2.setNumThreads(1)
     store = ScanStore.open(store_url, storage_options)
     info = store.info()
     if info is None:

@@ -171,8 +171,11 @@ class ScanStore:
 
         if not rows:
             return
+        # from_pylist infers columns from the first row: give every row all keys.
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buf)
+        pq.write_table(table, buf)
         self.storage.write_bytes_atomic(
             posixpath.join(dataset, f"part-{part}.parquet"), buf.getvalue()
         )

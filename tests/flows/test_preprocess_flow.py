@@ -74,7 +74,8 @@ def test_local_run_rows_failures_and_pixels(source_dir, labels_csv, tmp_path, ba
         assert np.array_equal(store.read("histogram", r["row"]), expected["histogram"])
         log = store.read("log", r["row"])
         assert log.dtype == np.float16
-        assert np.array_equal(log, expected["log"].astype(np.float16))
+        # float16 storage: within one float16 step of the float32 result.
+        np.testing.assert_allclose(log, expected["log"], rtol=2**-10, atol=1e-3)
         assert r["mean"] == pytest.approx(float(expected["preprocessed"].mean()))
     # Shards are written whole and rows start on shard boundaries.
     assert store.capacity() % 4 == 0

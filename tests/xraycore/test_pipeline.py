@@ -83,8 +83,9 @@ def test_run_pipeline_outputs_equal_the_library_calls():
     spec = PipelineSpec(size=256)
     out = run_pipeline(scan, spec)
     assert set(out) == set(OUTPUTS) | {"preprocessed"}
-    assert np.array_equal(out["log"], edges.gaussian_laplace(scan, sigma=1.0))
-    assert np.array_equal(out["sobel"], edges.sobel(scan))
+    # OpenCV's threaded SIMD paths may round the last float32 bit differently run to run.
+    np.testing.assert_allclose(out["log"], edges.gaussian_laplace(scan, sigma=1.0), atol=1e-4)
+    np.testing.assert_allclose(out["sobel"], edges.sobel(scan), atol=1e-4)
     assert np.array_equal(out["canny"], edges.canny(scan))
     assert np.array_equal(out["mask"], scan > 150)
     assert np.array_equal(out["histogram"], np.bincount(scan.ravel(), minlength=256))
@@ -108,3 +109,17 @@ def test_run_pipeline_resizes_16_bit_input():
     out = run_pipeline(deep, PipelineSpec(size=128))
     assert out["preprocessed"].shape == (128, 128)
     assert out["log"].shape == (128, 128)
+
+
+def test_metadata_part_keeps_columns_missing_from_the_first_row(tmp_path):
+    from xraycore.store import ScanStore
+
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.storage.makedirs()
+    rows = [
+        {"image_id": "a", "source": "a", "processed_at": 1.0},
+        {"image_id": "b", "source": "b", "processed_at": 2.0, "finding_x": True},
+    ]
+    store.write_metadata_part(rows, "0")
+    table = store.read_metadata()
+    assert table.column("finding_x").to_pylist() == [None, True]
