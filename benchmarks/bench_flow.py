@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import tempfile
 import time
@@ -68,7 +69,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-    from flows.runner import prefect_api, task_runner
+    from flows.runner import WORKER_MALLOC, prefect_api, task_runner
+
+    # The same allocator settings for the bare loop's processes as for the flow's workers.
+    os.environ.update(WORKER_MALLOC)
 
     with tempfile.TemporaryDirectory() as tmp:
         what = make_source(Path(tmp) / "src", args.images)

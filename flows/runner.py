@@ -81,6 +81,7 @@ def task_runner(
     kwargs = dict(cluster_kwargs or {})
     cls = cluster_class or DEFAULT_CLUSTER
     if cls == DEFAULT_CLUSTER:
+        _worker_malloc_settings()
         kwargs.setdefault("n_workers", workers or os.cpu_count() or 1)
         kwargs.setdefault("threads_per_worker", 1)
         kwargs.setdefault("processes", True)
@@ -91,6 +92,21 @@ def task_runner(
     except (ImportError, AttributeError, ValueError) as exc:
         raise ValueError(f"cluster class {cls!r} cannot be imported: {exc}") from exc
     return DaskTaskRunner(cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=adapt_kwargs)
+
+
+# Per-scan temporaries are ~4-16 MB: with glibc's defaults they are mmap'ed and
+# unmapped on every call, and the page faults cost ~30% of a worker's time
+# (shared/MEASUREMENTS.md; measured again in benchmarks/bench_flow.py).
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+
+def _worker_malloc_settings() -> None:
+    """Have LocalCluster nannies start workers with :data:`WORKER_MALLOC`
+    (Dask's own default sets MALLOC_TRIM_THRESHOLD_ to 64 KiB)."""
+    import dask
+
+    key = "distributed.nanny.pre-spawn-environ"
+    dask.config.set({key: {**(dask.config.get(key, default={}) or {}), **WORKER_MALLOC}})
 
 
 @contextlib.contextmanager
