@@ -68,7 +68,10 @@ def comparison_figure(
             ax.axis("off")
             if name in row:
                 title, cmap = _PANELS[name]
-                ax.imshow(np.asarray(row[name], dtype=np.float32), cmap=cmap)
+                panel = np.asarray(row[name], dtype=np.float32)
+                # Edge responses have rare extremes: show the 1st-99th percentile range.
+                lo, hi = np.percentile(panel, [1, 99]) if panel.size else (0.0, 1.0)
+                ax.imshow(panel, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1)
                 label = f"{titles[i]}\n{title}" if titles and j == 0 else title
                 ax.set_title(label, fontsize=8)
     fig.tight_layout()
