@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,10 +192,6 @@ def process_batch(
         "pid": os.getpid(),
         "rows": [r["row"] for r in rows if r["status"] == "ok"],
     }
-
-
-def batch_to_dict(batch: Batch) -> dict:
-    return asdict(batch)
 
 
 def classify_rows(

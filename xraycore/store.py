@@ -155,11 +155,8 @@ class ScanStore:
 
     def read(self, name: str, rows) -> np.ndarray:
         """Rows of one array (``rows`` an int, slice or list of ints)."""
-        return (
-            self._group("r")[name].oindex[rows]
-            if isinstance(rows, list)
-            else self._group("r")[name][rows]
-        )
+        arr = self._group("r")[name]
+        return arr.oindex[rows] if isinstance(rows, list) else arr[rows]
 
     # -- Parquet ------------------------------------------------------------
     # Each Parquet dataset (metadata, predictions) is a directory of part files:
