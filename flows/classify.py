@@ -23,11 +23,12 @@ REPORT = "classification_report.json"
 CONFUSION = "confusion_matrix.png"
 
 
-def shard_groups(rows: list[int], shard_size: int) -> list[list[int]]:
-    """Rows grouped by the shard they live in: one task reads whole shards."""
-    groups: dict[int, list[int]] = {}
-    for r in sorted(rows):
-        groups.setdefault(r // shard_size, []).append(r)
+def shard_groups(items: list[tuple[int, str]], shard_size: int) -> list[list[tuple[int, str]]]:
+    """(row, image_id) pairs grouped by the shard the row lives in: one task
+    reads whole shards."""
+    groups: dict[int, list[tuple[int, str]]] = {}
+    for row, image_id in sorted(items):
+        groups.setdefault(row // shard_size, []).append((row, image_id))
     return list(groups.values())
 
 
@@ -54,11 +55,14 @@ def classify_store(
         raise ValueError(f"{store} is not a store (no images.zarr)")
     c = ModelContract.for_model(model, storage_options, **(contract or {}))
     meta = st.read_metadata()
-    ok_rows = [r["row"] for r in meta.to_pylist() if r["status"] == "ok"] if meta else []
+    ok = (
+        [(r["row"], r["image_id"]) for r in meta.to_pylist() if r["status"] == "ok"] if meta else []
+    )
     if rows is not None:
-        ok_rows = [r for r in ok_rows if r in set(rows)]
-    groups = shard_groups(ok_rows, int(info["shard_size"]))
-    logger.info("classifying %d rows in %d batches with %s", len(ok_rows), len(groups), model)
+        wanted = set(rows)
+        ok = [item for item in ok if item[0] in wanted]
+    groups = shard_groups(ok, int(info["shard_size"]))
+    logger.info("classifying %d rows in %d batches with %s", len(ok), len(groups), model)
     futures = classify_batch.map(
         groups,
         store_url=unmapped(store),

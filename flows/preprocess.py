@@ -79,11 +79,12 @@ def preprocess_dataset(
     )
     store.ensure_capacity(plan.end_row)
     logger.info(
-        "%d inputs: %d to process in %d batches, %d already done",
+        "%d inputs: %d new, %d to retry, %d already done; %d batches",
         len(sources),
-        len(sources) - plan.skipped,
-        len(plan.batches),
+        plan.new,
+        plan.retried,
         plan.skipped,
+        len(plan.batches),
     )
 
     futures = process_batch.map(
@@ -190,7 +191,7 @@ def _collect(futures, plan, logger, store, scorer=None):
                 payload={"store": store, "start": batch.start, "rows": result["rows"]},
             )
             if scorer is not None and result["rows"]:
-                scoring.append(scorer(result["rows"]))
+                scoring.append(scorer(result["items"]))
         done += len(batch.items)
         rate = done / max(time.perf_counter() - t0, 1e-9)
         logger.info(

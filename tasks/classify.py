@@ -12,16 +12,17 @@ from xraycore.store import ScanStore
 
 @task(name="classify-batch", retries=2, retry_delay_seconds=2, persist_result=False)
 def classify_batch(
-    rows: list[int],
+    items: list[tuple[int, str]],
     store_url: str,
     model: str,
     contract: dict | None,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score one shard's rows; reads pixels from the store, returns counts."""
+    """Score one shard's (row, image_id) pairs; reads pixels from the store,
+    returns counts."""
     return classify_rows(
-        rows,
+        items,
         store_url=store_url,
         model_url=model,
         contract=contract,

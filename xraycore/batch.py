@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +44,6 @@ class Plan:
     end_row: int
     retried: int = 0
     new: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def plan_batches(
@@ -56,11 +55,12 @@ def plan_batches(
     shard_size: int,
     labels: dict[str, dict] | None = None,
 ) -> Plan:
-    """Decide what this run does: skip inputs already ok with the same source
-    bytes (size and modification time, or sha256 when both are equal) and
-    pipeline, retry failed ones, add new ones; group the work into shard-aligned
-    batches starting at ``first_free_row`` (rounded up to a shard boundary, so a
-    shard is only ever written by one task)."""
+    """Decide what this run does: skip inputs already ok under the same
+    pipeline whose size and modification time are unchanged (sha256 is
+    recorded, not recomputed for the check), retry failed or changed ones, add
+    new ones; group the work into shard-aligned batches starting at
+    ``first_free_row`` (rounded up to a shard boundary, so a shard is only ever
+    written by one task)."""
     done: dict[str, dict] = {}
     failed: set[str] = set()
     if previous is not None:
@@ -191,11 +191,12 @@ def process_batch(
         "failures": [(r["image_id"], r["error"]) for r in rows if r["status"] != "ok"],
         "pid": os.getpid(),
         "rows": [r["row"] for r in rows if r["status"] == "ok"],
+        "items": [(r["row"], r["image_id"]) for r in rows if r["status"] == "ok"],
     }
 
 
 def classify_rows(
-    rows: list[int],
+    items: list[tuple[int, str]],
     *,
     store_url: str,
     model_url: str,
@@ -205,19 +206,17 @@ def classify_rows(
 ) -> dict[str, Any]:
     """Score stored rows with an ONNX model and commit one predictions part.
 
-    Reads ``preprocessed`` for ``rows`` from the store (no pixels travel
-    through the caller) and returns counts only.
+    ``items`` are (row, image_id) pairs, known to the caller from the metadata
+    it already holds. Reads ``preprocessed`` for those rows from the store (no
+    pixels travel through the caller) and returns counts only.
     """
     from .classify import ModelContract, OnnxClassifier
 
     store = ScanStore.open(store_url, storage_options)
     c = ModelContract.from_dict(contract) if contract else None
     model = OnnxClassifier(model_url, c, storage_options)
-    meta = store.read_metadata()
-    ids = dict(
-        zip(meta.column("row").to_pylist(), meta.column("image_id").to_pylist(), strict=True)
-    )
-    rows = sorted(int(r) for r in rows)
+    ids = {int(row): image_id for row, image_id in items}
+    rows = sorted(ids)
     scans = store.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
     scores = model.scores(scans) if rows else np.zeros(0)
     labels = model.labels(scores)
