@@ -55,7 +55,7 @@ def bare_loop(source: str, out: str, workers: int, batch_size: int) -> float:
     store.ensure_capacity(plan.end_row)
     with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(
-            partial(process_batch, store_url=out, spec=spec.to_dict(), run_id="bare"),
+            partial(process_batch, store=out, spec=spec.to_dict(), run_id="bare"),
             plan.batches,
             chunksize=1,
         )

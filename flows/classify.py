@@ -65,7 +65,7 @@ def classify_store(
     logger.info("classifying %d rows in %d batches with %s", len(ok), len(groups), model)
     futures = classify_batch.map(
         groups,
-        store_url=unmapped(store),
+        store=unmapped(store),
         model=unmapped(model),
         contract=unmapped(c.to_dict()),
         run_id=unmapped(run_id),

@@ -89,7 +89,7 @@ def preprocess_dataset(
 
     futures = process_batch.map(
         plan.batches,
-        store_url=unmapped(out),
+        store=unmapped(out),
         spec=unmapped(spec.to_dict()),
         run_id=unmapped(run_id),
         storage_options=unmapped(storage_options),
@@ -104,7 +104,7 @@ def preprocess_dataset(
         # A batch's rows are scored as soon as they are committed, on the same cluster.
         scorer = partial(
             classify_batch.submit,
-            store_url=out,
+            store=out,
             model=classify,
             contract=contract.to_dict(),
             run_id=run_id,

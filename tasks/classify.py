@@ -13,7 +13,7 @@ from xraycore.store import ScanStore
 @task(name="classify-batch", retries=2, retry_delay_seconds=2, persist_result=False)
 def classify_batch(
     items: list[tuple[int, str]],
-    store_url: str,
+    store: str,
     model: str,
     contract: dict | None,
     run_id: str,
@@ -23,8 +23,8 @@ def classify_batch(
     returns counts."""
     return classify_rows(
         items,
-        store_url=store_url,
-        model_url=model,
+        store=store,
+        model=model,
         contract=contract,
         run_id=run_id,
         storage_options=storage_options,
@@ -33,7 +33,7 @@ def classify_batch(
 
 @task(name="commit-predictions", retries=2, retry_delay_seconds=2, persist_result=False)
 def commit_predictions(
-    store_url: str, run_id: str, storage_options: dict[str, Any] | None = None
+    store: str, run_id: str, storage_options: dict[str, Any] | None = None
 ) -> int:
     """Compact prediction parts: one row per (image, model)."""
-    return ScanStore.open(store_url, storage_options).compact_predictions(run_id)
+    return ScanStore.open(store, storage_options).compact_predictions(run_id)

@@ -14,7 +14,7 @@ from xraycore.store import ScanStore
 @task(name="process-batch", retries=2, retry_delay_seconds=2, persist_result=False)
 def process_batch(
     batch: Batch,
-    store_url: str,
+    store: str,
     spec: dict,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
@@ -27,7 +27,7 @@ def process_batch(
     """
     return _process_batch(
         batch,
-        store_url=store_url,
+        store=store,
         spec=spec,
         run_id=run_id,
         storage_options=storage_options,
@@ -36,8 +36,6 @@ def process_batch(
 
 
 @task(name="commit-metadata", retries=2, retry_delay_seconds=2, persist_result=False)
-def commit_metadata(
-    store_url: str, run_id: str, storage_options: dict[str, Any] | None = None
-) -> int:
+def commit_metadata(store: str, run_id: str, storage_options: dict[str, Any] | None = None) -> int:
     """Compact the run's metadata parts into one deduplicated Parquet file."""
-    return ScanStore.open(store_url, storage_options).compact_metadata(run_id)
+    return ScanStore.open(store, storage_options).compact_metadata(run_id)

@@ -103,7 +103,7 @@ def _to_float16(image: np.ndarray, out: np.ndarray) -> None:
 def process_batch(
     batch: Batch,
     *,
-    store_url: str,
+    store: str,
     spec: PipelineSpec | dict,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
@@ -120,10 +120,10 @@ def process_batch(
     # A batch runs in a worker that owns one core; OpenCV's own thread pool would
     # oversubscribe it.
     cv2.setNumThreads(1)
-    store = ScanStore.open(store_url, storage_options)
-    info = store.info()
+    target = ScanStore.open(store, storage_options)
+    info = target.info()
     if info is None:
-        raise ValueError(f"store {store_url} is not initialised")
+        raise ValueError(f"store {store} is not initialised")
     shard = int(info["shard_size"])
     s = spec.size
     names = info["arrays"]
@@ -179,8 +179,8 @@ def process_batch(
             row.update(batch.labels[slot])
         rows.append(row)
     compute_s = time.perf_counter() - t0
-    store.write_shard(batch.start, blocks)
-    store.write_metadata_part(rows, f"{batch.start:010d}-{run_id}")
+    target.write_shard(batch.start, blocks)
+    target.write_metadata_part(rows, f"{batch.start:010d}-{run_id}")
     ok = sum(r["status"] == "ok" for r in rows)
     return {
         "start": batch.start,
@@ -198,8 +198,8 @@ def process_batch(
 def classify_rows(
     items: list[tuple[int, str]],
     *,
-    store_url: str,
-    model_url: str,
+    store: str,
+    model: str,
     contract: dict | None = None,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
@@ -212,14 +212,14 @@ def classify_rows(
     """
     from .classify import ModelContract, OnnxClassifier
 
-    store = ScanStore.open(store_url, storage_options)
+    target = ScanStore.open(store, storage_options)
     c = ModelContract.from_dict(contract) if contract else None
-    model = OnnxClassifier(model_url, c, storage_options)
+    classifier = OnnxClassifier(model, c, storage_options)
     ids = {int(row): image_id for row, image_id in items}
     rows = sorted(ids)
-    scans = store.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
-    scores = model.scores(scans) if rows else np.zeros(0)
-    labels = model.labels(scores)
+    scans = target.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
+    scores = classifier.scores(scans) if rows else np.zeros(0)
+    labels = classifier.labels(scores)
     now = datetime.now(UTC)
     records = [
         {
@@ -227,18 +227,18 @@ def classify_rows(
             "row": r,
             "score": float(s),
             "label": lab,
-            "model": model_url,
-            "model_sha256": model.sha256,
+            "model": model,
+            "model_sha256": classifier.sha256,
             "run_id": run_id,
             "classified_at": now,
         }
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]
     if records:
-        store.write_part(
-            "predictions.parquet", records, f"{rows[0]:010d}-{model.sha256[:12]}-{run_id}"
+        target.write_part(
+            "predictions.parquet", records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}"
         )
     return {
         "rows": len(records),
-        "positive": sum(lab == model.contract.labels[1] for lab in labels),
+        "positive": sum(lab == classifier.contract.labels[1] for lab in labels),
     }
