@@ -13,11 +13,30 @@ def make_dicom(
     photometric: str = "MONOCHROME2",
     slope: float | None = None,
     intercept: float | None = None,
-    window: tuple[float, float] | None = None,
+    window: tuple | None = None,
+    voi_function: str | None = None,
+    voi_lut: np.ndarray | None = None,
+    palette: np.ndarray | None = None,
     preamble: bool = True,
     with_pixels: bool = True,
 ) -> bytes:
-    """A minimal single-frame DICOM file (explicit VR little endian) in memory."""
+    """A minimal DICOM file (explicit VR little endian) in memory.
+
+    Parameters
+    ----------
+    pixels : (H, W) or (frames, H, W) ndarray of uint8, uint16 or int16
+        Stored values; int16 sets Pixel Representation 1, a 3-D array is
+        written as a multi-frame file.
+    window : (center, width), optional
+        Either may be a list, for several alternative windows.
+    voi_function : str, optional
+        VOI LUT Function (0028,1056): LINEAR, LINEAR_EXACT or SIGMOID.
+    voi_lut : (N,) ndarray of uint16, optional
+        A VOI LUT Sequence item mapping stored values 0..N-1, 16 bits per entry.
+    palette : (N, 3) ndarray of uint8 or uint16, optional
+        Red, green and blue palette entries for stored values 0..N-1; the
+        photometric interpretation becomes PALETTE COLOR.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filewriter import dcmwrite
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -31,19 +50,35 @@ def make_dicom(
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
+    ds.PhotometricInterpretation = "PALETTE COLOR" if palette is not None else photometric
     bits = 8 if pixels.dtype == np.uint8 else 16
     ds.BitsAllocated = bits
     ds.BitsStored = bits
     ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if voi_function is not None:
+        ds.VOILUTFunction = voi_function
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = [len(voi_lut), 0, 16]
+        item.LUTData = voi_lut.astype("<u2").tobytes()
+        ds.VOILUTSequence = [item]
+    if palette is not None:
+        lut_bits = 8 if palette.dtype == np.uint8 else 16
+        for c, colour in enumerate(("Red", "Green", "Blue")):
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [len(palette), 0, lut_bits])
+            # 8-bit entries are still written as 16-bit words (PS3.3 C.7.6.3.1.6).
+            words = palette[:, c].astype("<u2")
+            setattr(ds, f"{colour}PaletteColorLookupTableData", words.tobytes())
     if with_pixels:
         ds.PixelData = pixels.tobytes()
     buf = io.BytesIO()

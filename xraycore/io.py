@@ -55,7 +55,7 @@ def image_format(data: bytes) -> str | None:
 
 
 def decode_image(
-    data: bytes, *, name: str | None = None, max_pixels: int | None = None
+    data: bytes, *, name: str | None = None, max_pixels: int | None = None, frame: int | None = None
 ) -> np.ndarray:
     """Decode a PNG, JPEG or DICOM file held in memory.
 
@@ -68,21 +68,30 @@ def decode_image(
     max_pixels : int, optional
         Refuse images with more than this many pixels, checked from the header
         before decoding. Default :data:`DEFAULT_MAX_PIXELS`.
+    frame : int, optional
+        Which frame of a multi-frame DICOM file to decode (0-based). Default
+        None: single-frame files only, a multi-frame file is refused rather
+        than silently cut to its first frame. PNG and JPEG ignore it.
 
     Returns
     -------
     image : (H, W) or (H, W, 3) ndarray of uint8 or uint16
         Grayscale as 2-D, colour in OpenCV's BGR order; alpha is dropped and a
-        colour file whose channels are identical is returned as grayscale. DICOM
-        has its rescale slope/intercept and VOI LUT or window applied, is scaled
-        to the full range of uint8 (BitsStored <= 8) or uint16, and MONOCHROME1
-        is inverted so that bone is bright.
+        colour file whose channels are identical is returned as grayscale.
+        DICOM follows pydicom's display pipeline: modality LUT or rescale, then
+        the VOI LUT Sequence or else the first window with its VOI LUT Function
+        (LINEAR, LINEAR_EXACT or SIGMOID), scaled onto the full range of uint8
+        (BitsStored <= 8) or uint16; MONOCHROME1 is inverted so that bone is
+        bright. PALETTE COLOR has its palette applied and is returned as its
+        luminance (ITU-R BT.601 weights), never as palette indices.
 
     Raises
     ------
     ImageDecodeError
-        Empty, truncated or unrecognised data, DICOM without pixel data, or an
-        image larger than ``max_pixels``.
+        For every input that cannot be decoded: empty, truncated, unrecognised
+        or malformed data, DICOM without pixel data or with an unsupported
+        photometric interpretation, a multi-frame DICOM without ``frame``, or
+        an image larger than ``max_pixels``. The message starts with ``name``.
     """
     label = name or "<bytes>"
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -90,17 +99,29 @@ def decode_image(
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if limit <= 0:
         raise ValueError(f"max_pixels must be > 0, got {max_pixels!r}")
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 0):
+        raise ValueError(f"frame must be None or an int >= 0, got {frame!r}")
     data = bytes(data)
     if len(data) == 0:
         raise ImageDecodeError(f"{label}: empty file (0 bytes)")
     kind = image_format(data)
-    if kind == "png":
-        return _decode_png(data, label, limit)
-    if kind == "jpeg":
-        return _decode_jpeg(data, label, limit)
-    if kind == "dicom":
-        return _decode_dicom(data, label, limit)
-    raise ImageDecodeError(f"{label}: not a PNG, JPEG or DICOM image (starts with {data[:8]!r})")
+    if kind is None:
+        raise ImageDecodeError(
+            f"{label}: not a PNG, JPEG or DICOM image (starts with {data[:8]!r})"
+        )
+    decoders = {"png": _decode_png, "jpeg": _decode_jpeg}
+    try:
+        if kind == "dicom":
+            return _decode_dicom(data, label, limit, frame)
+        return decoders[kind](data, label, limit)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        # Whatever a decoder library raises (cv2.error, struct.error, ...), the
+        # caller gets one exception class that names the input.
+        raise ImageDecodeError(
+            f"{label}: {kind.upper()} could not be decoded ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
 
 
 def read_image(uri: str, *, max_pixels: int | None = None, **storage_options) -> np.ndarray:
@@ -114,6 +135,12 @@ def read_image(uri: str, *, max_pixels: int | None = None, **storage_options) ->
     with fsspec.open(uri, "rb", **storage_options) as f:
         data = f.read()
     return decode_image(data, name=uri, max_pixels=max_pixels)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    # pydicom quotes the offending value, which can be a whole LUT or pixel buffer.
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_size(height: int, width: int, label: str, limit: int) -> None:
@@ -207,10 +234,9 @@ def _decode_jpeg(data: bytes, label: str, limit: int) -> np.ndarray:
     return _finish(image, label, "JPEG", False)
 
 
-def _decode_dicom(data: bytes, label: str, limit: int) -> np.ndarray:
+def _decode_dicom(data: bytes, label: str, limit: int, frame: int | None) -> np.ndarray:
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImageDecodeError(
             f"{label}: is DICOM, but pydicom is not installed (pip install 'xray-pipeline[dicom]')"
@@ -218,48 +244,116 @@ def _decode_dicom(data: bytes, label: str, limit: int) -> np.ndarray:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
-        raise ImageDecodeError(f"{label}: corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+        raise ImageDecodeError(
+            f"{label}: corrupt DICOM ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{label}: DICOM file has no pixel data")
+    try:
+        return _dicom_pixels(ds, label, limit, frame)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        # A malformed header value (a Number of Frames of "1A", a Window Width
+        # of 0 for LINEAR) surfaces deep inside pydicom as a bare ValueError.
+        raise ImageDecodeError(
+            f"{label}: DICOM could not be decoded ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
+
+
+def _dicom_pixels(ds, label: str, limit: int, frame: int | None) -> np.ndarray:
+    from pydicom.pixels import (
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi,
+        apply_voi_lut,
+        pixel_array,
+    )
+
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(rows, cols, label, limit)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise ImageDecodeError(f"{label}: multi-frame DICOM ({frames} frames) is not supported")
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
+    if frame is None and frames != 1:
         raise ImageDecodeError(
-            f"{label}: DICOM pixel data could not be decoded ({type(exc).__name__}: {exc})"
-        ) from exc
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+            f"{label}: multi-frame DICOM ({frames} frames); pass frame=k to decode one of them"
+        )
+    index = 0 if frame is None else frame
+    if not 0 <= index < frames:
+        raise ImageDecodeError(f"{label}: frame {index} requested, the file has {frames}")
+    # Only the requested frame is decoded: a cine run of 1,000 frames costs one.
+    pixels = ds.pixel_array if frames == 1 else pixel_array(ds, index=index)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     bits = int(ds.get("BitsStored", 8) or 8)
-    if samples == 3:
+    if photometric == "PALETTE COLOR":
+        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return _palette_luma(apply_color_lut(pixels, ds), depth)
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
         rgb = pixels if pixels.dtype == np.uint8 else _to_dtype(pixels, 0, 2**bits - 1, bits)
         return np.ascontiguousarray(rgb[:, :, ::-1])
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        lo, hi = float(lut.min()), float(lut.max())
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(np.atleast_1d(ds.WindowCenter)[0])
-        width = max(float(np.atleast_1d(ds.WindowWidth)[0]), 1.0)
-        # DICOM PS3.3 C.11.2.1.2.1, the LINEAR function, onto [0, 1].
-        values = np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
-        lo, hi = 0.0, 1.0
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImageDecodeError(f"{label}: unsupported Photometric Interpretation {photometric!r}")
+    values = apply_modality_lut(pixels, ds)
+    has_lut = bool(ds.get("VOILUTSequence"))
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    # PS3.3 C.11.2.1.2: a VOI LUT Sequence wins over a window, the first of
+    # several views is the default, and the window's VOI LUT Function
+    # (LINEAR, LINEAR_EXACT, SIGMOID) is pydicom's to apply.
+    with np.errstate(over="ignore"):  # SIGMOID far from the centre: exp -> inf -> 0
+        shown = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    if has_lut:
+        # The table's own range, read by pydicom (LUT Data is US or OW, either
+        # byte order): the LUT applied to every input it maps.
+        entries, first = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor[:2])
+        table = apply_voi(np.arange(first, first + (entries or 65536)), ds, index=0)
+        lo, hi = float(table.min()), float(table.max())
+    elif has_window:
+        lo, hi = _window_output_range(ds)
     else:
-        lo, hi = float(values.min()), float(values.max())
-    image = _to_dtype(values, lo, hi, bits)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        lo, hi = float(np.min(shown)), float(np.max(shown))
+    image = _to_dtype(shown, lo, hi, bits)
+    if photometric == "MONOCHROME1":
         image = np.iinfo(image.dtype).max - image
     return image
+
+
+def _window_output_range(ds) -> tuple[float, float]:
+    """The output range of :func:`pydicom.pixels.apply_windowing` for ``ds``.
+
+    pydicom maps a window onto the range of the modality LUT's output: the
+    stored-pixel range through the rescale, or 0..2**n - 1 for a Modality LUT
+    Sequence. The same range maps onto uint8/uint16 here, so a window's
+    centre lands on mid-grey.
+    """
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        # A negative slope swaps the ends, as in pydicom: hi < lo inverts.
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def _palette_luma(rgb: np.ndarray, depth: int) -> np.ndarray:
+    """Luminance of a palette-applied image, uint8 for 8-bit palette entries.
+
+    ITU-R BT.601 weights, the ones Pillow's ``convert("L")`` and OpenCV's
+    ``COLOR_RGB2GRAY`` document. pydicom returns 8-bit entries stored in
+    16-bit words as uint16, so the dtype comes from the descriptor's depth.
+    """
+    dtype = np.uint8 if depth <= 8 else np.uint16
+    luma = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.clip(np.rint(luma), 0, np.iinfo(dtype).max).astype(dtype)
 
 
 def _to_dtype(values: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:
     dtype = np.uint8 if bits <= 8 else np.uint16
     top = float(np.iinfo(dtype).max)
-    if hi <= lo:
+    if hi == lo:
         return np.zeros(values.shape, dtype)
     scaled = (values.astype(np.float64) - lo) * (top / (hi - lo))
     return np.clip(np.rint(scaled), 0, top).astype(dtype)

@@ -213,3 +213,161 @@ def test_real_scans_decode_as_8bit_1024(chestxray8_files):
 def test_real_damaged_scans_decode_as_colour(damaged_files):
     image = xio.read_image(str(damaged_files[0]))
     assert image.ndim == 3 and image.shape[2] == 3
+
+
+# --- DICOM display pipeline against pydicom's own -------------------------------------------
+# pydicom's pipeline is: pixel data -> modality LUT -> VOI LUT Sequence, else the first window
+# with its VOI LUT Function -> MONOCHROME1 inversion. decode_image maps the output range of
+# that pipeline (the modality LUT's range for a window, PS3.3 C.11.2.1.2) onto uint16.
+
+RAMP = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+SIGNED = np.linspace(-2000, 2000, 64 * 64).reshape(64, 64).astype(np.int16)
+U16 = (0.0, 65535.0)
+
+
+def _pydicom_display(data: bytes) -> np.ndarray:
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = dcmread(DicomBytesIO(data))
+    return apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "kwargs", "out_range"),
+    [
+        (RAMP, dict(window=(2000.0, 1500.0)), U16),
+        (RAMP, dict(window=(2000.0, 1500.0), voi_function="LINEAR"), U16),
+        (RAMP, dict(window=(2000.0, 1500.0), voi_function="LINEAR_EXACT"), U16),
+        (RAMP, dict(window=(2000.0, 1500.0), voi_function="SIGMOID"), U16),
+        (
+            RAMP,
+            dict(window=(2000.0, 1500.0), voi_function="SIGMOID", photometric="MONOCHROME1"),
+            U16,
+        ),
+        (RAMP, dict(window=([2500.0, 500.0], [800.0, 100.0]), voi_function="SIGMOID"), U16),
+        (RAMP, dict(window=([2500.0, 500.0], [800.0, 100.0])), U16),
+        (
+            RAMP,
+            dict(slope=2.0, intercept=-1000.0, window=(3000.0, 4000.0), voi_function="SIGMOID"),
+            (-1000.0, 2 * 65535.0 - 1000.0),
+        ),
+        (SIGNED, dict(window=(100.0, 2000.0)), (-32768.0, 32767.0)),
+        (SIGNED, dict(window=(100.0, 2000.0), voi_function="SIGMOID"), (-32768.0, 32767.0)),
+    ],
+    ids=[
+        "linear-default",
+        "linear",
+        "linear-exact",
+        "sigmoid",
+        "sigmoid-monochrome1",
+        "sigmoid-first-of-two",
+        "linear-first-of-two",
+        "rescale-sigmoid",
+        "signed-linear",
+        "signed-sigmoid",
+    ],
+)
+def test_dicom_window_matches_pydicom_pipeline(pixels, kwargs, out_range):
+    data = make_dicom(pixels, **kwargs)
+    lo, hi = out_range
+    expected = (_pydicom_display(data) - lo) * 65535.0 / (hi - lo)
+    if kwargs.get("photometric") == "MONOCHROME1":
+        expected = 65535.0 - expected
+    out = xio.decode_image(data, name="scan.dcm")
+    assert out.dtype == np.uint16 and out.shape == pixels.shape
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+
+
+def test_dicom_sigmoid_is_not_the_linear_window():
+    # Guards the test above: the two functions differ by far more than its 1 LSB.
+    linear = xio.decode_image(make_dicom(RAMP, window=(2000.0, 1500.0)))
+    sigmoid = xio.decode_image(make_dicom(RAMP, window=(2000.0, 1500.0), voi_function="SIGMOID"))
+    assert np.abs(linear.astype(float) - sigmoid).max() > 5000
+    # PS3.3 C.11.2.1.3.1: the centre maps to mid-range, a width either side to 1/(1+e^-4).
+    centre = np.full((4, 4), 2000, np.uint16)
+    out = xio.decode_image(make_dicom(centre, window=(2000.0, 1500.0), voi_function="SIGMOID"))
+    assert abs(int(out[0, 0]) - 65535 / 2) <= 1
+
+
+def test_dicom_voi_lut_sequence_wins_over_window():
+    lut = np.rint(np.sqrt(np.arange(4096) / 4095.0) * 4095).astype(np.uint16)
+    data = make_dicom(RAMP, voi_lut=lut, window=(2000.0, 100.0), voi_function="SIGMOID")
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.pixels import apply_voi
+
+    ds = dcmread(DicomBytesIO(data))
+    shown = apply_voi(ds.pixel_array, ds).astype(np.float64)
+    expected = (shown - lut.min()) * 65535.0 / (lut.max() - lut.min())
+    out = xio.decode_image(data)
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+
+
+def _hot_palette(dtype) -> np.ndarray:
+    # Not monotonic in luminance: the index image is not a stand-in for it.
+    top = float(np.iinfo(dtype).max)
+    t = np.linspace(0.0, 1.0, 256)
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.abs(np.sin(6 * t)), 1 - t], axis=1)
+    return np.rint(rgb * top).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_dicom_palette_colour_is_its_luminance_not_indices(dtype):
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.pixels import apply_color_lut
+
+    indices = PHANTOM  # uint8 stored values 0..255, one palette entry each
+    data = make_dicom(indices, palette=_hot_palette(dtype))
+    ds = dcmread(DicomBytesIO(data))
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(dtype)
+    expected = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # BT.601, OpenCV's documented weights
+    out = xio.decode_image(data, name="palette.dcm")
+    assert out.dtype == dtype and out.shape == indices.shape
+    assert np.abs(out.astype(np.int64) - expected).max() <= 1
+    corr = np.corrcoef(out.ravel().astype(float), indices.ravel().astype(float))[0, 1]
+    assert corr < 0.9  # indices would correlate 1.0
+
+
+def test_dicom_multi_frame_refused_unless_a_frame_is_chosen():
+    frames = np.stack([RAMP, RAMP[::-1], RAMP[:, ::-1]])
+    data = make_dicom(frames)
+    with pytest.raises(xio.ImageDecodeError, match=r"cine\.dcm: multi-frame DICOM \(3 frames\)"):
+        xio.decode_image(data, name="cine.dcm")
+    for k in range(3):
+        out = xio.decode_image(data, frame=k)
+        lo, hi = float(frames[k].min()), float(frames[k].max())
+        expected = np.rint((frames[k] - lo) * 65535.0 / (hi - lo))
+        assert np.array_equal(out, expected.astype(np.uint16))
+    with pytest.raises(xio.ImageDecodeError, match="cine.dcm: frame 3 requested, the file has 3"):
+        xio.decode_image(data, name="cine.dcm", frame=3)
+    with pytest.raises(ValueError, match="frame must be None or an int >= 0"):
+        xio.decode_image(data, frame=-1)
+
+
+def _patched(data: bytes, tag_and_vr: bytes, old: bytes, new: bytes) -> bytes:
+    """Replace one element's value by a malformed one of the same length."""
+    element = tag_and_vr + struct.pack("<H", len(old)) + old
+    assert data.count(element) == 1 and len(new) == len(old)
+    return data.replace(element, tag_and_vr + struct.pack("<H", len(new)) + new)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _patched(make_dicom(np.stack([RAMP, RAMP])), b"\x28\x00\x08\x00IS", b"2 ", b"1A"),
+        _patched(
+            make_dicom(RAMP, window=(2000.0, 1500.0)), b"\x28\x00\x51\x10DS", b"1500.0", b"15x0.0"
+        ),
+        make_dicom(RAMP, window=(2000.0, 0.0)),  # LINEAR needs a width >= 1
+        make_dicom(RAMP, window=(2000.0, 1500.0), voi_function="LOG"),
+        make_dicom(RAMP, photometric="MONOCHROME3"),
+    ],
+    ids=["frames-1A", "width-15x0", "width-0", "function-LOG", "photometric-unknown"],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")  # pydicom, as in use
+def test_malformed_dicom_header_is_image_decode_error(data):
+    with pytest.raises(xio.ImageDecodeError, match=r"^bad\.dcm: "):
+        xio.decode_image(data, name="bad.dcm")
