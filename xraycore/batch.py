@@ -18,12 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import edges
+from . import edges, schema
 from .catalog import SourceFile
 from .io import decode_image
 from .pipeline import PipelineSpec, run_pipeline
 from .storage import Storage
-from .store import ARRAY_DTYPES, ScanStore
+from .store import ScanStore
 
 __all__ = ["Batch", "Plan", "plan_batches", "process_batch"]
 
@@ -95,11 +95,6 @@ def _label_key(image_id: str) -> str:
     return image_id.rsplit("/", 1)[-1]
 
 
-def _to_float16(image: np.ndarray, out: np.ndarray) -> None:
-    # cv2's conversion is bit-identical to numpy's astype and ~4x faster.
-    out[...] = cv2.multiply(image, 1.0, dtype=cv2.CV_16F).view(np.float16)
-
-
 def process_batch(
     batch: Batch,
     *,
@@ -113,7 +108,8 @@ def process_batch(
 
     Every input gets a row; an input that cannot be read, decoded or processed
     becomes a ``failed`` row with its error class and message, and never fails
-    the batch. Pixels are written (whole shards) before the metadata part that
+    the batch. Pixels are written (whole shards, by the store's
+    :class:`~xraycore.store.ShardWriter`) before the metadata part that
     describes them.
     """
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
@@ -121,65 +117,37 @@ def process_batch(
     # oversubscribe it.
     cv2.setNumThreads(1)
     target = ScanStore.open(store, storage_options)
-    info = target.info()
-    if info is None:
-        raise ValueError(f"store {store} is not initialised")
-    shard = int(info["shard_size"])
-    s = spec.size
-    names = info["arrays"]
-    blocks = {
-        n: np.zeros((shard, 256) if n == "histogram" else (shard, s, s), ARRAY_DTYPES[n])
-        for n in names
-    }
     source = Storage.from_url(batch.items[0].uri, source_options) if batch.items else None
     rows, t0 = [], time.perf_counter()
-    for slot, item in enumerate(batch.items):
-        row: dict[str, Any] = {
-            "image_id": item.image_id,
-            "source": item.uri,
-            "row": None,
-            "status": "failed",
-            "error": None,
-            "height": None,
-            "width": None,
-            "channels": None,
-            "source_dtype": None,
-            "sha256": None,
-            "source_size": item.size,
-            "source_mtime": item.mtime,
-            "pipeline_hash": spec.hash,
-            "run_id": run_id,
-            "min": None,
-            "max": None,
-            "mean": None,
-            "median": None,
-        }
-        try:
-            data = source.read_bytes(item.uri)
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            image = decode_image(data, name=item.image_id)
-            row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
-            row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
-            row["source_dtype"] = str(image.dtype)
-            outputs = run_pipeline(image, spec)
-            for name in names:
-                if blocks[name].dtype == np.float16:
-                    _to_float16(outputs[name], blocks[name][slot])
-                else:
-                    blocks[name][slot] = outputs[name]
-            row.update(edges.statistics(outputs["preprocessed"]))
-            row["row"] = batch.start + slot
-            row["status"] = "ok"
-        except Exception as exc:  # one bad input is a failed row, never a failed batch
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            for name in names:
-                blocks[name][slot] = 0
-        row["processed_at"] = datetime.now(UTC)
-        if batch.labels and batch.labels[slot]:
-            row.update(batch.labels[slot])
-        rows.append(row)
-    compute_s = time.perf_counter() - t0
-    target.write_shard(batch.start, blocks)
+    with target.writer(batch.start, len(batch.items)) as writer:
+        for slot, item in enumerate(batch.items):
+            row = schema.metadata_row(
+                image_id=item.image_id,
+                source=item.uri,
+                size=item.size,
+                mtime=item.mtime,
+                pipeline_hash=spec.hash,
+                run_id=run_id,
+            )
+            try:
+                data = source.read_bytes(item.uri)
+                row["sha256"] = hashlib.sha256(data).hexdigest()
+                image = decode_image(data, name=item.image_id)
+                row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+                row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
+                row["source_dtype"] = str(image.dtype)
+                outputs = run_pipeline(image, spec)
+                writer.put(slot, outputs)
+                row.update(edges.statistics(outputs["preprocessed"]))
+                row["checksum"] = schema.checksum(outputs["preprocessed"])
+                row["row"] = batch.start + slot
+                row["status"] = "ok"
+            except Exception as exc:  # one bad input is a failed row, never a failed batch
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            if batch.labels and batch.labels[slot]:
+                row.update(batch.labels[slot])
+            rows.append(row)
+        compute_s = time.perf_counter() - t0
     target.write_metadata_part(rows, f"{batch.start:010d}-{run_id}")
     ok = sum(r["status"] == "ok" for r in rows)
     return {

@@ -1,58 +1,57 @@
-"""The store contract: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
+"""The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
 
-- Arrays ``preprocessed`` (N, S, S) uint8, ``log``, ``gradient_magnitude``,
-  ``sobel`` (N, S, S) float16, ``canny``, ``mask`` (N, S, S) bool and
-  ``histogram`` (N, 256) int64. Chunks hold one image; shards hold
-  ``shard_size`` images and are always written whole by one writer.
+What is stored, and how, is :mod:`xraycore.schema`; this module reads and
+writes it.
+
+- One array per output, one image per chunk, ``shard_size`` images per shard.
+  Rows are handed out in batches of ``batch_size`` (a multiple of
+  ``shard_size``); a batch is written by one :class:`ShardWriter` that writes
+  each of its shards whole, once, so no shard ever has two writers.
 - ``metadata.parquet`` is a Parquet dataset directory: one part file per
   committed batch, compacted to one file at the end of a run. A part is written
   only after the pixels it describes, so a row that says ``ok`` has its pixels
   durably in the store.
-- The group's attributes record the pipeline spec and its hash; a store refuses
-  a different spec unless asked to overwrite.
+- The group's attributes record the store format, the pipeline spec and its
+  hash; a store refuses a different spec unless asked to overwrite, and a store
+  of another format always.
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from . import schema
 from .pipeline import PipelineSpec
+from .schema import ArraySpec, StoreFormatError
 from .storage import Storage
 
 __all__ = [
-    "ARRAY_DTYPES",
     "IMAGES",
     "METADATA",
     "PREDICTIONS",
     "ScanStore",
+    "ShardWriter",
     "StoreConflictError",
+    "StoreFormatError",
 ]
 
 IMAGES = "images.zarr"
 METADATA = "metadata.parquet"
 PREDICTIONS = "predictions.parquet"
-ARRAY_DTYPES = {
-    "preprocessed": "uint8",
-    "log": "float16",
-    "gradient_magnitude": "float16",
-    "sobel": "float16",
-    "canny": "bool",
-    "mask": "bool",
-    "histogram": "int64",
-}
-STORE_FORMAT = 1
 
 
 class StoreConflictError(ValueError):
-    """The store was written with another pipeline spec or shard size."""
+    """The store was written with another pipeline spec or batch size."""
 
 
-def _arrays_for(spec: PipelineSpec) -> list[str]:
-    return ["preprocessed", *spec.outputs]
+def _shard_rows(batch_size: int) -> int:
+    """The largest divisor of ``batch_size`` not above :data:`schema.SHARD_SIZE`."""
+    return max(d for d in range(1, min(batch_size, schema.SHARD_SIZE) + 1) if batch_size % d == 0)
 
 
 class ScanStore:
@@ -60,6 +59,7 @@ class ScanStore:
 
     def __init__(self, storage: Storage):
         self.storage = storage
+        self._readers: dict[str, Any] = {}
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScanStore:
@@ -72,18 +72,56 @@ class ScanStore:
         return zarr.open_group(self.storage.zarr_store(IMAGES), mode=mode, zarr_format=3)
 
     def info(self) -> dict[str, Any] | None:
-        """The store's recorded attributes, or None when there is no store yet."""
+        """The store's recorded attributes, or None when there is no store yet.
+
+        Raises :class:`StoreFormatError` for a store of another format.
+        """
         if not self.storage.exists(IMAGES, "zarr.json"):
             return None
-        return dict(self._group("r").attrs)
+        attrs = dict(self._group("r").attrs)
+        schema.check_format(attrs, self.storage.url)
+        return attrs
 
-    def initialise(self, spec: PipelineSpec, *, shard_size: int, overwrite: bool = False) -> None:
-        """Create the group and arrays, or check that an existing store matches."""
+    def _info(self) -> dict[str, Any]:
+        info = self.info()
+        if info is None:
+            raise ValueError(f"store {self.storage.url} is not initialised (no {IMAGES})")
+        return info
+
+    @property
+    def batch_size(self) -> int:
+        """Rows handed to one writer; batches start at multiples of it."""
+        return int(self._info()["batch_size"])
+
+    @property
+    def shard_size(self) -> int:
+        """Images per Zarr shard (divides :attr:`batch_size`)."""
+        return int(self._info()["shard_size"])
+
+    def initialise(
+        self,
+        spec: PipelineSpec,
+        *,
+        batch_size: int | None = None,
+        overwrite: bool = False,
+        shard_size: int | None = None,
+    ) -> None:
+        """Create the group and arrays, or check that an existing store matches.
+
+        ``shard_size`` is the former name of ``batch_size`` and means the same.
+        """
         import zarr
         from zarr.codecs import BloscCodec
 
+        batch_size = batch_size if batch_size is not None else shard_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if overwrite and self.storage.exists(IMAGES, "zarr.json"):
+            self.storage.remove(IMAGES)
+            self.storage.remove(METADATA)
+            self.storage.remove(PREDICTIONS)
         info = self.info()
-        if info is not None and not overwrite:
+        if info is not None:
             if info.get("pipeline_hash") != spec.hash:
                 raise StoreConflictError(
                     f"store {self.storage.url} was written with pipeline "
@@ -91,45 +129,57 @@ class ScanStore:
                     "its outputs would be stale or mixed. "
                     "Use another --out, or pass --overwrite to discard the store and start again."
                 )
-            if info.get("shard_size") != shard_size:
+            if info.get("batch_size") != batch_size:
                 raise StoreConflictError(
-                    f"store {self.storage.url} uses batches (shards) of {info.get('shard_size')} "
-                    f"images, not {shard_size}: rerun with --batch-size {info.get('shard_size')}"
+                    f"store {self.storage.url} hands out rows in batches of "
+                    f"{info.get('batch_size')} images, not {batch_size}: "
+                    f"rerun with --batch-size {info.get('batch_size')}"
                 )
             return
-        if info is not None and overwrite:
-            self.storage.remove(IMAGES)
-            self.storage.remove(METADATA)
-            self.storage.remove(PREDICTIONS)
         self.storage.makedirs()
         group = zarr.open_group(self.storage.zarr_store(IMAGES), mode="w", zarr_format=3)
-        s = spec.size
-        for name in _arrays_for(spec):
-            dtype = ARRAY_DTYPES[name]
-            if name == "histogram":
-                shape, chunks, shards = (0, 256), (shard_size, 256), None
-            else:
-                shape, chunks, shards = (0, s, s), (1, s, s), (shard_size, s, s)
-            shuffle = "bitshuffle" if dtype in ("uint8", "bool") else "shuffle"
+        shard = _shard_rows(batch_size)
+        arrays = schema.array_specs(spec)
+        for a in arrays:
             group.create_array(
-                name,
-                shape=shape,
-                dtype=dtype,
-                chunks=chunks,
-                shards=shards,
-                compressors=BloscCodec(cname="lz4", clevel=5, shuffle=shuffle),
-                fill_value=False if dtype == "bool" else 0,
+                a.name,
+                shape=(0, *a.shape),
+                dtype=a.dtype,
+                chunks=(1, *a.shape) if len(a.shape) == 2 else (shard, *a.shape),
+                shards=(shard, *a.shape) if len(a.shape) == 2 else None,
+                compressors=BloscCodec(**schema.COMPRESSOR),
+                fill_value=a.fill_value,
+                attributes=a.attributes(),
+                dimension_names=("row", "y", "x") if len(a.shape) == 2 else ("row", "bin"),
             )
         group.attrs.update(
             {
-                "format": STORE_FORMAT,
+                "format": schema.FORMAT,
                 "pipeline_hash": spec.hash,
                 "pipeline": spec.to_dict(),
-                "shard_size": shard_size,
-                "size": s,
-                "arrays": _arrays_for(spec),
+                "batch_size": batch_size,
+                "shard_size": shard,
+                "size": spec.size,
+                "arrays": [a.name for a in arrays],
             }
         )
+
+    def arrays(self) -> dict[str, ArraySpec]:
+        """Name -> :class:`~xraycore.schema.ArraySpec` of every stored array."""
+        group = self._group("r")
+        out = {}
+        for name in self._info()["arrays"]:
+            arr = group[name]
+            out[name] = ArraySpec.from_attributes(
+                name, str(arr.dtype), arr.shape[1:], dict(arr.attrs)
+            )
+        return out
+
+    def zarr_array(self, name: str):
+        """The raw ``zarr.Array`` of ``name`` (stored values: unpack packed maps
+        with ``scale_factor``/``add_offset`` from its attributes)."""
+        self._info()
+        return self._group("r")[name]
 
     def capacity(self) -> int:
         return int(self._group("r")["preprocessed"].shape[0])
@@ -141,36 +191,52 @@ class ScanStore:
             arr = group[name]
             if arr.shape[0] < rows:
                 arr.resize((rows, *arr.shape[1:]))
+        self._readers.clear()
 
-    def write_shard(self, start: int, blocks: dict[str, np.ndarray]) -> None:
-        """Write whole shards: ``blocks[name]`` holds ``shard_size`` rows from ``start``."""
-        group = self._group("a")
-        shard = int(group.attrs["shard_size"])
-        if start % shard:
-            raise ValueError(f"start row {start} is not aligned to shards of {shard}")
-        for name, block in blocks.items():
-            if block.shape[0] != shard:
-                raise ValueError(f"{name}: block of {block.shape[0]} rows, shard is {shard}")
-            group[name][start : start + shard] = block
+    def writer(self, start: int, rows: int) -> ShardWriter:
+        """A writer for the ``rows`` rows from ``start`` (one batch)."""
+        return ShardWriter(self, start, rows)
 
-    def read(self, name: str, rows) -> np.ndarray:
-        """Rows of one array (``rows`` an int, slice or list of ints)."""
-        arr = self._group("r")[name]
-        return arr.oindex[rows] if isinstance(rows, list) else arr[rows]
+    def _reader(self, name: str, stop: int):
+        cached = self._readers.get(name)
+        if cached is None or cached[0].shape[0] < stop:
+            self._info()
+            arr = self._group("r")[name]
+            spec = ArraySpec.from_attributes(name, str(arr.dtype), arr.shape[1:], dict(arr.attrs))
+            cached = self._readers[name] = (arr, spec)
+        return cached
+
+    def read(self, name: str, rows, *, decode: bool = True) -> np.ndarray:
+        """Rows of one array (``rows`` an int, slice or list of ints), packed
+        maps decoded to their physical float32 values unless ``decode=False``."""
+        if isinstance(rows, list):
+            stop = max(rows, default=-1) + 1
+        elif isinstance(rows, slice):
+            stop = rows.stop or 0
+        else:
+            stop = int(rows) + 1
+        arr, spec = self._reader(name, stop)
+        stored = arr.oindex[rows] if isinstance(rows, list) else arr[rows]
+        return spec.unpack(stored) if decode else stored
 
     # -- Parquet ------------------------------------------------------------
     # Each Parquet dataset (metadata, predictions) is a directory of part files:
     # one per committed batch, compacted to one file at the end of a run.
-    def write_part(self, dataset: str, rows: list[dict[str, Any]], part: str) -> None:
+    def write_part(
+        self, dataset: str, rows: list[dict[str, Any]], part: str, *, arrow_schema=None
+    ) -> None:
         """Commit rows as one part file of ``dataset`` (atomic publish)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not rows:
             return
-        # from_pylist infers columns from the first row: give every row all keys.
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
+        if arrow_schema is None:
+            # from_pylist infers columns from the first row: give every row all keys.
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
+        else:
+            table = pa.Table.from_pylist(rows, schema=arrow_schema)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.storage.write_bytes_atomic(
@@ -221,7 +287,7 @@ class ScanStore:
                 self.storage.fs.rm(path)
 
     def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
-        self.write_part(METADATA, rows, part)
+        self.write_part(METADATA, rows, part, arrow_schema=schema.arrow_schema(rows))
 
     def read_metadata(self):
         """All metadata rows, one per source (the latest), sorted by image_id (or None)."""
@@ -249,3 +315,108 @@ class ScanStore:
             return 0
         self.replace_dataset(PREDICTIONS, table, run_id)
         return table.num_rows
+
+
+class ShardWriter:
+    """Writes one batch's rows shard by shard, each shard whole and once.
+
+    Packs each image into a reusable shard buffer as it comes
+    (:meth:`put`), and hands a full buffer to a background thread that
+    compresses and writes it while the next shard is being computed; two
+    buffers alternate, so a writer holds at most two shards of every array.
+    Rows of the range that get no image (failed inputs, the tail of the last
+    shard) hold each array's fill value, which decodes to zero.
+
+    Use as a context manager, or call :meth:`close`: it waits for every write
+    and raises the first error, so metadata is committed only after pixels.
+    """
+
+    def __init__(self, store: ScanStore, start: int, rows: int):
+        info = store._info()
+        self.shard = int(info["shard_size"])
+        batch = int(info["batch_size"])
+        if start % batch:
+            raise ValueError(f"start row {start} is not aligned to batches of {batch}")
+        if not 0 <= rows <= batch:
+            raise ValueError(f"a writer owns at most {batch} rows, got {rows}")
+        self.start, self.rows = start, rows
+        group = store._group("a")
+        self.specs = store.arrays()
+        self._arrays = {name: group[name] for name in self.specs}
+        self._buffers: list[dict[str, np.ndarray]] = []
+        self._pending: list[Future | None] = [None, None]
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        self._current: int | None = None  # shard index within the batch
+        self._filled: set[int] = set()
+        self._closed = False
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _buffer(self, index: int) -> dict[str, np.ndarray]:
+        while len(self._buffers) <= index % 2:
+            self._buffers.append(
+                {n: np.empty((self.shard, *a.shape), a.dtype) for n, a in self.specs.items()}
+            )
+        return self._buffers[index % 2]
+
+    def _switch_to(self, shard: int) -> dict[str, np.ndarray]:
+        if self._current is not None and shard < self._current:
+            raise ValueError(f"rows must come in order: shard {shard} after {self._current}")
+        while self._current is None or self._current < shard:
+            if self._current is not None:
+                self._flush(self._current)
+                nxt = self._current + 1
+            else:
+                nxt = 0
+            pending = self._pending[nxt % 2]
+            if pending is not None:
+                pending.result()  # the buffer is free again once its shard is written
+            self._current = nxt
+            self._filled = set()
+        return self._buffer(shard)
+
+    def put(self, slot: int, outputs: dict[str, np.ndarray]) -> None:
+        """Pack the outputs of the image in ``slot`` (row ``start + slot``)."""
+        if not 0 <= slot < self.rows:
+            raise ValueError(f"slot {slot} outside this writer's {self.rows} rows")
+        buf = self._switch_to(slot // self.shard)
+        i = slot % self.shard
+        for name, spec in self.specs.items():
+            spec.pack(outputs[name], buf[name][i])
+        self._filled.add(i)
+
+    def _flush(self, shard: int) -> None:
+        buf = self._buffer(shard)
+        for i in set(range(self.shard)) - self._filled:
+            for name, spec in self.specs.items():
+                buf[name][i] = spec.fill_value
+        self._pending[shard % 2] = self._pool.submit(self._write, shard, buf)
+
+    def _write(self, shard: int, buf: dict[str, np.ndarray]) -> None:
+        lo = self.start + shard * self.shard
+        for name, arr in self._arrays.items():
+            arr[lo : lo + self.shard] = buf[name]
+
+    def close(self) -> None:
+        """Write what is left (every shard of the range at least once) and wait."""
+        if self._closed:
+            return
+        try:
+            last = (self.rows - 1) // self.shard if self.rows else -1
+            if last >= 0:
+                self._switch_to(last)
+                self._flush(last)
+            for pending in self._pending:
+                if pending is not None:
+                    pending.result()
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+            self._buffers.clear()

@@ -109,17 +109,3 @@ def test_run_pipeline_resizes_16_bit_input():
     out = run_pipeline(deep, PipelineSpec(size=128))
     assert out["preprocessed"].shape == (128, 128)
     assert out["log"].shape == (128, 128)
-
-
-def test_metadata_part_keeps_columns_missing_from_the_first_row(tmp_path):
-    from xraycore.store import ScanStore
-
-    store = ScanStore.open(str(tmp_path / "s"))
-    store.storage.makedirs()
-    rows = [
-        {"image_id": "a", "source": "a", "processed_at": 1.0},
-        {"image_id": "b", "source": "b", "processed_at": 2.0, "finding_x": True},
-    ]
-    store.write_metadata_part(rows, "0")
-    table = store.read_metadata()
-    assert table.column("finding_x").to_pylist() == [None, True]

@@ -1,0 +1,290 @@
+"""The store's format, in one place: arrays, encodings, metadata columns.
+
+A reader of the store contract needs this file and nothing else. Format 2:
+
+- Every array holds one image per chunk, ``shard_size`` images per shard, and
+  is compressed with Blosc zstd level 1 over a bit shuffle (chosen by
+  measurement on real scans, see ``benchmarks/bench_store.py``).
+- ``preprocessed`` (uint8), ``canny`` and ``mask`` (bool) and ``histogram``
+  (int64) are stored exactly as :func:`xraycore.pipeline.run_pipeline` returns
+  them.
+- The float32 edge maps are *packed* to integers with a fixed linear encoding
+  recorded in the array's attributes the way CF conventions (and xarray) spell
+  it: ``physical = stored * scale_factor + add_offset``. The range covered is
+  the filter's exact bound for 8-bit input, so nothing ever clips, and the
+  step is a power of two, so decoding is exact in float32:
+
+  ==================== ======= ============ ================= ===============
+  array                stored  scale_factor add_offset        max abs error
+  ==================== ======= ============ ================= ===============
+  log                  uint16  1/4          -bound (sigma)    1/8
+  gradient_magnitude   uint16  1/8          0                 1/16
+  sobel                uint8   1            0                 1/2 (of 0..255)
+  ==================== ======= ============ ================= ===============
+
+  8 bits are not enough for the two Gaussian maps: their exact bound is 2.5-3x
+  the range a real scan reaches (LoG +-180 vs +-50..80), so an 8-bit step would
+  be 0.5-0.8% of a real map's range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from .pipeline import PipelineSpec
+
+__all__ = [
+    "FORMAT",
+    "METADATA_COLUMNS",
+    "ArraySpec",
+    "StoreFormatError",
+    "array_specs",
+    "check_format",
+    "checksum",
+    "metadata_row",
+]
+
+#: Version of the on-disk layout. Bump on any change of names, dtypes or encodings.
+FORMAT = 2
+
+#: Images per Zarr shard unless a store says otherwise: a shard of 16 scans is a
+#: 10-20 MB object (good for S3), and one writer holds 16 images of every array
+#: in memory, not a whole batch.
+SHARD_SIZE = 16
+
+#: One compressor for every array: zstd(1) + bit shuffle was the smallest or
+#: within 3% of it for every array on real scans, at ~1 ms per MB.
+COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
+
+# (stored dtype, step) of each packed map; the range comes from the filter bound.
+_PACKED = {
+    "log": ("uint16", 0.25),
+    "gradient_magnitude": ("uint16", 0.125),
+    "sobel": ("uint8", 1.0),
+}
+_EXACT = {"preprocessed": "uint8", "canny": "bool", "mask": "bool", "histogram": "int64"}
+
+
+class StoreFormatError(ValueError):
+    """The store was written in a format this version does not read."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How one output is stored.
+
+    Attributes
+    ----------
+    name : str
+    dtype : str
+        Stored dtype.
+    shape : tuple of int
+        Shape of one row (one image): ``(S, S)`` or ``(256,)``.
+    scale_factor, add_offset : float or None
+        For packed maps, ``physical = stored * scale_factor + add_offset``;
+        None for arrays stored exactly.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scale_factor: float | None = None
+    add_offset: float | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.scale_factor is not None
+
+    @property
+    def fill_value(self) -> Any:
+        """The stored value of an unwritten (or failed) row: physical zero."""
+        if self.dtype == "bool":
+            return False
+        if self.packed:
+            return int(round(-self.add_offset / self.scale_factor))
+        return 0
+
+    @property
+    def max_error(self) -> float:
+        """Largest absolute difference between a decoded value and the float32 input."""
+        return self.scale_factor / 2 if self.packed else 0.0
+
+    def attributes(self) -> dict[str, Any]:
+        if not self.packed:
+            return {"encoding": "exact"}
+        return {
+            "encoding": "linear",
+            "scale_factor": self.scale_factor,
+            "add_offset": self.add_offset,
+            "physical_dtype": "float32",
+            "max_abs_error": self.max_error,
+        }
+
+    def pack(self, values: np.ndarray, out: np.ndarray) -> None:
+        """Write ``values`` (float32, physical) into ``out`` in the stored dtype.
+
+        Rounds to nearest and saturates (the range is the filter's exact bound,
+        so saturation never happens for 8-bit input).
+        """
+        if not self.packed:
+            out[...] = values
+            return
+        import cv2
+
+        depth = cv2.CV_16U if self.dtype == "uint16" else cv2.CV_8U
+        inv = 1.0 / self.scale_factor
+        cv2.addWeighted(values, inv, values, 0.0, -self.add_offset * inv, dst=out, dtype=depth)
+
+    def unpack(self, stored: np.ndarray) -> np.ndarray:
+        """Physical values (float32) of stored ones; exact arrays are returned as they are."""
+        if not self.packed:
+            return stored
+        out = stored.astype(np.float32)
+        out *= np.float32(self.scale_factor)
+        out += np.float32(self.add_offset)
+        return out
+
+    @classmethod
+    def from_attributes(cls, name: str, dtype: str, shape, attrs: dict[str, Any]) -> ArraySpec:
+        if attrs.get("encoding") == "linear":
+            return cls(name, dtype, tuple(shape), attrs["scale_factor"], attrs["add_offset"])
+        return cls(name, dtype, tuple(shape))
+
+
+def _log_bound(sigma: float) -> float:
+    from .edges import _gaussian_kernels
+
+    g0, _, g2 = (k.astype(np.float64) for k in _gaussian_kernels(float(sigma)))
+    kernel = np.outer(g2, g0) + np.outer(g0, g2)
+    return 255.0 * max(kernel[kernel > 0].sum(), -kernel[kernel < 0].sum())
+
+
+def _gradient_bound(sigma: float) -> float:
+    from .edges import _gaussian_kernels
+
+    g0, g1, _ = (k.astype(np.float64) for k in _gaussian_kernels(float(sigma)))
+    kx, ky = np.outer(g0, g1), np.outer(g1, g0)
+    # The magnitude is the largest directional derivative; its bound for input
+    # in 0..255 is 255 times the positive mass of the directional kernel.
+    return 255.0 * max(
+        np.clip(np.cos(t) * kx + np.sin(t) * ky, 0, None).sum()
+        for t in np.linspace(0, 2 * np.pi, 1441)
+    )
+
+
+def array_specs(spec: PipelineSpec) -> list[ArraySpec]:
+    """The arrays a run of ``spec`` stores: ``preprocessed`` and each of ``spec.outputs``."""
+    s = spec.size
+    out = [ArraySpec("preprocessed", "uint8", (s, s))]
+    for name in spec.outputs:
+        if name == "histogram":
+            out.append(ArraySpec(name, "int64", (256,)))
+        elif name in _EXACT:
+            out.append(ArraySpec(name, _EXACT[name], (s, s)))
+        else:
+            dtype, step = _PACKED[name]
+            if name == "log":
+                bound = _log_bound(spec.params["log"]["sigma"])
+                offset = -math.ceil(bound / step + 1) * step
+                top = -offset + bound
+            elif name == "gradient_magnitude":
+                offset, top = 0.0, _gradient_bound(spec.params["gradient_magnitude"]["sigma"])
+            else:  # sobel is scaled to 0..255 by definition
+                offset, top = 0.0, 255.0
+            codes = math.ceil((top - offset) / step)
+            if codes > np.iinfo(dtype).max:
+                raise ValueError(f"{name}: range {offset}..{top} does not fit {dtype} at {step}")
+            out.append(ArraySpec(name, dtype, (s, s), step, offset))
+    return out
+
+
+def check_format(attrs: dict[str, Any], url: str) -> None:
+    """Refuse a store of another format with a message that says how to rebuild it."""
+    found = attrs.get("format", 1)
+    if found == FORMAT:
+        return
+    raise StoreFormatError(
+        f"store {url} is in store format {found}; this version of xray-pipeline reads "
+        f"format {FORMAT} only (packed edge maps, see the README's store contract). "
+        f"Rebuild it from its sources: `xray run --source SOURCE --out {url} --overwrite` "
+        "(or write to a new --out)."
+    )
+
+
+#: The metadata columns every row has, in order (label columns from a labels
+#: file follow them). ``checksum`` is the CRC-32 of the stored ``preprocessed``
+#: bytes, so a store can be verified after the fact.
+METADATA_COLUMNS: dict[str, str] = {
+    "image_id": "string",
+    "source": "string",
+    "row": "int64",
+    "status": "string",
+    "error": "string",
+    "height": "int64",
+    "width": "int64",
+    "channels": "int64",
+    "source_dtype": "string",
+    "sha256": "string",
+    "source_size": "int64",
+    "source_mtime": "double",
+    "pipeline_hash": "string",
+    "run_id": "string",
+    "min": "double",
+    "max": "double",
+    "mean": "double",
+    "median": "double",
+    "checksum": "string",
+    "processed_at": "timestamp[us, tz=UTC]",
+}
+
+
+def metadata_row(
+    *, image_id: str, source: str, size: int, mtime: float, pipeline_hash: str, run_id: str
+) -> dict[str, Any]:
+    """A new row in the ``failed`` state with every column present; the batch
+    fills in what it learns and marks it ``ok`` once the pixels are in place."""
+    row: dict[str, Any] = dict.fromkeys(METADATA_COLUMNS)
+    row.update(
+        image_id=image_id,
+        source=source,
+        status="failed",
+        source_size=size,
+        source_mtime=mtime,
+        pipeline_hash=pipeline_hash,
+        run_id=run_id,
+        processed_at=datetime.now(UTC),
+    )
+    return row
+
+
+def arrow_schema(rows: list[dict[str, Any]]):
+    """The pyarrow schema of a metadata part: the fixed columns with their
+    types, then any extra (label) columns as pyarrow infers them."""
+    import pyarrow as pa
+
+    fields = [pa.field(k, _arrow_type(t)) for k, t in METADATA_COLUMNS.items()]
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in METADATA_COLUMNS))
+    if extra:
+        inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in rows]).schema
+        fields += list(inferred)
+    return pa.schema(fields)
+
+
+def _arrow_type(name: str):
+    import pyarrow as pa
+
+    if name.startswith("timestamp"):
+        return pa.timestamp("us", tz="UTC")
+    return pa.type_for_alias(name)
+
+
+def checksum(preprocessed: np.ndarray) -> str:
+    """``crc32:`` and the CRC-32 of a scan's stored ``preprocessed`` bytes (C order)."""
+    import zlib
+
+    return f"crc32:{zlib.crc32(np.ascontiguousarray(preprocessed)):08x}"
