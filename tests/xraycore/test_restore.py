@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from xraycore import restore
-from xraycore.metrics import ssim
-from xraycore.synth import damage_scan, phantom_chest
+from xraycore.metrics import format_scores, restoration_scores, ssim
+from xraycore.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest
 
 PHANTOM = phantom_chest(256, seed=1)
 
@@ -137,21 +137,33 @@ def test_restore_scan_improves_ssim_on_synthetic_damage():
         assert after > before + 0.4
 
 
-def test_restore_scan_on_real_scans_with_synthetic_damage(chestxray8_files):
-    scores = []
-    for seed, path in enumerate(chestxray8_files):
-        clean = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        damaged, _ = damage_scan(clean, seed=seed)
-        scores.append(ssim(restore.restore_scan(damaged), clean))
-    # Measured 0.933 mean, 0.908 worst; the issue asks >= 0.85.
-    assert np.mean(scores) >= 0.90, scores
-    assert min(scores) >= 0.85, scores
+def test_restore_scan_per_damage_family_on_real_scans(chestxray8_files):
+    # Every family synth makes, on the real ChestX-ray8 scans; `pytest -s` prints the table.
+    scans = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in chestxray8_files]
+    scores = restoration_scores(scans)
+    table = format_scores(scores)
+    print(f"\nrestore_scan SSIM to the clean scan, {len(scans)} real scans\n{table}")
+    assert set(scores) == {*DAMAGE_FAMILIES, "clean"}
+    means = {name: float(np.mean(values)) for name, values in scores.items()}
+    assert all(means[name] >= 0.88 for name in DAMAGE_FAMILIES), table
+    # The family of the real damaged scans does as well as before generalising.
+    assert means["jet"] >= 0.90 and means["warp"] >= 0.90, table
+    # restore="always" must not hurt a clean scan.
+    assert min(scores["clean"]) >= 0.97, table
 
 
-def test_restore_scan_leaves_clean_scans_nearly_alone(chestxray8_files):
-    for path in chestxray8_files[:4]:
+def test_restore_scan_returns_clean_grayscale_unchanged(chestxray8_files):
+    for path in chestxray8_files:
         clean = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        assert ssim(restore.restore_scan(clean), clean) > 0.9
+        assert np.array_equal(restore.restore_scan(clean), clean), path.name
+        # A grey scan stored as three equal channels is the same scan.
+        assert np.array_equal(restore.restore_scan(cv2.merge([clean] * 3)), clean), path.name
+
+
+def test_estimate_skew_zero_on_real_clean_scans(chestxray8_files):
+    for path in chestxray8_files:
+        clean = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert restore.estimate_skew(clean) == 0.0, path.name
 
 
 def test_restore_scan_runs_on_all_real_damaged_scans(damaged_files):
@@ -164,6 +176,82 @@ def test_restore_scan_runs_on_all_real_damaged_scans(damaged_files):
         before = restore.circle_mask(restore.fuse_channels(restore.denoise_median(image, ksize=5)))
         assert before.sum() > 0.002 * before.size, path.name
         assert restore.circle_mask(out).sum() < 0.5 * before.sum(), path.name
+
+
+@pytest.mark.parametrize("angle", [-5.5, -2.0, 3.0, 6.0])
+def test_estimate_skew_from_wedges_when_frame_corners_are_cropped(angle):
+    clean = phantom_chest(512, seed=2)
+    damaged, truth = damage_scan(
+        clean, seed=1, geometry="rotate", angle=angle, colour="gray", circle="none", noise=0.0
+    )
+    assert restore.frame_corners(damaged) is None  # no whole quadrilateral to de-warp
+    assert restore.estimate_skew(damaged) == pytest.approx(truth.angle, abs=0.1)
+    # Undoing it restores the scan away from the lost corners.
+    back = restore.rotate(damaged[:, :, 0], angle=-restore.estimate_skew(damaged))
+    inner = (slice(80, -80), slice(80, -80))
+    assert ssim(back[inner], clean[inner]) > 0.95
+
+
+def test_estimate_skew_ignores_straight_but_unrotated_edges():
+    # A letterbox on two sides is not a rotation (nor a warped frame). The
+    # phantom is lifted so that only the letterbox is black.
+    image = cv2.add(PHANTOM, 40)
+    image[:, :20] = 0
+    image[:30, :] = 0
+    assert restore.estimate_skew(image) == 0.0
+
+
+def _dark_field(scale: float = 0.15) -> np.ndarray:
+    # The phantom at a fraction of its brightness: lungs at ~9 grey levels.
+    return np.clip(PHANTOM.astype(np.float32) * scale, 1, 255).astype(np.uint8)
+
+
+def test_circle_mask_finds_a_hole_over_dark_lung():
+    image = _dark_field()
+    cv2.circle(image, (85, 130), 14, 0, -1, cv2.LINE_AA)
+    assert np.median(_dark_field()[110:150, 70:100]) < 12  # little contrast to the surround
+    mask = restore.circle_mask(image)
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.mean() - 85) < 1.5 and abs(ys.mean() - 130) < 1.5
+    assert 0.9 < mask.sum() / (np.pi * 16**2) < 1.4
+    assert not restore.circle_mask(_dark_field()).any()
+
+
+def test_circle_mask_by_shape_not_by_darkness():
+    image = PHANTOM.copy()
+    cv2.rectangle(image, (60, 60), (90, 90), 0, -1)  # black, but a square
+    assert not restore.circle_mask(image).any()
+    # A hole that touches a black band is still cut out as a disc.
+    cv2.rectangle(image, (100, 120), (200, 126), 0, -1)
+    cv2.circle(image, (150, 140), 16, 0, -1)
+    mask = restore.circle_mask(image)
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.mean() - 150) < 3 and abs(ys.mean() - 140) < 3
+    assert mask.sum() < 1.6 * np.pi * 18**2
+
+
+def test_restore_scan_repairs_only_what_is_damaged():
+    clean = phantom_chest(512, seed=7)
+    assert np.array_equal(restore.restore_scan(clean), clean)
+    holed = clean.copy()
+    cv2.circle(holed, (180, 250), 24, 0, -1)
+    out = restore.restore_scan(holed)
+    far = np.full(clean.shape, 255, np.uint8)
+    cv2.circle(far, (180, 250), 40, 0, -1)
+    assert np.array_equal(out[far > 0], clean[far > 0])  # nothing but the hole changed
+    assert out[250, 180] > 20
+
+
+@pytest.mark.parametrize("family", sorted(DAMAGE_FAMILIES))
+def test_restore_scan_improves_every_family_on_phantoms(family):
+    # Runs without the real data; the phantom's film grain is lost to the median,
+    # so the bar is lower than on real scans.
+    clean = phantom_chest(512, seed=7)
+    damaged, _ = damage_scan(clean, seed=3, **DAMAGE_FAMILIES[family])
+    before = ssim(restore.rescale_intensity(damaged.astype(np.float32).mean(axis=2)), clean)
+    after = ssim(restore.restore_scan(damaged), clean)
+    assert after >= 0.75, f"{family}: SSIM {after:.3f}"
+    assert after > before, f"{family}: {before:.3f} -> {after:.3f}"
 
 
 @pytest.mark.parametrize(
