@@ -1,38 +1,32 @@
-"""``classify_store``: score a store's scans with an ONNX model, report if labelled."""
+"""``classify_store``: score the rows of a store that a model has not scored yet."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runner import task_runner
-from tasks.classify import classify_batch, commit_predictions
-from xraycore.classify import ModelContract, classification_report, confusion_matrix_figure
-from xraycore.storage import Storage
+from flows.credentials import with_block_credentials
+from flows.progress import notify
+from flows.runner import DaskCluster, resolve_cluster
+from tasks.classify import commit_predictions, score_shard
+from xraycore.classify import ModelContract
+from xraycore.evaluation import REPORT, evaluate_store, model_sha256
+from xraycore.report import report_markdown
+from xraycore.scoring import shard_groups, unscored_rows
+from xraycore.storage import refuse_credentials
 from xraycore.store import ScanStore
 
-REPORT = "classification_report.json"
-CONFUSION = "confusion_matrix.png"
+# Scoring tasks in flight at once when no Dask cluster is asked for: a shard's
+# ONNX session uses one thread, so a few overlap reading with scoring.
+SCORING_THREADS = 4
 
 
-def shard_groups(items: list[tuple[int, str]], shard_size: int) -> list[list[tuple[int, str]]]:
-    """(row, image_id) pairs grouped by the shard the row lives in: one task
-    reads whole shards."""
-    groups: dict[int, list[tuple[int, str]]] = {}
-    for row, image_id in sorted(items):
-        groups.setdefault(row // shard_size, []).append((row, image_id))
-    return list(groups.values())
-
-
-@flow(name="classify-store", log_prints=True, task_runner=task_runner())
+@flow(name="classify-store", log_prints=True, task_runner=ThreadPoolTaskRunner(SCORING_THREADS))
 def classify_store(
     store: str,
     model: str,
@@ -40,115 +34,81 @@ def classify_store(
     target: str | None = None,
     rows: list[int] | str | None = None,
     storage_options: dict[str, Any] | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    aws_credentials: str | None = None,
 ) -> dict[str, Any]:
-    """Score the ok rows of a store (or ``rows``), commit predictions, and write
-    the evaluation report when the metadata holds the target labels.
+    """Score the ok rows of ``store`` (or of ``rows``) that have no prediction
+    for this model's SHA-256, in whole shards; commit the predictions once and
+    write the evaluation report when the metadata holds the target labels.
 
-    ``rows`` may be JSON text, as an event trigger renders a list."""
+    Incremental and idempotent: a second run with nothing new scores nothing,
+    so any number of triggers converge on one prediction per row. Scoring runs
+    in this process unless ``cluster``, ``scheduler`` or ``workers`` ask for a
+    Dask cluster. ``rows`` may be JSON text, as an event trigger renders a list.
+    """
+    refuse_credentials(storage_options, "storage_options")
     if isinstance(rows, str):
         rows = [int(r) for r in json.loads(rows)] if rows.strip() else None
     logger = get_run_logger()
     run_id = uuid.uuid4().hex[:12]
-    st = ScanStore.open(store, storage_options)
-    info = st.info()
+    options = with_block_credentials(storage_options, aws_credentials)
+    target_store = ScanStore.open(store, options)
+    info = target_store.info()
     if info is None:
         raise ValueError(f"{store} is not a store (no images.zarr)")
-    c = ModelContract.for_model(model, storage_options, **(contract or {}))
-    meta = st.read_metadata()
-    ok = (
-        [(r["row"], r["image_id"]) for r in meta.to_pylist() if r["status"] == "ok"] if meta else []
+    c = ModelContract.for_model(model, options, **(contract or {}))
+    sha = model_sha256(model, options)
+    shard_size = int(info["shard_size"])
+    groups = shard_groups(unscored_rows(target_store, sha, rows=rows), shard_size)
+    todo = sum(len(g) for g in groups)
+    logger.info(
+        "%d rows have no prediction from %s (sha256 %s): %d shards",
+        todo,
+        model,
+        sha[:12],
+        len(groups),
     )
-    if rows is not None:
-        wanted = set(rows)
-        ok = [item for item in ok if item[0] in wanted]
-    groups = shard_groups(ok, int(info["shard_size"]))
-    logger.info("classifying %d rows in %d batches with %s", len(ok), len(groups), model)
-    futures = classify_batch.map(
-        groups,
-        store=unmapped(store),
-        model=unmapped(model),
-        contract=unmapped(c.to_dict()),
-        run_id=unmapped(run_id),
-        storage_options=unmapped(storage_options),
-    )
-    scored = sum(f.result()["rows"] for f in futures)
-    commit_predictions(store, run_id, storage_options)
-    report = evaluate_store(st, model, c, target=target, storage_options=storage_options)
+    notify("planned", new=todo, retried=0, skipped=0, batches=len(groups), images=todo)
+    scored = 0
+    if groups:
+        wants_dask = bool(cluster or scheduler or workers)
+        dask_cluster = (
+            DaskCluster(resolve_cluster(cluster=cluster, scheduler=scheduler, workers=workers))
+            if wants_dask
+            else None
+        )
+        try:
+            client = dask_cluster.client() if dask_cluster else None
+            futures = [
+                score_shard.submit(
+                    g,
+                    shard=g[0][0] // shard_size,
+                    store=store,
+                    model=model,
+                    contract=c.to_dict(),
+                    run_id=run_id,
+                    storage_options=options,
+                    client=client,
+                )
+                for g in groups
+            ]
+            for f in futures:
+                scored += f.result()["rows"]
+                notify("batch", done=scored, total=todo, failed=0, batches_done=0, batches=0)
+        finally:
+            if dask_cluster:
+                dask_cluster.close()
+        commit_predictions(store, run_id, options)
+    report = None
+    if scored or not target_store.storage.exists(REPORT):  # unchanged predictions: same report
+        report = evaluate_store(target_store, model, c, target=target, storage_options=options)
     if report is not None:
         create_markdown_artifact(
             key="classification-report",
             markdown=report_markdown(report),
             description=f"{model} on {store}",
         )
-    return {"run_id": run_id, "scored": scored, "report": report}
-
-
-def evaluate_store(
-    st: ScanStore,
-    model: str,
-    contract: ModelContract,
-    target: str | None = None,
-    split: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> dict | None:
-    """Compare a model's predictions with the labels in the metadata; writes
-    ``classification_report.json`` and ``confusion_matrix.png`` into the store.
-    Returns None when the metadata has no target column."""
-    meta = st.read_metadata()
-    preds = st.read_predictions()
-    target = target or f"finding_{contract.labels[1].lower()}"
-    if meta is None or preds is None or target not in meta.column_names:
-        return None
-    sha = model_sha256(model, storage_options)
-    truth = {r["image_id"]: r for r in meta.to_pylist()}
-    y_true, y_pred = [], []
-    for p in preds.to_pylist():
-        if p["model_sha256"] != sha:
-            continue
-        t = truth.get(p["image_id"])
-        if t is None or t.get(target) is None or (split and t.get("split") != split):
-            continue
-        y_true.append(contract.labels[1] if t[target] else contract.labels[0])
-        y_pred.append(p["label"])
-    if not y_true:
-        return None
-    report = classification_report(y_true, y_pred, tuple(contract.labels))
-    report["target"] = target
-    report["model"] = model
-    report["split"] = split
-    st.storage.write_bytes_atomic(REPORT, json.dumps(report, indent=2).encode())
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / CONFUSION
-        confusion_matrix_figure(report, png)
-        st.storage.write_bytes_atomic(CONFUSION, png.read_bytes())
-    return report
-
-
-def model_sha256(model: str, storage_options: dict[str, Any] | None = None) -> str:
-    storage = Storage.from_url(model, storage_options)
-    return hashlib.sha256(storage.read_bytes(storage.root)).hexdigest()
-
-
-def report_markdown(report: dict) -> str:
-    """The report as seed 004 prints it (scikit-learn's layout), in markdown."""
-    buf = io.StringIO()
-    buf.write(f"# Classification report ({report['target']})\n\n```\n")
-    buf.write(f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n\n")
-    for label in report["labels"]:
-        r = report[label]
-        buf.write(
-            f"{label:>14}{r['precision']:>10.2f}{r['recall']:>10.2f}"
-            f"{r['f1-score']:>10.2f}{r['support']:>10}\n"
-        )
-    total = report["macro avg"]["support"]
-    buf.write(f"\n{'accuracy':>14}{'':>20}{report['accuracy']:>10.2f}{total:>10}\n")
-    for avg in ("macro avg", "weighted avg"):
-        r = report[avg]
-        buf.write(
-            f"{avg:>14}{r['precision']:>10.2f}{r['recall']:>10.2f}"
-            f"{r['f1-score']:>10.2f}{r['support']:>10}\n"
-        )
-    buf.write(
-        f"```\n\nConfusion matrix (rows true, columns predicted): {report['confusion_matrix']}\n"
-    )
-    return buf.getvalue()
+    notify("scored", rows=scored)
+    return {"run_id": run_id, "scored": scored, "shards": len(groups), "report": report}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import time
 import uuid
-from functools import partial
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -15,21 +16,27 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.events import emit_event
-from prefect.futures import as_completed
 
-from flows.classify import evaluate_store, report_markdown
-from flows.runner import task_runner
-from tasks.classify import classify_batch, commit_predictions
-from tasks.preprocess import commit_metadata, process_batch
-from xraycore.batch import plan_batches
+from flows.credentials import with_block_credentials
+from flows.progress import notify
+from flows.runner import DaskCluster, resolve_cluster
+from tasks.classify import commit_predictions, score_shard
+from tasks.preprocess import commit_metadata, preprocess_batch
+from xraycore.batch import Plan, plan_batches
 from xraycore.catalog import list_sources, read_labels
 from xraycore.classify import ModelContract
+from xraycore.evaluation import evaluate_store
 from xraycore.pipeline import PipelineSpec
-from xraycore.storage import Storage
+from xraycore.report import comparison_sheet, report_markdown
+from xraycore.storage import Storage, refuse_credentials
 from xraycore.store import ScanStore
+
+SHEET = "sheet.png"
+SHEET_ROWS = 3
 
 
 def load_spec(pipeline: str | dict | None, size: int | None) -> PipelineSpec:
+    """The pipeline spec of a run: a file or mapping, with ``size`` on top."""
     if isinstance(pipeline, dict):
         base = dict(pipeline)
     elif pipeline:
@@ -41,89 +48,117 @@ def load_spec(pipeline: str | dict | None, size: int | None) -> PipelineSpec:
     return PipelineSpec.from_dict(base)
 
 
-@flow(name="preprocess-dataset", log_prints=True, task_runner=task_runner())
+@flow(name="preprocess-dataset", log_prints=True)
 def preprocess_dataset(
     source: str,
-    out: str,
+    store: str,
     labels: str | None = None,
     size: int | None = None,
     pipeline: str | dict | None = None,
     batch_size: int = 64,
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
-    classify: str | None = None,
-    classify_contract: dict | None = None,
+    model: str | None = None,
+    contract: dict | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    cluster_class: str | None = None,
+    cluster_kwargs: dict[str, Any] | None = None,
+    aws_credentials: str | None = None,
+    sheet: bool = True,
 ) -> dict[str, Any]:
-    """List the source, plan shard-aligned batches, process them on the task
-    runner's Dask cluster, commit the metadata and publish a summary.
+    """List the source, plan shard-aligned batches, process them on a Dask
+    cluster, commit the metadata and publish a summary.
 
-    The default task runner is the Dask cluster named by ``XRAY_DASK_CLUSTER``
-    (a spec in ``deploy/clusters`` or a YAML path), else a LocalCluster; the CLI
-    and :mod:`flows.runner` override it per run."""
+    The cluster starts while the source is listed and planned: ``scheduler``
+    (an address), ``cluster_class`` + ``cluster_kwargs``, the spec named by
+    ``cluster`` or ``XRAY_DASK_CLUSTER`` (``deploy/clusters``), else a
+    LocalCluster of ``workers`` processes. With ``model`` (ONNX) each batch is
+    scored as soon as it is committed. Credentials come from the environment, an
+    AWS profile or the prefect-aws block named ``aws_credentials``, never from
+    ``storage_options``.
+    """
+    refuse_credentials(storage_options, "storage_options")
     logger = get_run_logger()
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     spec = load_spec(pipeline, size)
-    store = ScanStore.open(out, storage_options)
-    store.initialise(spec, shard_size=batch_size, overwrite=overwrite)
-
-    sources = list_sources(Storage.from_url(source, storage_options))
-    label_map = read_labels(labels, storage_options) if labels else None
-    plan = plan_batches(
-        sources,
-        store.read_metadata(),
-        pipeline_hash=spec.hash,
-        first_free_row=store.capacity(),
-        shard_size=batch_size,
-        labels=label_map,
+    options = with_block_credentials(storage_options, aws_credentials)
+    where = resolve_cluster(
+        cluster=cluster,
+        scheduler=scheduler,
+        workers=workers,
+        cluster_class=cluster_class,
+        cluster_kwargs=cluster_kwargs,
     )
-    store.ensure_capacity(plan.end_row)
-    logger.info(
-        "%d inputs: %d new, %d to retry, %d already done; %d batches",
-        len(sources),
-        plan.new,
-        plan.retried,
-        plan.skipped,
-        len(plan.batches),
-    )
-
-    futures = process_batch.map(
-        plan.batches,
-        store=unmapped(out),
-        spec=unmapped(spec.to_dict()),
-        run_id=unmapped(run_id),
-        storage_options=unmapped(storage_options),
-        source_options=unmapped(storage_options),
-    )
-    dashboard = _dashboard_link()
-    if dashboard:
-        logger.info("Dask dashboard: %s", dashboard)
-    scorer, contract = None, None
-    if classify:
-        contract = ModelContract.for_model(classify, storage_options, **(classify_contract or {}))
-        # A batch's rows are scored as soon as they are committed, on the same cluster.
-        scorer = partial(
-            classify_batch.submit,
-            store=out,
-            model=classify,
-            contract=contract.to_dict(),
-            run_id=run_id,
-            storage_options=storage_options,
+    target = ScanStore.open(store, options)
+    target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
+    with DaskCluster(where) as dask_cluster:  # starts while we list and plan
+        sources = list_sources(Storage.from_url(source, options))
+        notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
+        plan = plan_batches(
+            sources,
+            target.read_metadata(),
+            pipeline_hash=spec.hash,
+            first_free_row=target.capacity(),
+            shard_size=batch_size,
+            labels=read_labels(labels, options) if labels else None,
         )
-
-    results, broken, scoring = _collect(futures, plan, logger, out, scorer)
-    rows = commit_metadata(out, run_id, storage_options)
+        target.ensure_capacity(plan.end_row)
+        images = sum(len(b.items) for b in plan.batches)
+        logger.info(
+            "%d inputs: %d new, %d to retry, %d already done; %d batches",
+            len(sources),
+            plan.new,
+            plan.retried,
+            plan.skipped,
+            len(plan.batches),
+        )
+        notify(
+            "planned",
+            new=plan.new,
+            retried=plan.retried,
+            skipped=plan.skipped,
+            batches=len(plan.batches),
+            images=images,
+        )
+        contract_dict = None
+        if model:
+            contract_dict = ModelContract.for_model(model, options, **(contract or {})).to_dict()
+        client = dask_cluster.client() if plan.batches else None
+        dashboard = dask_cluster.dashboard_link if client else None
+        if client is not None:
+            workers_up = dask_cluster.workers
+            logger.info("Dask cluster: %d workers, dashboard %s", workers_up, dashboard)
+            notify("cluster", workers=workers_up, dashboard=dashboard)
+        results, broken, scored = _process(
+            plan,
+            client,
+            shard_size=batch_size,
+            store=store,
+            spec=spec,
+            run_id=run_id,
+            options=options,
+            model=model,
+            contract=contract_dict,
+            logger=logger,
+        )
+    rows = commit_metadata(store, run_id, options)
+    notify("committed", rows=rows)
     emit_event(
         event="xray.run.committed",
-        resource=_resource(out),
-        payload={"store": out, "run_id": run_id, "rows": rows},
+        resource=store_resource(store),
+        payload={"store": store, "run_id": run_id, "rows": rows},
     )
     report = None
-    if classify:
-        scored = sum(f.result()["rows"] for f in scoring)
-        commit_predictions(out, run_id, storage_options)
-        report = evaluate_store(store, classify, contract, storage_options=storage_options)
-        logger.info("classified %d rows with %s", scored, classify)
+    if model:
+        commit_predictions(store, run_id, options)
+        report = evaluate_store(
+            target, model, ModelContract.from_dict(contract_dict), storage_options=options
+        )
+        logger.info("classified %d rows with %s", scored, model)
+        notify("scored", rows=scored)
         if report is not None:
             create_markdown_artifact(key="classification-report", markdown=report_markdown(report))
 
@@ -132,7 +167,9 @@ def preprocess_dataset(
     failed = sum(r["failed"] for r in results)
     summary = {
         "run_id": run_id,
-        "store": out,
+        "flow_run": _flow_run("name"),
+        "flow_run_id": _flow_run("id"),
+        "store": store,
         "pipeline_hash": spec.hash,
         "inputs": len(sources),
         "ok": ok,
@@ -146,7 +183,12 @@ def preprocess_dataset(
         "failures": [f for r in results for f in r["failures"]],
         "dashboard": dashboard,
         "report": report,
+        "scored": scored,
+        "sheet": None,
     }
+    sample = sorted(row for r in results for row, _ in r["items"])[:SHEET_ROWS]
+    if sheet and sample:
+        summary["sheet"] = _write_sheet(target, sample, options, logger)
     if summary["failures"]:
         create_table_artifact(
             key="preprocess-failures",
@@ -155,8 +197,8 @@ def preprocess_dataset(
         )
     create_markdown_artifact(
         key="preprocess-summary",
-        markdown=_summary_markdown(summary),
-        description=f"preprocess_dataset into {out}",
+        markdown=summary_markdown(summary, target),
+        description=f"preprocess_dataset into {store}",
     )
     if broken:
         raise RuntimeError(
@@ -166,65 +208,177 @@ def preprocess_dataset(
     return summary
 
 
-def _resource(store: str) -> dict[str, str]:
+def store_resource(store: str) -> dict[str, str]:
+    """The Prefect event resource of a store."""
     return {"prefect.resource.id": f"xray.store.{store}", "prefect.resource.name": store}
 
 
-def _collect(futures, plan, logger, store, scorer=None):
-    """Wait for the batches in completion order, reporting progress, announcing
-    each committed batch (a Prefect event) and handing its rows to ``scorer``."""
+def _process(
+    plan: Plan, client, *, shard_size, store, spec, run_id, options, model, contract, logger
+) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """Run the batches in waves and collect them in completion order.
+
+    At most a few batches per worker are in flight: results (progress, events,
+    scoring) arrive as soon as the first batches finish, not after every batch
+    of a large plan has been submitted. Each committed batch is announced (a
+    Prefect event) and, with a model, scored on the same cluster.
+    """
     total = sum(len(b.items) for b in plan.batches)
-    progress = create_progress_artifact(progress=0.0, description="images processed (%)")
-    by_future = {id(f): b for f, b in zip(futures, plan.batches, strict=True)}
-    results, broken, scoring, done, t0 = [], [], [], 0, time.perf_counter()
-    for fut in as_completed(futures):
-        batch = by_future[id(fut)]
-        try:
-            result = fut.result()
-        except Exception as exc:  # a batch that failed after its retries
-            broken.append((batch.start, f"{type(exc).__name__}: {exc}"))
-        else:
-            results.append(result)
-            emit_event(
-                event="xray.batch.committed",
-                resource=_resource(store),
-                payload={"store": store, "start": batch.start, "rows": result["rows"]},
-            )
-            if scorer is not None and result["rows"]:
-                scoring.append(scorer(result["items"]))
-        done += len(batch.items)
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        logger.info(
-            "progress: %d/%d batches, %d/%d images, %.1f images/s",
-            len(results) + len(broken),
-            len(plan.batches),
-            done,
-            total,
-            rate,
+    progress = create_progress_artifact(
+        progress=0.0,
+        key="preprocess-progress",
+        description=f"Images processed (% of {total}) into {store}",
+    )
+    workers = len(client.scheduler_info(n_workers=-1)["workers"]) if client else 1
+    window = max(4, 2 * workers)
+    waiting = list(reversed(plan.batches))
+    running: dict[concurrent.futures.Future, Any] = {}
+    scoring = []
+    results, broken, done, t0, shown = [], [], 0, time.perf_counter(), 0.0
+
+    def submit(batch) -> None:
+        future = preprocess_batch.submit(
+            batch,
+            store=store,
+            spec=spec.to_dict(),
+            run_id=run_id,
+            storage_options=options,
+            source_options=options,
+            client=client,
         )
-        update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-    return results, broken, scoring
+        running[future.wrapped_future] = (future, batch)
+
+    while waiting or running:
+        while waiting and len(running) < window:
+            submit(waiting.pop())
+        finished, _ = concurrent.futures.wait(
+            list(running), return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for wrapped in finished:
+            future, batch = running.pop(wrapped)
+            try:
+                result = future.result()
+            except Exception as exc:  # a batch that failed after its retries
+                broken.append((batch.start, f"{type(exc).__name__}: {exc}"))
+                logger.error("batch from row %d failed after retries: %s", batch.start, exc)
+            else:
+                results.append(result)
+                emit_event(
+                    event="xray.batch.committed",
+                    resource=store_resource(store),
+                    payload={"store": store, "start": batch.start, "rows": result["rows"]},
+                )
+                if model and result["items"]:
+                    scoring.append(
+                        score_shard.submit(
+                            result["items"],
+                            shard=batch.start // shard_size,
+                            store=store,
+                            model=model,
+                            contract=contract,
+                            run_id=run_id,
+                            storage_options=options,
+                            client=client,
+                        )
+                    )
+            done += len(batch.items)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            notify(
+                "batch",
+                done=done,
+                total=total,
+                failed=sum(r["failed"] for r in results),
+                batches_done=len(results) + len(broken),
+                batches=len(plan.batches),
+                rate=done / elapsed,
+            )
+            if elapsed - shown >= 2.0 or done == total:  # at most one API call per 2 s
+                shown = elapsed
+                logger.info(
+                    "progress: %d/%d images, %d/%d batches, %.1f images/s",
+                    done,
+                    total,
+                    len(results) + len(broken),
+                    len(plan.batches),
+                    done / elapsed,
+                )
+                update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+    scored = 0
+    for future in scoring:
+        try:
+            scored += future.result()["rows"]
+        except Exception as exc:  # unscored rows are picked up by the next scoring run
+            logger.error("scoring failed: %s", exc)
+    return results, broken, scored
 
 
-def _dashboard_link() -> str | None:
+def _flow_run(attribute: str) -> str | None:
     try:
-        from prefect.context import FlowRunContext
+        from prefect.runtime import flow_run
 
-        client = FlowRunContext.get().task_runner.client
-        return client.dashboard_link
-    except Exception:  # no Dask runner (tests, a plain call): no dashboard
+        value = getattr(flow_run, attribute)
+        return str(value) if value else None
+    except Exception:  # outside a flow run
         return None
 
 
-def _summary_markdown(s: dict[str, Any]) -> str:
+def _write_sheet(target: ScanStore, rows: list[int], options, logger) -> str | None:
+    """The comparison picture of a few rows of this run, next to the store."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = comparison_sheet(target, rows, Path(tmp) / SHEET, source_options=options)
+            target.storage.write_bytes_atomic(SHEET, png.read_bytes())
+    except Exception as exc:  # a picture is a nicety: never fail a run for it
+        logger.warning("comparison sheet not written: %s: %s", type(exc).__name__, exc)
+        return None
+    return target.storage.uri(SHEET)
+
+
+def _thumbnail(target: ScanStore, width: int = 1200) -> str | None:
+    """The sheet as a data URI of a small JPEG, for the markdown artifact."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = target.storage.read_bytes(target.storage.path(SHEET))
+    except FileNotFoundError:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if image.shape[1] > width:
+        height = round(image.shape[0] * width / image.shape[1])
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+
+
+def summary_markdown(s: dict[str, Any], target: ScanStore | None = None) -> str:
+    """The run's summary artifact: headed by the flow run's name, linking the store."""
+    store = s["store"]
+    link = store if "://" in store else f"file://{store}"
     lines = [
-        f"# Preprocessing run {s['run_id']}",
+        f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
         "",
-        "| ok | failed | skipped | batches | images/s | store |",
-        "|---|---|---|---|---|---|",
-        f"| {s['ok']} | {s['failed']} | {s['skipped']} | {s['batches']} | "
-        f"{s['images_per_s']:.1f} | `{s['store']}` |",
+        f"Store: [{store}]({link}) (pipeline `{s['pipeline_hash']}`, "
+        f"{s['rows_in_store']} rows; batch id `{s['run_id']}`)",
+        "",
+        "| inputs | ok | failed | skipped | batches | seconds | images/s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['inputs']} | {s['ok']} | {s['failed']} | {s['skipped']} | {s['batches']} | "
+        f"{s['seconds']:.1f} | {s['images_per_s']:.1f} |",
     ]
+    if s.get("dashboard"):
+        lines += ["", f"Dask dashboard (while the run's cluster was up): {s['dashboard']}"]
+    if s.get("sheet") and target is not None:
+        uri = _thumbnail(target)
+        lines += ["", "## Sample of this run's outputs", ""]
+        if uri:
+            lines.append(f"![comparison sheet]({uri})")
+        lines += ["", f"Full-size picture: `{s['sheet']}`"]
     if s["failures"]:
         lines += ["", "## Failed inputs", "", "| image | error |", "|---|---|"]
         lines += [f"| {i} | {e} |" for i, e in s["failures"][:200]]

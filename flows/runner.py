@@ -1,6 +1,11 @@
-"""Run the flows from Python or the CLI: a Dask task runner and a Prefect API.
+"""Where a run's work happens: the Dask cluster and the Prefect API.
 
-Prefect sees few coarse units (one task per shard of 64 scans); Dask runs them.
+This module builds things and never imports a flow. Nothing here runs at import
+time: a cluster spec is read, and Dask configured, when a run starts.
+
+Prefect sees few coarse units (one task run per shard of scans, in the flow
+process); the scans themselves are plain Dask work on the cluster's workers,
+which import ``xraycore`` and never Prefect.
 """
 
 from __future__ import annotations
@@ -8,10 +13,29 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "WORKER_MALLOC",
+    "ClusterSpec",
+    "DaskCluster",
+    "load_cluster_spec",
+    "prefect_api",
+    "resolve_cluster",
+    "run_flow",
+]
+
 DEFAULT_CLUSTER = "distributed.LocalCluster"
+
+# Per-scan temporaries are ~4-16 MB: with glibc's defaults they are mmap'ed and
+# unmapped on every call, and the page faults cost ~30% of a worker's time
+# (shared/MEASUREMENTS.md; measured again in benchmarks/bench_flow.py).
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+_ADDRESS_SCHEMES = ("tcp://", "tls://", "ws://", "wss://", "inproc://")
 
 
 def cluster_spec_dirs() -> list[Path]:
@@ -51,71 +75,145 @@ def load_cluster_spec(spec: str) -> dict[str, Any]:
     return data
 
 
-def task_runner(
+@dataclass(frozen=True)
+class ClusterSpec:
+    """An existing scheduler ``address``, or a ``cluster_class`` to start with
+    ``cluster_kwargs`` (and ``adapt_kwargs`` for an adaptive cluster)."""
+
+    address: str | None = None
+    cluster_class: str | None = None
+    cluster_kwargs: dict[str, Any] = field(default_factory=dict)
+    adapt_kwargs: dict[str, Any] | None = None
+
+
+def resolve_cluster(
     *,
+    cluster: str | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     cluster_class: str | None = None,
     cluster_kwargs: dict[str, Any] | None = None,
-    adapt_kwargs: dict[str, Any] | None = None,
-    cluster: str | None = None,
-):
-    """A prefect-dask ``DaskTaskRunner``: an existing scheduler address, or a
-    cluster class (LocalCluster by default, one single-threaded worker process
-    per core, since OpenCV and NumPy are already vectorised per scan)."""
-    from prefect_dask import DaskTaskRunner
-
+) -> ClusterSpec:
+    """The cluster a run uses: ``scheduler`` (an address), else ``cluster_class``,
+    else the spec named by ``cluster`` or ``XRAY_DASK_CLUSTER``, else a
+    LocalCluster of one single-threaded worker process per core (OpenCV and
+    NumPy already vectorise within a scan)."""
     cluster = cluster or os.environ.get("XRAY_DASK_CLUSTER")
+    adapt_kwargs = None
     if cluster and not (scheduler or cluster_class):
         spec = load_cluster_spec(cluster)
         scheduler = spec.get("address")
         cluster_class = spec.get("cluster_class")
         cluster_kwargs = {**spec.get("cluster_kwargs", {}), **(cluster_kwargs or {})}
-        adapt_kwargs = spec.get("adapt_kwargs") or adapt_kwargs
+        adapt_kwargs = spec.get("adapt_kwargs")
     if scheduler:
-        if not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")):
+        if not scheduler.startswith(_ADDRESS_SCHEMES):
             raise ValueError(
                 f"--scheduler must be an address like tcp://host:8786, got {scheduler!r}"
             )
-        return DaskTaskRunner(address=scheduler)
+        return ClusterSpec(address=scheduler)
     kwargs = dict(cluster_kwargs or {})
     cls = cluster_class or DEFAULT_CLUSTER
     if cls == DEFAULT_CLUSTER:
-        _worker_malloc_settings()
         kwargs.setdefault("n_workers", workers or os.cpu_count() or 1)
         kwargs.setdefault("threads_per_worker", 1)
         kwargs.setdefault("processes", True)
         kwargs.setdefault("dashboard_address", ":0")
-    module, _, name = cls.rpartition(".")
+    elif workers:
+        kwargs.setdefault("n_workers", workers)
+    _import_class(cls)  # refuse a class that cannot be imported before the run starts
+    return ClusterSpec(cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=adapt_kwargs)
+
+
+def _import_class(path: str):
+    module, _, name = path.rpartition(".")
     try:
-        getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"cluster class {cls!r} cannot be imported: {exc}") from exc
-    return DaskTaskRunner(cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=adapt_kwargs)
+        raise ValueError(f"cluster class {path!r} cannot be imported: {exc}") from exc
 
 
-# Per-scan temporaries are ~4-16 MB: with glibc's defaults they are mmap'ed and
-# unmapped on every call, and the page faults cost ~30% of a worker's time
-# (shared/MEASUREMENTS.md; measured again in benchmarks/bench_flow.py).
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+class DaskCluster:
+    """A Dask cluster and its client, started in a background thread.
 
+    Starting returns at once, so a flow lists and plans while the workers come
+    up; :meth:`client` waits for them. Usable as a context manager that closes
+    the client (and the cluster, when it started one).
+    """
 
-def _worker_malloc_settings() -> None:
-    """Have LocalCluster nannies start workers with :data:`WORKER_MALLOC`
-    (Dask's own default sets MALLOC_TRIM_THRESHOLD_ to 64 KiB)."""
-    import dask
+    def __init__(self, spec: ClusterSpec):
+        self.spec = spec
+        self._client = None
+        self._cluster = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, name="dask-cluster-start", daemon=True)
+        self._thread.start()
 
-    key = "distributed.nanny.pre-spawn-environ"
-    dask.config.set({key: {**(dask.config.get(key, default={}) or {}), **WORKER_MALLOC}})
+    def _start(self) -> None:
+        try:
+            import dask
+            from distributed import Client
+
+            if self.spec.address:
+                self._client = Client(self.spec.address, set_as_default=False, timeout=60)
+                return
+            cls = _import_class(self.spec.cluster_class or DEFAULT_CLUSTER)
+            key = "distributed.nanny.pre-spawn-environ"
+            environ = {**(dask.config.get(key, default={}) or {}), **WORKER_MALLOC}
+            # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ to 64 KiB for the workers it
+            # spawns; glibc reads it at process start, so it is set before spawning.
+            with dask.config.set({key: environ}):
+                self._cluster = cls(**self.spec.cluster_kwargs)
+            if self.spec.adapt_kwargs:
+                self._cluster.adapt(**self.spec.adapt_kwargs)
+            self._client = Client(self._cluster, set_as_default=False)
+        except BaseException as exc:  # handed to the caller of client()
+            self._error = exc
+
+    def client(self, timeout: float = 600):
+        """The ``distributed.Client``, once the cluster is up."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the Dask cluster did not start within {timeout:.0f} s")
+        if self._error is not None:
+            raise RuntimeError(
+                f"the Dask cluster did not start: {type(self._error).__name__}: {self._error}"
+            ) from self._error
+        return self._client
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client().dashboard_link
+        except Exception:  # no dashboard (bokeh absent, or disabled)
+            return None
+
+    @property
+    def workers(self) -> int:
+        return len(self.client().scheduler_info(n_workers=-1)["workers"])
+
+    def close(self) -> None:
+        self._thread.join()
+        with contextlib.suppress(Exception):
+            if self._client is not None:
+                self._client.close()
+        with contextlib.suppress(Exception):
+            if self._cluster is not None:
+                self._cluster.close()
+
+    def __enter__(self) -> DaskCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
 def prefect_api():
-    """Make sure flow *and* Dask workers talk to one Prefect API.
+    """Make sure the flow talks to one Prefect API.
 
     With PREFECT_API_URL set (a server, Prefect Cloud) nothing is done. Otherwise
-    a temporary local API server is started and its URL exported, so that worker
-    processes inherit it instead of each starting a server of its own.
+    a temporary local API server is started and its URL exported.
     """
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
@@ -139,38 +237,12 @@ def prefect_api():
         server.stop()
 
 
-def run_flow(
-    flow,
-    *,
-    cluster: str | None = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    cluster_class: str | None = None,
-    cluster_kwargs: dict[str, Any] | None = None,
-    **params: Any,
-) -> Any:
-    """Run a flow on a Dask task runner (see :func:`task_runner`) against one
-    Prefect API (see :func:`prefect_api`); returns the flow's result."""
-    runner = task_runner(
-        scheduler=scheduler,
-        workers=workers,
-        cluster_class=cluster_class,
-        cluster_kwargs=cluster_kwargs,
-        cluster=cluster,
-    )
+def run_flow(flow, **params: Any) -> Any:
+    """Call ``flow(**params)`` against one Prefect API (see :func:`prefect_api`),
+    after refusing credentials in ``storage_options`` (flow parameters are
+    recorded by Prefect)."""
+    from xraycore.storage import refuse_credentials
+
+    refuse_credentials(params.get("storage_options"), "storage_options")
     with prefect_api():
-        return flow.with_options(task_runner=runner)(**params)
-
-
-def run_preprocess(**kwargs: Any) -> dict[str, Any]:
-    """``preprocess_dataset`` through :func:`run_flow`; returns the run summary."""
-    from flows.preprocess import preprocess_dataset
-
-    return run_flow(preprocess_dataset, **kwargs)
-
-
-def run_classify(**kwargs: Any) -> dict[str, Any]:
-    """``classify_store`` through :func:`run_flow`; returns its result."""
-    from flows.classify import classify_store
-
-    return run_flow(classify_store, **kwargs)
+        return flow(**params)

@@ -1,31 +1,65 @@
-"""Batch tasks of the preprocessing flow; the logic lives in ``xraycore``."""
+"""Batch tasks of the preprocessing flow; the logic lives in ``xraycore``.
+
+A task run lives in the flow process and hands its one call to a Dask worker
+(``client``), which imports ``xraycore`` only: Prefect sees one task run per
+shard, and the workers never start Prefect's engine.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from xraycore.batch import Batch
-from xraycore.batch import process_batch as _process_batch
+from xraycore.batch import Batch, process_batch
 from xraycore.store import ScanStore
 
+__all__ = ["commit_metadata", "preprocess_batch"]
 
-@task(name="process-batch", retries=2, retry_delay_seconds=2, persist_result=False)
-def process_batch(
+FAILURES_NAMED = 10
+
+
+def batch_run_name(parameters: dict[str, Any]) -> str:
+    """``batch rows 64-127``: the rows of the store a batch writes."""
+    batch = parameters["batch"]
+    return f"batch rows {batch.start}-{batch.start + max(len(batch.items), 1) - 1}"
+
+
+def on_cluster(client, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on a Dask worker of ``client``, or here when it is None."""
+    if client is None:
+        return fn(*args, **kwargs)
+    return client.submit(fn, *args, pure=False, **kwargs).result()
+
+
+# NO_CACHE: nothing to cache, and the inputs (a Dask client) are not hashable.
+@task(
+    name="preprocess-batch",
+    task_run_name=batch_run_name,
+    retries=2,
+    retry_delay_seconds=2,
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def preprocess_batch(
     batch: Batch,
     store: str,
     spec: dict,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    client: Any = None,
 ) -> dict[str, Any]:
-    """Read, process and store one shard of scans; returns counts, never pixels.
+    """Read, process and store one shard of scans on the cluster; returns
+    counts, never pixels. Logs a WARNING naming the inputs that failed.
 
     Retries are safe: a batch rewrites its own whole shards and its own
     metadata part, so a retry replaces rather than appends.
     """
-    return _process_batch(
+    result = on_cluster(
+        client,
+        process_batch,
         batch,
         store=store,
         spec=spec,
@@ -33,6 +67,17 @@ def process_batch(
         storage_options=storage_options,
         source_options=source_options,
     )
+    if result["failed"]:
+        named = "; ".join(f"{i} ({e})" for i, e in result["failures"][:FAILURES_NAMED])
+        more = result["failed"] - min(result["failed"], FAILURES_NAMED)
+        get_run_logger().warning(
+            "%d of %d inputs failed: %s%s",
+            result["failed"],
+            len(batch.items),
+            named,
+            f"; and {more} more" if more else "",
+        )
+    return result
 
 
 @task(name="commit-metadata", retries=2, retry_delay_seconds=2, persist_result=False)

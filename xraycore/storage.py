@@ -15,9 +15,64 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["Storage", "redact"]
+__all__ = ["CredentialsRefusedError", "Storage", "redact", "refuse_credentials"]
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+# Option names that carry a credential: s3fs's key/secret/token, botocore's
+# aws_* names (also inside client_kwargs), and the usual words of other backends.
+_CREDENTIAL_NAMES = {"key", "secret", "token", "password"}
+_CREDENTIAL_WORDS = (
+    "secret",
+    "token",
+    "password",
+    "credential",
+    "access_key",
+    "account_key",
+    "connection_string",
+)
+
+HOW_TO_GIVE_CREDENTIALS = (
+    "give them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+    "AWS_SESSION_TOKEN), an AWS profile (AWS_PROFILE, or storage options "
+    '{"profile": "name"}), or a Prefect AwsCredentials block (--aws-credentials NAME; '
+    "pip install 'xray-pipeline[aws]')"
+)
+
+
+class CredentialsRefusedError(ValueError):
+    """Storage options given as a parameter hold something that looks like a credential."""
+
+
+def _credential_keys(options: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for k, v in options.items():
+        name = str(k).lower()
+        if isinstance(v, dict):
+            found += _credential_keys(v, f"{prefix}{k}.")
+        elif v not in (None, "") and (
+            name in _CREDENTIAL_NAMES or any(w in name for w in _CREDENTIAL_WORDS)
+        ):
+            found.append(f"{prefix}{k}")
+    return found
+
+
+def refuse_credentials(options: dict[str, Any] | None, what: str = "storage_options") -> None:
+    """Raise :class:`CredentialsRefusedError` when ``options`` holds credentials.
+
+    Options given as a flow parameter are recorded by Prefect (the UI's
+    Parameters tab, the REST API, the server's database), so credentials must
+    come another way; the message says which.
+    """
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise TypeError(f"{what} must be a mapping, got {type(options).__name__}")
+    keys = _credential_keys(options)
+    if keys:
+        raise CredentialsRefusedError(
+            f"{what} holds credentials ({', '.join(keys)}), which Prefect would record as a "
+            f"flow parameter: {HOW_TO_GIVE_CREDENTIALS}"
+        )
 
 
 def redact(options: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import cv2
 import pytest
 from onnx_models import mean_model
 
-from flows.runner import load_cluster_spec, task_runner
+from flows.runner import load_cluster_spec, resolve_cluster
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
@@ -133,15 +133,19 @@ def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
         assert [s.schedule.cron for s in scheduled.schedules] == ["0 2 * * *"]
         assert scheduled.parameters["source"] == str(src)
         assert scheduled.work_pool_name == "xray-process"
-        on_batch = client.read_deployment_by_name("classify-store/on-batch")
+        on_commit = client.read_deployment_by_name("classify-store/on-commit")
+        assert on_commit.global_concurrency_limit.limit == 1  # one scoring run at a time
+        assert str(on_commit.concurrency_options.collision_strategy).endswith("ENQUEUE")
         automations = client.read_automations()
         linked = [
             a
             for a in automations
-            if any(getattr(act, "deployment_id", None) == on_batch.id for act in a.actions)
+            if any(getattr(act, "deployment_id", None) == on_commit.id for act in a.actions)
         ]
-        assert linked, automations
-        assert "xray.batch.committed" in linked[0].trigger.expect
+        expects = {e: a.trigger for a in linked for e in a.trigger.expect}
+        # Batched: one run per 50 committed batches, and one per committed run.
+        assert set(expects) == {"xray.batch.committed", "xray.run.committed"}, linked
+        assert expects["xray.batch.committed"].threshold == 50
 
         worker = subprocess.Popen(
             [
@@ -175,8 +179,9 @@ def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
             meta = ScanStore.open(str(store)).read_metadata()
             assert meta.num_rows == 6 and set(meta.column("status").to_pylist()) == {"ok"}
 
-            # Two batches were committed: each event started a classify-store run.
-            cruns = _wait_for_runs(client, on_batch.id, count=2, timeout=300)
+            # Two batches were committed (below the threshold), then the run: one
+            # classify-store run scored all six rows.
+            cruns = _wait_for_runs(client, on_commit.id, count=1, timeout=300)
             assert all(r.state.is_completed() for r in cruns), [r.state for r in cruns]
             deadline = time.time() + 60
             while time.time() < deadline:
@@ -184,6 +189,8 @@ def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
                 if preds is not None and preds.num_rows == 6:
                     break
                 time.sleep(2)
+            time.sleep(5)  # no second run follows for the same events
+            assert len(_wait_for_runs(client, on_commit.id, count=1)) == 1
             assert preds is not None and preds.num_rows == 6
         finally:
             os.killpg(worker.pid, 15)
@@ -195,15 +202,14 @@ def test_cluster_specs_parse_and_build_runner_arguments(name):
     spec = load_cluster_spec(name)
     if name == "existing":
         assert spec["address"].startswith("tcp://")
-        runner = task_runner(scheduler=spec["address"])
-        assert runner.address == spec["address"]
+        assert resolve_cluster(cluster=name).address == spec["address"]
         return
     module, _, cls = spec["cluster_class"].rpartition(".")
     assert module and cls and isinstance(spec["cluster_kwargs"], dict)
     if name == "local":
-        runner = task_runner(cluster=name)
-        assert runner.cluster_kwargs["threads_per_worker"] == 1
-        assert runner.cluster_kwargs["n_workers"] >= 1
+        where = resolve_cluster(cluster=name)
+        assert where.cluster_kwargs["threads_per_worker"] == 1
+        assert where.cluster_kwargs["n_workers"] >= 1
     elif name == "kubernetes":
         assert spec["cluster_kwargs"]["n_workers"] >= 1 and spec["adapt_kwargs"]["maximum"] > 1
     else:
@@ -212,7 +218,7 @@ def test_cluster_specs_parse_and_build_runner_arguments(name):
         __import__(module)
     except ImportError:
         with pytest.raises(ValueError, match="cannot be imported"):
-            task_runner(cluster=name)
+            resolve_cluster(cluster=name)
 
 
 def test_bad_cluster_specs(tmp_path):

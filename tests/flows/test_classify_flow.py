@@ -83,9 +83,13 @@ def test_run_split_train_classify_report_on_phantoms(tmp_path):
     assert sum(map(sum, report["confusion_matrix"])) == 60
     assert (store / "confusion_matrix.png").stat().st_size > 1000
 
-    # Classifying again replaces, never duplicates.
-    _invoke("classify", str(store), "--model", str(model), "--workers", "2")
+    # Classifying again scores nothing (every row has a prediction from this model);
+    # scoring is incremental, never duplicated.
+    parts = sorted((store / "predictions.parquet").iterdir())
+    out = _invoke("classify", str(store), "--model", str(model))
+    assert "scored 0 rows" in out
     assert len(ScanStore.open(str(store)).read_predictions()) == 60
+    assert sorted((store / "predictions.parquet").iterdir()) == parts  # nothing rewritten
 
     # Scoring inside the run, batch by batch, gives the same predictions.
     store2 = tmp_path / "store2"
@@ -96,7 +100,7 @@ def test_run_split_train_classify_report_on_phantoms(tmp_path):
         str(store2),
         "--labels",
         str(labels),
-        "--classify",
+        "--model",
         str(model),
         *common,
     )

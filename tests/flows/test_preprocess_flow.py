@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.runner import run_preprocess
+from flows.preprocess import preprocess_dataset
+from flows.runner import run_flow
 from xraycore.io import read_image
 from xraycore.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, StoreConflictError
@@ -22,7 +24,8 @@ SIZE = 128
 
 def _run(source, out, **kw):
     kw.setdefault("workers", 2)
-    return run_preprocess(source=str(source), out=str(out), size=SIZE, batch_size=4, **kw)
+    kw.setdefault("size", SIZE)
+    return run_flow(preprocess_dataset, source=str(source), store=str(out), batch_size=4, **kw)
 
 
 def _good_inputs(source_dir, bad_inputs):
@@ -72,10 +75,11 @@ def test_local_run_rows_failures_and_pixels(source_dir, labels_csv, tmp_path, ba
         assert np.array_equal(store.read("preprocessed", r["row"]), expected["preprocessed"])
         assert np.array_equal(store.read("canny", r["row"]), expected["canny"])
         assert np.array_equal(store.read("histogram", r["row"]), expected["histogram"])
+        # Edge maps come back as physical values; however the store encodes them,
+        # within 1% of the map's range of the float32 result.
         log = store.read("log", r["row"])
-        assert log.dtype == np.float16
-        # float16 storage: within one float16 step of the float32 result.
-        np.testing.assert_allclose(log, expected["log"], rtol=2**-10, atol=1e-3)
+        assert log.shape == expected["log"].shape
+        assert np.abs(log - expected["log"]).max() <= 0.01 * np.ptp(expected["log"]) + 1e-6
         assert r["mean"] == pytest.approx(float(expected["preprocessed"].mean()))
     # Shards are written whole and rows start on shard boundaries.
     assert store.capacity() % 4 == 0
@@ -107,30 +111,30 @@ def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(
     assert fixed["status"] == "ok" and fixed["row"] >= first["batches"] * 4
 
     with pytest.raises(StoreConflictError, match="--overwrite"):
-        run_preprocess(source=str(source_dir), out=str(out), size=SIZE * 2, batch_size=4, workers=2)
-    replaced = run_preprocess(
-        source=str(source_dir), out=str(out), size=SIZE * 2, batch_size=4, workers=2, overwrite=True
-    )
+        _run(source_dir, out, size=SIZE * 2)
+    replaced = _run(source_dir, out, size=SIZE * 2, overwrite=True)
     assert replaced["skipped"] == 0 and replaced["ok"] == len(meta) - (len(bad_inputs) - 1)
 
 
 def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_cluster, bad_inputs):
     address, worker_pids = dask_cluster
     out = tmp_path / "store"
-    from flows.preprocess import preprocess_dataset
-    from flows.runner import task_runner
-
-    runner = task_runner(scheduler=address)
-    result = preprocess_dataset.with_options(task_runner=runner)(
-        source=str(source_dir), out=str(out), size=SIZE, batch_size=2
+    result = preprocess_dataset(
+        source=str(source_dir), store=str(out), size=SIZE, batch_size=2, scheduler=address
     )
     assert result["failed"] == len(bad_inputs) and result["ok"] > 0
-    # The batches ran in the dask worker processes, not in this one.
+    # The batches ran in the dask worker processes, not in this one, and the
+    # workers never imported Prefect: its task engine stays in the flow process.
     from distributed import Client
 
     with Client(address) as client:
         pids = set(client.run(os.getpid).values())
+        imported = client.run(
+            lambda: sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "xraycore"))
+        )
     assert pids == worker_pids
+    for modules in imported.values():
+        assert "xraycore.batch" in modules and not any(m.startswith("prefect") for m in modules)
     meta = ScanStore.open(str(out)).read_metadata()
     assert meta.num_rows == result["ok"] + result["failed"]
 
@@ -186,6 +190,26 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(bad_inputs)} failed" in res.stdout and "images/s" in res.stdout
+    # Quiet by default: phase lines, progress lines (not a terminal), the summary;
+    # Dask's and Prefect's INFO logging only with -v.
+    lines = res.stdout.splitlines()
+    assert len(lines) <= 15, res.stdout
+    assert [
+        w
+        for w in ("listed", "planned", "cluster:", "progress", "done:")
+        if any(line.startswith(w) for line in lines)
+    ] == ["listed", "planned", "cluster:", "progress", "done:"]
+    assert "distributed." not in res.stdout + res.stderr and "INFO" not in res.stderr
+    # A WARNING per batch with failures, naming the failed inputs.
+    assert "WARNING" in res.stderr and "truncated.png" in res.stderr
+    res = _xray(
+        "run", str(source_dir), "--store", str(out), "--size", str(SIZE), "--batch-size", "4",
+        "--log-format", "json", "-v",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    events = [json.loads(line)["event"] for line in res.stdout.splitlines()]
+    assert events[:3] == ["start", "listed", "planned"] and events[-1] == "summary"
+    assert "Beginning flow run" in res.stderr  # -v: Prefect's own INFO lines
     res = _xray("inspect", str(out))
     assert res.returncode == 0 and "truncated PNG" in res.stdout
     res = _xray("sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png"))

@@ -1,9 +1,14 @@
-"""The ``xray`` command line: run, inspect, sheet."""
+"""The ``xray`` command line: run, inspect, sheet, demo, classify, split, train.
+
+It sits above the flows: it imports them (lazily, after setting up logging),
+never the other way round.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +19,27 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Chest X-ray collections -> Zarr + Parquet training stores.",
 )
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show Prefect's and Dask's own INFO logs.")
+]
+Format = Annotated[
+    LogFormat, typer.Option("--log-format", help="text (a bar on a terminal) or json lines.")
+]
+StorageOptions = Annotated[
+    str | None,
+    typer.Option(help="fsspec options, JSON (no credentials: see --aws-credentials)."),
+]
+AwsCredentials = Annotated[
+    str | None,
+    typer.Option(help="Name of a prefect-aws AwsCredentials block holding the S3 credentials."),
+]
 
 
 def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
@@ -32,6 +58,18 @@ def _options(text: str | None) -> dict[str, Any] | None:
     return _json_object(text, "--storage-options")
 
 
+def _flow_options(text: str | None) -> dict[str, Any] | None:
+    """Storage options that become a flow parameter: credentials refused (exit 2)."""
+    from xraycore.storage import CredentialsRefusedError, refuse_credentials
+
+    options = _options(text)
+    try:
+        refuse_credentials(options, "--storage-options")
+    except CredentialsRefusedError as exc:
+        _fail(str(exc), 2)
+    return options
+
+
 def _open_store(store: str, storage_options: str | None):
     """The store at ``store`` and its attributes; exit 2 when there is none."""
     from xraycore.store import ScanStore
@@ -48,79 +86,133 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
+    """Run a flow with ``console`` observing it; usage errors exit 2, a failed run 1."""
+    from flows.progress import observe
+    from flows.runner import run_flow
+
+    if flow_name == "preprocess":
+        from flows.preprocess import preprocess_dataset as flow
+    else:
+        from flows.classify import classify_store as flow
+    try:
+        with observe(console):
+            return run_flow(flow, **params)
+    except (ValueError, FileNotFoundError) as exc:
+        console.close()
+        _fail(str(exc), 2)
+    except Exception as exc:  # the run itself failed: say so, exit non-zero
+        console.close()
+        _fail(f"run failed: {type(exc).__name__}: {exc}")
+    finally:
+        console.close()
+
+
+def _console(verbose: bool, log_format: LogFormat):
+    from xray_cli.console import RunConsole, quiet_libraries
+
+    quiet_libraries(verbose=verbose, log_format=log_format.value)
+    return RunConsole(log_format=log_format.value)
+
+
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix of scans.")],
-    out: Annotated[str, typer.Option("--out", help="Store URL (path or s3://...).")],
+    store: Annotated[str, typer.Option("--store", "--out", help="Store URL (path or s3://...).")],
     labels: Annotated[str | None, typer.Option(help="Data_Entry_2017.csv-style labels.")] = None,
     size: Annotated[int | None, typer.Option(help="Output size S (default 1024).")] = None,
     pipeline: Annotated[Path | None, typer.Option(help="Pipeline spec (.json/.toml).")] = None,
     batch_size: Annotated[int, typer.Option(help="Scans per batch (= per shard).")] = 64,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
+    aws_credentials: AwsCredentials = None,
     overwrite: Annotated[bool, typer.Option(help="Discard a store of another pipeline.")] = False,
     cluster_class: Annotated[
         str | None, typer.Option(help="Dask cluster class, e.g. dask_jobqueue.SLURMCluster.")
     ] = None,
     cluster_kwargs: Annotated[str | None, typer.Option(help="Cluster kwargs, JSON.")] = None,
-    classify: Annotated[
-        str | None, typer.Option(help="ONNX model: score each batch once committed.")
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "--classify", help="ONNX model: score each batch once committed."),
     ] = None,
     cluster: Annotated[
         str | None, typer.Option(help="Cluster spec: local|existing|kubernetes|slurm or YAML.")
     ] = None,
+    verbose: Verbose = False,
+    log_format: Format = LogFormat.text,
 ) -> None:
-    """Process SOURCE into the store OUT (resumable: reruns skip finished scans)."""
-    from flows.runner import run_preprocess
-    from xraycore.storage import redact
-
+    """Process SOURCE into STORE (resumable: reruns skip finished scans)."""
     if batch_size < 1:
         raise typer.BadParameter("--batch-size must be >= 1")
-    opts = _options(storage_options)
-    typer.echo(f"xray run {source} -> {out}" + (f" options {redact(opts)}" if opts else ""))
-    try:
-        summary = run_preprocess(
-            cluster=cluster,
-            scheduler=scheduler,
-            workers=workers,
-            cluster_class=cluster_class,
-            cluster_kwargs=_json_object(cluster_kwargs, "--cluster-kwargs"),
-            source=source,
-            out=out,
-            labels=labels,
-            size=size,
-            pipeline=str(pipeline) if pipeline else None,
-            batch_size=batch_size,
-            storage_options=opts,
-            overwrite=overwrite,
-            classify=classify,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc), 2)
-    except Exception as exc:  # the run itself failed: say so, exit non-zero
-        _fail(f"run failed: {type(exc).__name__}: {exc}")
-    _print_summary(summary)
+    opts = _flow_options(storage_options)
+    console = _console(verbose, log_format)
+    console.line(f"xray run {source} -> {store}", "start", source=source, store=store)
+    summary = _run_flow(
+        "preprocess",
+        console,
+        cluster=cluster,
+        scheduler=scheduler,
+        workers=workers,
+        cluster_class=cluster_class,
+        cluster_kwargs=_json_object(cluster_kwargs, "--cluster-kwargs"),
+        source=source,
+        store=store,
+        labels=labels,
+        size=size,
+        pipeline=str(pipeline) if pipeline else None,
+        batch_size=batch_size,
+        storage_options=opts,
+        aws_credentials=aws_credentials,
+        overwrite=overwrite,
+        model=model,
+    )
+    _print_summary(console, summary)
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    typer.echo(
+def _ui_link(flow_run_id: str | None) -> str | None:
+    """The flow run's page, when the run reported to a server that outlives it."""
+    import os
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not (api and flow_run_id):
+        return None
+    ui = os.environ.get("PREFECT_UI_URL") or api.removesuffix("/api")
+    return f"{ui}/runs/flow-run/{flow_run_id}"
+
+
+def _print_summary(console, s: dict[str, Any]) -> None:
+    if console.json:
+        console.line("", "summary", **{k: v for k, v in s.items() if k != "report"})
+        return
+    console.line(
         f"done: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped "
         f"in {s['seconds']:.1f} s ({s['images_per_s']:.1f} images/s)"
     )
-    typer.echo(f"store: {s['store']} ({s['rows_in_store']} rows, pipeline {s['pipeline_hash']})")
+    console.line(f"store: {s['store']} ({s['rows_in_store']} rows, pipeline {s['pipeline_hash']})")
+    link = _ui_link(s.get("flow_run_id"))
+    if link:
+        console.line(f"prefect: flow run {s.get('flow_run')}: {link}")
+    if s.get("sheet"):
+        console.line(f"picture: {s['sheet']}")
     if s.get("report"):
-        _print_report(s["report"])
-    if s.get("dashboard"):
-        typer.echo(f"dask dashboard (while the cluster ran): {s['dashboard']}")
-    for image_id, error in s["failures"][:20]:
-        typer.echo(f"  failed {image_id}: {error}")
+        _print_report(console, s["report"])
+    for image_id, error in s["failures"][:10]:
+        console.line(f"  failed {image_id}: {error}")
+    if len(s["failures"]) > 10:
+        console.line(f"  ... and {len(s['failures']) - 10} more (xray inspect {s['store']})")
+
+
+def _print_report(console, report: dict) -> None:
+    from xraycore.report import report_text
+
+    console.line(report_text(report).rstrip("\n"))
 
 
 @app.command()
 def inspect(
     store: Annotated[str, typer.Argument(help="Store URL.")],
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Print a store's summary and its failed rows."""
     st, info = _open_store(store, storage_options)
@@ -144,30 +236,20 @@ def sheet(
     store: Annotated[str, typer.Argument(help="Store URL.")],
     rows: Annotated[str, typer.Option(help="Comma-separated row numbers.")] = "0",
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("sheet.png"),
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Write the comparison picture (original + filters) for a few rows."""
-    from xraycore import viz
-    from xraycore.io import read_image
-    from xraycore.pipeline import fit_to_size
-    from xraycore.restore import fuse_channels
+    from xraycore.report import comparison_sheet
 
-    st, info = _open_store(store, storage_options)
+    st, _ = _open_store(store, storage_options)
     try:
         wanted = [int(r) for r in rows.split(",") if r.strip()]
     except ValueError:
         raise typer.BadParameter(f"--rows must be comma-separated integers, got {rows!r}") from None
-    meta = {r["row"]: r for r in (st.read_metadata().to_pylist()) if r["status"] == "ok"}
-    panels, titles = [], []
-    for row in wanted:
-        if row not in meta:
-            _fail(f"row {row} is not an ok row of {store}", 2)
-        entry = {name: st.read(name, row) for name in info["arrays"] if name != "histogram"}
-        original = read_image(meta[row]["source"], **(_options(storage_options) or {}))
-        entry["original"] = fit_to_size(fuse_channels(original), info["size"])
-        panels.append(entry)
-        titles.append(meta[row]["image_id"])
-    path = viz.comparison_figure(panels, out, titles=titles)
+    try:
+        path = comparison_sheet(st, wanted, out, source_options=_options(storage_options))
+    except ValueError as exc:
+        _fail(str(exc), 2)
     typer.echo(f"picture: {path.resolve()}")
 
 
@@ -175,8 +257,12 @@ def sheet(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the store and the picture.")] = Path("out"),
     source: Annotated[str | None, typer.Option(help="Scans; default: generated phantoms.")] = None,
+    verbose: Verbose = False,
+    log_format: Format = LogFormat.text,
 ) -> None:
     """The embedded default: run over SOURCE (or 12 generated phantoms) into OUT."""
+    import shutil
+
     import cv2
 
     from xraycore.synth import phantom_chest
@@ -194,7 +280,7 @@ def demo(
         typer.echo(f"no source given: generated 12 phantom scans in {folder}")
     run(
         source=source,
-        out=str(out / "store"),
+        store=str(out / "store"),
         labels=None,
         size=None,
         pipeline=None,
@@ -202,19 +288,20 @@ def demo(
         workers=None,
         scheduler=None,
         storage_options=None,
+        aws_credentials=None,
         overwrite=False,
         cluster_class=None,
         cluster_kwargs=None,
-        classify=None,
+        model=None,
         cluster=None,
+        verbose=verbose,
+        log_format=log_format,
     )
-    sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
-
-
-def _print_report(report: dict) -> None:
-    from flows.classify import report_markdown
-
-    typer.echo(report_markdown(report).split("```")[1].strip("\n"))
+    made = out / "store" / "sheet.png"
+    if made.is_file():  # the run's own sample sheet, beside the store
+        shutil.copy(made, out / "sheet.png")
+    else:  # a rerun with nothing new: draw the first rows
+        sheet(store=str(out / "store"), rows="0,1,2", out=out / "sheet.png", storage_options=None)
 
 
 @app.command()
@@ -227,32 +314,34 @@ def classify(
     output: Annotated[str | None, typer.Option(help="Contract: sigmoid|softmax2.")] = None,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
+    aws_credentials: AwsCredentials = None,
+    verbose: Verbose = False,
+    log_format: Format = LogFormat.text,
 ) -> None:
-    """Score every ok row of STORE with MODEL; write predictions (and the report)."""
-    from flows.runner import run_classify
-
+    """Score the ok rows of STORE that MODEL has not scored yet; write predictions
+    (and the report)."""
     contract = {
         k: v
         for k, v in dict(size=size, channels=channels, threshold=threshold, output=output).items()
         if v is not None
     }
-    try:
-        result = run_classify(
-            scheduler=scheduler,
-            workers=workers,
-            store=store,
-            model=model,
-            contract=contract or None,
-            storage_options=_options(storage_options),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc), 2)
-    except Exception as exc:
-        _fail(f"classification failed: {type(exc).__name__}: {exc}")
-    typer.echo(f"scored {result['scored']} rows of {store} with {model}")
-    if result["report"]:
-        _print_report(result["report"])
+    opts = _flow_options(storage_options)
+    console = _console(verbose, log_format)
+    result = _run_flow(
+        "classify",
+        console,
+        scheduler=scheduler,
+        workers=workers,
+        store=store,
+        model=model,
+        contract=contract or None,
+        storage_options=opts,
+        aws_credentials=aws_credentials,
+    )
+    console.line(f"scored {result['scored']} rows of {store} with {model}", "summary", **result)
+    if result["report"] and not console.json:
+        _print_report(console, result["report"])
 
 
 @app.command()
@@ -260,7 +349,7 @@ def split(
     store: Annotated[str, typer.Argument(help="Store URL.")],
     fractions: Annotated[str, typer.Option(help="train,validation,test")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seed of the patient assignment.")] = 0,
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Write patient-grouped train/validation/test splits into the metadata."""
     import uuid
@@ -290,7 +379,7 @@ def train(
     store: Annotated[str, typer.Argument(help="Store URL (with splits).")],
     target: Annotated[str, typer.Option(help="Finding to predict, e.g. Pneumonia.")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
-    storage_options: Annotated[str | None, typer.Option(help="fsspec options, JSON.")] = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Train the baseline classifier on the train split and export ONNX + contract."""
     from xraycore.classify import ModelContract

@@ -1,0 +1,1 @@
+"""The ``xray`` command line, above the flows: CLI -> flows -> tasks -> xraycore."""
