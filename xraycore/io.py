@@ -124,17 +124,20 @@ def decode_image(
         ) from exc
 
 
-def read_image(uri: str, *, max_pixels: int | None = None, **storage_options) -> np.ndarray:
+def read_image(
+    uri: str, *, max_pixels: int | None = None, frame: int | None = None, **storage_options
+) -> np.ndarray:
     """Read and decode one image from a local path or any fsspec URL (``s3://...``).
 
     ``storage_options`` go to :func:`fsspec.open` (for S3: ``endpoint_url``,
-    ``key``, ``secret``, ``anon``...). See :func:`decode_image` for the result.
+    ``key``, ``secret``, ``anon``...). See :func:`decode_image` for ``frame``
+    and the result.
     """
     import fsspec
 
     with fsspec.open(uri, "rb", **storage_options) as f:
         data = f.read()
-    return decode_image(data, name=uri, max_pixels=max_pixels)
+    return decode_image(data, name=uri, max_pixels=max_pixels, frame=frame)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
