@@ -1,8 +1,10 @@
 """Restoration of damaged scans (seed 000) and contrast enhancement (seed 003).
 
-Seed 000's damaged scans are pseudo-coloured (a jet-like colour map), warped
-off-axis with black margins, salted with impulse noise and punched by a black
-circle. Each step is a separate function; :func:`restore_scan` chains them.
+Seed 000's damaged scans are pseudo-coloured (a jet-like colour map) or have a
+brighter, noisier green channel, are warped off-axis inside black margins or
+rotated with their corners cut off, salted with impulse noise and punched by a
+black circle. Each step is a separate function; :func:`restore_scan` detects
+which damage is present and runs only the steps it needs (docs/restoration.md).
 Colour images are OpenCV BGR throughout.
 """
 
@@ -341,8 +343,16 @@ def frame_corners(image: np.ndarray, *, black_level: int = 10) -> np.ndarray | N
     return corners
 
 
+#: Defaults of :func:`estimate_skew`, shared with :func:`restore_scan`.
+_SKEW_BLACK, _SKEW_MAX, _SKEW_MIN = 2, 15.0, 0.3
+
+
 def estimate_skew(
-    image: np.ndarray, *, black_level: int = 2, max_angle: float = 15.0, min_angle: float = 0.3
+    image: np.ndarray,
+    *,
+    black_level: int = _SKEW_BLACK,
+    max_angle: float = _SKEW_MAX,
+    min_angle: float = _SKEW_MIN,
 ) -> float:
     """Rotation of the scan in degrees (positive: counter-clockwise), 0 if none.
 
@@ -770,7 +780,7 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     Each kind of damage is detected, and only damage that is found is repaired:
 
     1. impulse noise (more than 1% of the centre changed by a 3x3 median by
-       over 80 levels): 5x5 median;
+       over 80 levels): 5x5 median; other colour inputs get a 3x3 median;
     2. black holes (:func:`circle_mask`, by shape on the brightest channel);
     3. colour (channels differ): pseudo-colour decoding or noise-weighted
        fusion (:func:`fuse_channels`), then the holes are inpainted;
@@ -805,7 +815,7 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     # black in every channel.
     holes = circle_mask(img)
     corners = frame_corners(img)
-    angle = 0.0 if corners is not None else _wedge_skew(img, 2, 15.0, 0.3)
+    angle = 0.0 if corners is not None else _wedge_skew(img, _SKEW_BLACK, _SKEW_MAX, _SKEW_MIN)
     gray = fuse_channels(img) if colour else img
     if holes.any():
         gray = inpaint(gray, holes, method=inpaint_method, radius=5.0)
@@ -815,7 +825,8 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
         gray = rotate(gray, angle=-angle)
     if colour:
         gray = rescale_intensity(gray, low=0.1, high=99.9)
-    return gray
+    # A clean uint8 scan went through untouched: never hand back the caller's array.
+    return gray.copy() if gray is image else gray
 
 
 def _channels_equal(img: np.ndarray) -> bool:
