@@ -1,0 +1,79 @@
+"""Which rows a model still has to score: real stores written by the batch kernel."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import cv2
+import pytest
+
+from xraycore.batch import plan_batches, process_batch
+from xraycore.catalog import list_sources
+from xraycore.pipeline import PipelineSpec
+from xraycore.scoring import shard_groups, unscored_rows
+from xraycore.storage import Storage
+from xraycore.store import PREDICTIONS, ScanStore
+from xraycore.synth import phantom_chest
+
+
+def test_shard_groups_split_on_shard_boundaries_in_row_order():
+    items = [(9, "j"), (0, "a"), (3, "d"), (4, "e"), (8, "i")]
+    assert shard_groups(items, 4) == [[(0, "a"), (3, "d")], [(4, "e")], [(8, "i"), (9, "j")]]
+    assert shard_groups([], 4) == []
+    with pytest.raises(ValueError, match="shard_size must be >= 1, got 0"):
+        shard_groups(items, 0)
+
+
+@pytest.fixture
+def store(tmp_path) -> ScanStore:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(src / f"p{i}.png"), phantom_chest(64, seed=i))
+    (src / "bad.png").write_bytes(b"not an image")
+    spec = PipelineSpec(size=32)
+    target = ScanStore.open(str(tmp_path / "store"))
+    target.initialise(spec, batch_size=4)
+    plan = plan_batches(
+        list_sources(Storage.from_url(str(src))),
+        None,
+        pipeline_hash=spec.hash,
+        first_free_row=0,
+        shard_size=4,
+    )
+    target.ensure_capacity(plan.end_row)
+    for batch in plan.batches:
+        process_batch(batch, store=target.storage.url, spec=spec, run_id="r1")
+    return target
+
+
+def _predict(store: ScanStore, items, sha: str, part: str) -> None:
+    now = datetime.now(UTC)
+    store.write_part(
+        PREDICTIONS,
+        [
+            dict(image_id=i, row=r, score=0.5, label="x", model="m.onnx", model_sha256=sha,
+                 run_id=part, classified_at=now)
+            for r, i in items
+        ],
+        part,
+    )  # fmt: skip
+
+
+def test_unscored_rows_are_ok_rows_without_a_prediction_from_this_model(store):
+    meta = store.read_metadata().to_pylist()
+    ok = sorted((r["row"], r["image_id"]) for r in meta if r["status"] == "ok")
+    assert len(ok) == 6 and all(r["image_id"] != "bad.png" for r in meta if r["row"] is not None)
+    assert unscored_rows(store, "a" * 64) == ok  # nothing scored: every ok row, failed none
+
+    _predict(store, ok[:4], "a" * 64, "first")
+    assert unscored_rows(store, "a" * 64) == ok[4:]
+    assert unscored_rows(store, "b" * 64) == ok  # another model has scored nothing
+    assert unscored_rows(store, "a" * 64, rows=[ok[0][0], ok[5][0]]) == [ok[5]]
+
+    # Scoring again (a repeated trigger) replaces, and nothing is left.
+    _predict(store, ok, "a" * 64, "second")
+    assert unscored_rows(store, "a" * 64) == []
+    store.compact_predictions("c")
+    assert unscored_rows(store, "a" * 64) == []
+    assert store.read_predictions().num_rows == 6
