@@ -3,28 +3,31 @@
 A reader of the store contract needs this file and nothing else. Format 2:
 
 - Every array holds one image per chunk, ``shard_size`` images per shard, and
-  is compressed with Blosc zstd level 1 over a bit shuffle (chosen by
-  measurement on real scans, see ``benchmarks/bench_store.py``).
+  is compressed with Blosc over a bit shuffle: zstd level 1 for
+  ``preprocessed`` and ``gradient_magnitude`` (smallest), lz4 for the others
+  (3x faster to encode, within 5-10% of zstd's size for them); chosen by
+  measurement on real scans (``benchmarks/bench_store.py``, docs/benchmarks.md).
 - ``preprocessed`` (uint8), ``canny`` and ``mask`` (bool) and ``histogram``
   (int64) are stored exactly as :func:`xraycore.pipeline.run_pipeline` returns
   them.
 - The float32 edge maps are *packed* to integers with a fixed linear encoding
   recorded in the array's attributes the way CF conventions (and xarray) spell
   it: ``physical = stored * scale_factor + add_offset``. The range covered is
-  the filter's exact bound for 8-bit input, so nothing ever clips, and the
-  step is a power of two, so decoding is exact in float32:
+  the filter's exact bound for 8-bit input, so nothing ever clips:
 
-  ==================== ======= ============ ================= ===============
-  array                stored  scale_factor add_offset        max abs error
-  ==================== ======= ============ ================= ===============
-  log                  uint16  1/4          -bound (sigma)    1/8
-  gradient_magnitude   uint16  1/8          0                 1/16
-  sobel                uint8   1            0                 1/2 (of 0..255)
-  ==================== ======= ============ ================= ===============
+  ==================== ======= ================ ============== ================
+  array                stored  scale_factor     add_offset     max abs error
+  ==================== ======= ================ ============== ================
+  log                  uint16  1/4              -bound (~-180) 1/8
+  gradient_magnitude   uint8   bound/255 (~0.2) 0              ~0.1
+  sobel                uint8   1                0              1/2 (of 0..255)
+  ==================== ======= ================ ============== ================
 
-  8 bits are not enough for the two Gaussian maps: their exact bound is 2.5-3x
-  the range a real scan reaches (LoG +-180 vs +-50..80), so an 8-bit step would
-  be 0.5-0.8% of a real map's range.
+  (for the default sigmas). 8 bits are not enough for the LoG: its exact bound
+  (+-180) is 2-3x the range a real scan reaches (+-40..80), so an 8-bit step
+  would be 0.5-0.8% of a real map's range; 16 bits at a step of 1/4 keep the
+  error at 0.1-0.3% of it. For the gradient magnitude (bound 51, real scans
+  28-48) 8 bits keep it under 0.4%.
 """
 
 from __future__ import annotations
@@ -57,14 +60,32 @@ FORMAT = 2
 #: in memory, not a whole batch.
 SHARD_SIZE = 16
 
-#: One compressor for every array: zstd(1) + bit shuffle was the smallest or
-#: within 3% of it for every array on real scans, at ~1 ms per MB.
-COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
+# One Blosc block per 1 MB: zstd then encodes 1.5x faster and 3% smaller than
+# with Blosc's default block size (a chunk is always read whole anyway).
+_ZSTD = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 1 << 20}
+_LZ4 = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
+#: Blosc settings per array. Measured per 1024x1024 real scan (size, encode
+#: time on one core): preprocessed zstd 0.73 MB / 1.5 ms vs lz4 0.85 MB / 0.8 ms;
+#: log lz4 0.70 MB / 0.7 ms vs zstd 0.65 MB / 1.4 ms; gradient magnitude zstd
+#: 0.38 MB / 1.2 ms vs lz4 0.49 MB / 0.7 ms; sobel lz4 0.52 MB / 0.6 ms vs zstd
+#: 0.46 MB / 1.1 ms; the boolean maps lz4 0.03 MB each. Bit shuffle beat byte
+#: and no shuffle for every array but one (log with zstd, at 1.4x its encode
+#: time). zstd where it saves the most bytes per ms, lz4 elsewhere: 2.4 MB.
+COMPRESSORS = {
+    "preprocessed": _ZSTD,
+    "log": _LZ4,
+    "gradient_magnitude": _ZSTD,
+    "sobel": _LZ4,
+    "canny": _LZ4,
+    "mask": _LZ4,
+    "histogram": _ZSTD,
+}
 
-# (stored dtype, step) of each packed map; the range comes from the filter bound.
+# (stored dtype, step) of each packed map; the range comes from the filter
+# bound, and a step of None spreads that bound over the dtype's codes.
 _PACKED = {
     "log": ("uint16", 0.25),
-    "gradient_magnitude": ("uint16", 0.125),
+    "gradient_magnitude": ("uint8", None),
     "sobel": ("uint8", 1.0),
 }
 _EXACT = {"preprocessed": "uint8", "canny": "bool", "mask": "bool", "histogram": "int64"}
@@ -136,9 +157,13 @@ class ArraySpec:
             return
         import cv2
 
-        depth = cv2.CV_16U if self.dtype == "uint16" else cv2.CV_8U
         inv = 1.0 / self.scale_factor
-        cv2.addWeighted(values, inv, values, 0.0, -self.add_offset * inv, dst=out, dtype=depth)
+        if self.dtype == "uint8" and self.add_offset == 0:
+            # Magnitudes (>= 0): one pass, and the absolute value it takes is a no-op.
+            cv2.convertScaleAbs(values, dst=out, alpha=inv)
+        else:
+            depth = cv2.CV_16U if self.dtype == "uint16" else cv2.CV_8U
+            cv2.addWeighted(values, inv, values, 0.0, -self.add_offset * inv, dst=out, dtype=depth)
 
     def unpack(self, stored: np.ndarray) -> np.ndarray:
         """Physical values (float32) of stored ones; exact arrays are returned as they are."""
@@ -193,13 +218,18 @@ def array_specs(spec: PipelineSpec) -> list[ArraySpec]:
                 offset = -math.ceil(bound / step + 1) * step
                 top = -offset + bound
             elif name == "gradient_magnitude":
-                offset, top = 0.0, _gradient_bound(spec.params["gradient_magnitude"]["sigma"])
+                # 0.1% over the bound sampled at 1441 angles: the true maximum
+                # may lie between two samples.
+                bound = _gradient_bound(spec.params["gradient_magnitude"]["sigma"])
+                offset, top = 0.0, 1.001 * bound
             else:  # sobel is scaled to 0..255 by definition
                 offset, top = 0.0, 255.0
+            if step is None:
+                step = (top - offset) / np.iinfo(dtype).max
             codes = math.ceil((top - offset) / step)
             if codes > np.iinfo(dtype).max:
                 raise ValueError(f"{name}: range {offset}..{top} does not fit {dtype} at {step}")
-            out.append(ArraySpec(name, dtype, (s, s), step, offset))
+            out.append(ArraySpec(name, dtype, (s, s), float(step), float(offset)))
     return out
 
 

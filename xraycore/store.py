@@ -147,7 +147,7 @@ class ScanStore:
                 dtype=a.dtype,
                 chunks=(1, *a.shape) if len(a.shape) == 2 else (shard, *a.shape),
                 shards=(shard, *a.shape) if len(a.shape) == 2 else None,
-                compressors=BloscCodec(**schema.COMPRESSOR),
+                compressors=BloscCodec(**schema.COMPRESSORS[a.name]),
                 fill_value=a.fill_value,
                 attributes=a.attributes(),
                 dimension_names=("row", "y", "x") if len(a.shape) == 2 else ("row", "bin"),
@@ -340,9 +340,21 @@ class ShardWriter:
         if not 0 <= rows <= batch:
             raise ValueError(f"a writer owns at most {batch} rows, got {rows}")
         self.start, self.rows = start, rows
-        group = store._group("a")
-        self.specs = store.arrays()
-        self._arrays = {name: group[name] for name in self.specs}
+        import zarr
+
+        # Every chunk of a shard is written, failed rows included: checking each
+        # 1 MB chunk against the fill value cost more than compressing it.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            group = store._group("a")
+            self.specs = store.arrays()
+            self._arrays = {name: group[name] for name in self.specs}
+        capacity = min(arr.shape[0] for arr in self._arrays.values())
+        if start + rows > capacity:
+            # Zarr, like NumPy, silently drops writes past the end of an array.
+            raise ValueError(
+                f"rows {start}..{start + rows - 1} are past the store's {capacity} rows: "
+                "call ensure_capacity first"
+            )
         self._buffers: list[dict[str, np.ndarray]] = []
         self._pending: list[Future | None] = [None, None]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
