@@ -252,18 +252,22 @@ class ScanStore:
             if p.endswith(".parquet") and posixpath.basename(p).startswith("part-")
         )
 
-    def read_dataset(self, dataset: str, *, key: tuple[str, ...], time_column: str):
-        """All rows of ``dataset``, the latest per ``key``, as a pyarrow Table (or None)."""
+    def _read_parts(self, dataset: str, *, key: tuple[str, ...], time_column: str):
+        """(latest row per ``key`` as a Table or None, the part paths it was read from)."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        tables = [
-            pq.read_table(io.BytesIO(self.storage.read_bytes(path)))
-            for path in self._part_paths(dataset)
-        ]
+        paths, tables = [], []
+        for path in self._part_paths(dataset):
+            try:
+                data = self.storage.read_bytes(path)
+            except FileNotFoundError:  # compacted away by another reader since the listing
+                continue
+            tables.append(pq.read_table(io.BytesIO(data)))
+            paths.append(path)
         if not tables:
-            return None
+            return None, paths
         table = pa.concat_tables(tables, promote_options="default")
         order = pc.sort_indices(
             table, [*((k, "ascending") for k in key), (time_column, "descending")]
@@ -271,50 +275,64 @@ class ScanStore:
         table = table.take(order)
         keys = list(zip(*(table.column(k).to_pylist() for k in key), strict=True))
         keep = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
-        return table.take(pa.array(keep, pa.int64()))
+        return table.take(pa.array(keep, pa.int64())), paths
 
-    def replace_dataset(self, dataset: str, table, run_id: str) -> None:
-        """Publish ``table`` as the one file of ``dataset``, then drop the older parts."""
+    def read_dataset(self, dataset: str, *, key: tuple[str, ...], time_column: str):
+        """All rows of ``dataset``, the latest per ``key``, as a pyarrow Table (or None)."""
+        return self._read_parts(dataset, key=key, time_column=time_column)[0]
+
+    def _compact(self, dataset: str, key, time_column, run_id: str, transform=None) -> int:
+        """Merge the parts of ``dataset`` into one file, then delete exactly the
+        parts that were merged: a part committed meanwhile (by a batch still
+        running, or another process) is kept, never dropped unread."""
         import pyarrow.parquet as pq
 
-        before = self._part_paths(dataset)
+        table, merged = self._read_parts(dataset, key=key, time_column=time_column)
+        if table is None:
+            return 0
+        if transform is not None:
+            table = transform(table)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         name = f"part-compacted-{run_id}.parquet"
         self.storage.write_bytes_atomic(posixpath.join(dataset, name), buf.getvalue())
-        for path in before:
+        for path in merged:
             if posixpath.basename(path) != name:
                 self.storage.fs.rm(path)
+        return table.num_rows
 
     def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
         self.write_part(METADATA, rows, part, arrow_schema=schema.arrow_schema(rows))
 
     def read_metadata(self):
         """All metadata rows, one per source (the latest), sorted by image_id (or None)."""
-        table = self.read_dataset(METADATA, key=("source",), time_column="processed_at")
+        table = self.read_dataset(METADATA, key=_METADATA_KEY, time_column="processed_at")
         return None if table is None else table.sort_by([("image_id", "ascending")])
 
-    def compact_metadata(self, run_id: str) -> int:
-        """Replace all metadata parts by one deduplicated file; returns its row count."""
-        table = self.read_metadata()
-        if table is None:
-            return 0
-        self.replace_dataset(METADATA, table, run_id)
-        return table.num_rows
+    def compact_metadata(self, run_id: str, *, transform=None) -> int:
+        """Replace the metadata parts by one deduplicated file (``transform``
+        applied to the table first, if given); returns its row count."""
+
+        def latest(table):
+            table = table.sort_by([("image_id", "ascending")])
+            return transform(table) if transform else table
+
+        return self._compact(METADATA, _METADATA_KEY, "processed_at", run_id, latest)
 
     def read_predictions(self):
         """Predictions, one per (image, model) (re-classifying replaces), or None."""
-        table = self.read_dataset(
-            PREDICTIONS, key=("image_id", "model_sha256"), time_column="classified_at"
-        )
+        table = self.read_dataset(PREDICTIONS, key=_PREDICTION_KEY, time_column="classified_at")
         return None if table is None else table.sort_by([("row", "ascending")])
 
     def compact_predictions(self, run_id: str) -> int:
-        table = self.read_predictions()
-        if table is None:
-            return 0
-        self.replace_dataset(PREDICTIONS, table, run_id)
-        return table.num_rows
+        def by_row(table):
+            return table.sort_by([("row", "ascending")])
+
+        return self._compact(PREDICTIONS, _PREDICTION_KEY, "classified_at", run_id, by_row)
+
+
+_METADATA_KEY = ("source",)
+_PREDICTION_KEY = ("image_id", "model_sha256")
 
 
 class ShardWriter:

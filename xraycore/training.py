@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .classify import ModelContract, prepare_batch
-from .store import METADATA, ScanStore
+from .store import ScanStore
 
 __all__ = ["ScanDataset", "assign_splits", "export_logistic_onnx", "train_logistic", "write_splits"]
 
@@ -61,11 +61,17 @@ def write_splits(store: ScanStore, splits: list[str | None], run_id: str) -> Non
     """Write the ``split`` column into the store's metadata (one compacted file)."""
     import pyarrow as pa
 
-    table = store.read_metadata()
-    if "split" in table.column_names:
-        table = table.drop_columns(["split"])
-    table = table.append_column("split", pa.array(splits, pa.string()))
-    store.replace_dataset(METADATA, table, run_id)
+    def with_splits(table):
+        if table.num_rows != len(splits):
+            raise ValueError(
+                f"{len(splits)} splits for {table.num_rows} metadata rows: "
+                "the store changed since the splits were assigned; assign them again"
+            )
+        if "split" in table.column_names:
+            table = table.drop_columns(["split"])
+        return table.append_column("split", pa.array(splits, pa.string()))
+
+    store.compact_metadata(run_id, transform=with_splits)
 
 
 class ScanDataset:

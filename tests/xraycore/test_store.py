@@ -281,3 +281,23 @@ def test_array_spec_survives_its_attributes():
     for a in schema.array_specs(PipelineSpec(size=64)):
         back = ArraySpec.from_attributes(a.name, a.dtype, a.shape, a.attributes())
         assert back == a
+
+
+def test_compaction_deletes_exactly_the_parts_it_merged(tmp_path):
+    """A part committed while compaction runs (another batch, another run) survives it."""
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.storage.makedirs()
+    now = datetime.now(UTC)
+    store.write_metadata_part([{"image_id": "a", "source": "a", "processed_at": now}], "1")
+    store.write_metadata_part([{"image_id": "b", "source": "b", "processed_at": now}], "2")
+
+    def commit_meanwhile(table):
+        # Lands after compaction listed and read the parts, before it deletes them.
+        store.write_metadata_part([{"image_id": "c", "source": "c", "processed_at": now}], "3")
+        return table
+
+    assert store.compact_metadata("run", transform=commit_meanwhile) == 2
+    parts = sorted(p.name for p in (tmp_path / "s" / "metadata.parquet").iterdir())
+    assert parts == ["part-3.parquet", "part-compacted-run.parquet"]
+    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
+    assert store.compact_metadata("run2") == 3
