@@ -241,8 +241,8 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
     raise StoreFormatError(
         f"store {url} is in store format {found}; this version of xray-pipeline reads "
         f"format {FORMAT} only (packed edge maps, see the README's store contract). "
-        f"Rebuild it from its sources: `xray run --source SOURCE --out {url} --overwrite` "
-        "(or write to a new --out)."
+        f"Rebuild it from its sources: `xray run SOURCE --store {url} --overwrite` "
+        "(or write to a new --store)."
     )
 
 
