@@ -58,7 +58,8 @@ def test_frame_corners_and_dewarp_recover_geometry():
     damaged, truth = damage_scan(PHANTOM, seed=4, noise=0.0, circle_radius=0.0)
     corners = restore.frame_corners(damaged)
     assert corners is not None
-    assert np.abs(corners - truth.corners).max() < 2.0
+    # Edge lines fitted along the whole frame: well under a pixel (the hull alone: ~1).
+    assert np.abs(corners - truth.corners).max() < 0.6
     assert restore.estimate_skew(damaged) == pytest.approx(truth.angle, abs=1.0)
     back = restore.dewarp(damaged[:, :, 0], corners=corners)
     assert ssim(back, PHANTOM) > 0.85
