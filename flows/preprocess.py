@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import os
 import time
 import uuid
 from typing import Any
@@ -337,7 +338,7 @@ def _write_sheet(target: ScanStore, rows: list[int], options, logger) -> str | N
     return target.storage.uri(SHEET)
 
 
-def _thumbnail(target: ScanStore, width: int = 1200) -> str | None:
+def _thumbnail(target: ScanStore, width: int = 960) -> str | None:
     """The sheet as a data URI of a small JPEG, for the markdown artifact."""
     import cv2
     import numpy as np
@@ -352,14 +353,14 @@ def _thumbnail(target: ScanStore, width: int = 1200) -> str | None:
     if image.shape[1] > width:
         height = round(image.shape[0] * width / image.shape[1])
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
 def summary_markdown(s: dict[str, Any], target: ScanStore | None = None) -> str:
     """The run's summary artifact: headed by the flow run's name, linking the store."""
     store = s["store"]
-    link = store if "://" in store else f"file://{store}"
+    link = store if "://" in store else f"file://{os.path.abspath(store)}"
     lines = [
         f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
         "",

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,38 @@ def test_local_run_rows_failures_and_pixels(source_dir, labels_csv, tmp_path, ba
         assert r["mean"] == pytest.approx(float(expected["preprocessed"].mean()))
     # Shards are written whole and rows start on shard boundaries.
     assert store.capacity() % 4 == 0
+    _check_prefect_ui(summary, n_failed=len(bad_inputs))
+
+
+def _check_prefect_ui(summary, *, n_failed):
+    """What the Prefect UI shows of the run: task runs named by their rows, a WARNING
+    naming failed inputs, the keyed progress artifact, the summary headed by the flow
+    run's name with the store, and the sample sheet written next to the store."""
+    import httpx
+
+    api = os.environ["PREFECT_API_URL"]
+    run = {"flow_runs": {"id": {"any_": [summary["flow_run_id"]]}}}
+    with httpx.Client(base_url=api, timeout=30) as http:
+        names = [t["name"] for t in http.post("/task_runs/filter", json=run).json()]
+        assert "batch rows 0-3" in names and "batch rows 4-7" in names, names
+        mine = {"logs": {"flow_run_id": {"any_": [summary["flow_run_id"]]}}, "limit": 200}
+        deadline = time.time() + 20  # logs reach the API in batches
+        while True:
+            logs = http.post("/logs/filter", json=mine).json()
+            warnings = [x["message"] for x in logs if x["level"] == 30]
+            found = sum(m.count("ImageDecodeError") for m in warnings)
+            if found >= n_failed or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert found == n_failed, warnings
+        arts = {a["key"]: a for a in http.post("/artifacts/filter", json=run).json()}
+    assert arts["preprocess-progress"]["data"] == 100.0
+    head = arts["preprocess-summary"]["data"].splitlines()[0]
+    assert head == f"# Preprocessing run {summary['flow_run']}"
+    assert summary["store"] in arts["preprocess-summary"]["data"]
+    assert "data:image/jpeg;base64," in arts["preprocess-summary"]["data"]
+    assert len(arts["preprocess-failures"]["data"]) > 0
+    assert summary["sheet"] and Path(summary["sheet"]).stat().st_size > 10_000
 
 
 def test_rerun_is_noop_then_increment_retries_and_refuses_changed_spec(
