@@ -215,8 +215,13 @@ def prefect_api():
     With PREFECT_API_URL set (a server, Prefect Cloud) nothing is done. Otherwise
     a temporary local API server is started and its URL exported.
     """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        # Prefect reads its settings when it is first imported: a URL exported
+        # after that import must be handed over explicitly.
+        with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            yield os.environ["PREFECT_API_URL"]
         return
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -225,8 +230,6 @@ def prefect_api():
     server.start(timeout=120)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:

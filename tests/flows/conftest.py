@@ -37,7 +37,12 @@ def prefect_server():
     server = SubprocessASGIServer(port=free_port())
     server.start(timeout=120)
     os.environ["PREFECT_API_URL"] = server.api_url
-    yield server.api_url
+    # Prefect read its settings when the test modules imported the flows: hand the
+    # URL over, or flows called here would start an ephemeral server of their own.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10)
