@@ -301,6 +301,24 @@ class ScanStore:
                 self.storage.fs.rm(path)
         return table.num_rows
 
+    def remove_temporary_files(self) -> list[str]:
+        """Delete what interrupted part writes left (``part-*.tmp-*`` files of a
+        killed process or a full disk) in the metadata and predictions datasets.
+
+        Only for the holder of the store's lease (:mod:`xraycore.lease`) once its
+        own batches are done: a temporary file is then nobody's work in progress.
+        Returns the paths removed.
+        """
+        removed = []
+        for dataset in (METADATA, PREDICTIONS):
+            if not self.storage.exists(dataset):
+                continue
+            for path in self.storage.fs.ls(self.storage.path(dataset), detail=False):
+                if ".tmp-" in posixpath.basename(path):
+                    self.storage.fs.rm(path)
+                    removed.append(path)
+        return removed
+
     def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
         self.write_part(METADATA, rows, part, arrow_schema=schema.arrow_schema(rows))
 

@@ -393,11 +393,7 @@ def repair_store(
             )
         if marked:
             store.write_metadata_part(marked, f"verify-{run_id}")
-        removed = 0
-        for p in leftovers:
-            if p.path and not posixpath.basename(p.path).startswith("part-"):
-                store.storage.remove(posixpath.relpath(p.path, store.storage.root))
-                removed += 1
+        removed = len(store.remove_temporary_files())
         merged = 0
         if marked or any(p.path and METADATA in p.path for p in leftovers):
             store.compact_metadata(run_id)

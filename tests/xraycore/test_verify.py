@@ -181,10 +181,17 @@ def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     _shard(st, "preprocessed", 1).write_bytes(b"garbage")
     meta = st.read_metadata().to_pylist()
     st.write_metadata_part(meta[:3], "0000000000-killedrun")  # left by a killed run
+    tmp = Path(st.storage.path("metadata.parquet", "part-0000000016-x.parquet.tmp-1f2e"))
+    tmp.write_bytes(b"")  # a part write cut short (a full disk, SIGKILL)
     report = verify_store(st)
     assert _kinds(report)["unreadable"] == set(range(16, N))
+    assert {Path(p.path).name for p in report.problems if p.kind == "leftover_part"} == {
+        "part-0000000000-killedrun.parquet",
+        tmp.name,
+    }
     counts = repair_store(st, report, run_id="fix")
-    assert counts["rows"] == N - 16
+    assert counts == {"rows": N - 16, "parts": 1, "files": 1}
+    assert not tmp.exists()
     after = verify_store(st)
     assert after.clean, after.problems
     failed = [r for r in st.read_metadata().to_pylist() if r["status"] == "failed"]
