@@ -36,6 +36,14 @@ def quiet_libraries(*, verbose: bool, log_format: str) -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    if "prefect.logging.handlers" in sys.modules:  # Prefect configured its logging already
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        known = logging.root.manager.loggerDict.values()
+        loggers = [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
+        for handler in {h for lg in loggers for h in lg.handlers}:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.WARNING)
 
 
 class RunConsole:
