@@ -7,7 +7,8 @@ shard, and the workers never start Prefect's engine.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -18,6 +19,7 @@ from xraycore.store import ScanStore
 __all__ = ["commit_metadata", "preprocess_batch"]
 
 FAILURES_NAMED = 10
+R = TypeVar("R")
 
 
 def batch_run_name(parameters: dict[str, Any]) -> str:
@@ -26,8 +28,9 @@ def batch_run_name(parameters: dict[str, Any]) -> str:
     return f"batch rows {batch.start}-{batch.start + max(len(batch.items), 1) - 1}"
 
 
-def on_cluster(client, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on a Dask worker of ``client``, or here when it is None."""
+def on_cluster(client: Any, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)`` on a Dask worker of ``client`` (a ``distributed.Client``),
+    or here when it is None."""
     if client is None:
         return fn(*args, **kwargs)
     return client.submit(fn, *args, pure=False, **kwargs).result()

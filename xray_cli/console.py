@@ -92,7 +92,8 @@ class RunConsole:
 
     def _on_planned(self, f: dict[str, Any]) -> None:
         self.line(
-            f"planned {f['images']} images in {f['batches']} batches "
+            f"planned {f['images']} images in {f['batches']} "
+            f"{'batch' if f['batches'] == 1 else 'batches'} "
             f"({f['new']} new, {f['retried']} to retry, {f['skipped']} already done)",
             "planned",
             **f,
