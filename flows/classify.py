@@ -60,7 +60,9 @@ def classify_store(
         raise ValueError(f"{store} is not a store (no images.zarr)")
     c = ModelContract.for_model(model, options, **(contract or {}))
     sha = model_sha256(model, options)
-    shard_size = int(info["shard_size"])
+    # One task per batch of the store (a whole number of its Zarr shards): a few
+    # thousand task runs for ChestX-ray8, not one per 16-image shard.
+    shard_size = int(info.get("batch_size") or info["shard_size"])
     groups = shard_groups(unscored_rows(target_store, sha, rows=rows), shard_size)
     todo = sum(len(g) for g in groups)
     logger.info(
