@@ -218,14 +218,10 @@ def main() -> None:
             only, _, _ = bare(pool, source, str(tmp / "only"), args.batch_size, ())
         lim, rate = max(lims), max(bares)
         cl, cb = min(cpu_l), min(cpu_b)
-        print(
-            f"decode + run_pipeline alone (the limit): {lim:7.1f} scans/s, {cl * 1e3:5.1f} ms CPU/scan"
-        )
-        print(
-            f"bare batch loop, default store:         {rate:7.1f} scans/s, {cb * 1e3:5.1f} ms CPU/scan"
-        )
+        print(f"decode + run_pipeline (the limit): {lim:7.1f} scans/s, {cl * 1e3:5.1f} ms CPU/scan")
+        print(f"bare batch loop, default store:   {rate:7.1f} scans/s, {cb * 1e3:5.1f} ms CPU/scan")
         print(f"  ratio to the limit: {rate / lim:.2f} in scans/s, {cl / cb:.2f} in CPU per scan")
-        print(f"bare batch loop, preprocessed only:     {only:7.1f} scans/s (no edge kernels)")
+        print(f"bare batch loop, preprocessed only: {only:5.1f} scans/s (no edge kernels)")
         print(f"peak RSS of a worker (batches of {args.batch_size}):  {rss / 2**20:7.0f} MB")
         sizes = bytes_per_array(tmp / "store0", args.images)
         for name, b in sizes.items():
