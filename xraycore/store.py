@@ -102,18 +102,17 @@ class ScanStore:
         self,
         spec: PipelineSpec,
         *,
-        batch_size: int | None = None,
+        batch_size: int,
         overwrite: bool = False,
-        shard_size: int | None = None,
     ) -> None:
         """Create the group and arrays, or check that an existing store matches.
 
-        ``shard_size`` is the former name of ``batch_size`` and means the same.
+        ``batch_size`` rows go to one writer; Zarr shards hold the largest
+        divisor of it up to :data:`xraycore.schema.SHARD_SIZE` images.
         """
         import zarr
         from zarr.codecs import BloscCodec
 
-        batch_size = batch_size if batch_size is not None else shard_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if overwrite and self.storage.exists(IMAGES, "zarr.json"):
