@@ -7,6 +7,7 @@ region) or explicit ``storage_options``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -15,7 +16,28 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["CredentialsRefusedError", "Storage", "redact", "refuse_credentials"]
+__all__ = [
+    "S3_CLIENT_CONFIG",
+    "CredentialsRefusedError",
+    "Storage",
+    "redact",
+    "refuse_credentials",
+]
+
+#: botocore client settings for S3, under any ``config_kwargs`` the caller gives.
+#: "standard" retries cover what a busy S3 answers (500, 503 SlowDown, throttling,
+#: connection resets, timeouts) with exponential backoff, jitter and a retry
+#: quota, so a failing endpoint is not hammered; 10 attempts ride out a busy
+#: minute. The timeouts give up on a stalled connection (and retry) instead of
+#: hanging a batch: s3fs's own are 5 s to connect and 15 s per read, too short
+#: for a 16 MB shard on a congested link. s3fs adds its own retries (5, a class
+#: attribute) for what botocore cannot retry: a body cut off while it is read,
+#: and unparsable throttling replies.
+S3_CLIENT_CONFIG: dict[str, Any] = {
+    "retries": {"max_attempts": 10, "mode": "standard"},
+    "connect_timeout": 10,
+    "read_timeout": 30,
+}
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 # Option names that carry a credential: s3fs's key/secret/token, botocore's
@@ -105,6 +127,7 @@ class Storage:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
                 options["endpoint_url"] = endpoint
+            options["config_kwargs"] = {**S3_CLIENT_CONFIG, **options.get("config_kwargs", {})}
         try:
             self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
@@ -150,11 +173,16 @@ class Storage:
         if self.is_local:
             os.makedirs(parent, exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:  # a full disk: leave nothing half-written behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self.fs.pipe_file(target, data)
 

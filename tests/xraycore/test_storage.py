@@ -1,0 +1,43 @@
+"""Storage on its own: S3 client retries and timeouts, atomic writes on a full disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from xraycore.storage import S3_CLIENT_CONFIG, Storage
+
+
+def test_s3_gets_standard_retries_and_timeouts_under_the_callers_own():
+    st = Storage.from_url(
+        "s3://bucket/store",
+        {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"read_timeout": 5}},
+    )
+    assert st.fs.config_kwargs == {**S3_CLIENT_CONFIG, "read_timeout": 5}
+    assert S3_CLIENT_CONFIG["retries"] == {"max_attempts": 10, "mode": "standard"}
+    assert st.storage_options == {  # what the caller gave (and Prefect records) is unchanged
+        "endpoint_url": "http://127.0.0.1:9",
+        "config_kwargs": {"read_timeout": 5},
+    }
+    zarr_fs = st.zarr_store("images.zarr").fs  # Zarr's async client gets the same settings
+    assert zarr_fs.config_kwargs == st.fs.config_kwargs
+
+
+def test_local_storage_has_no_client_config(tmp_path):
+    assert "config_kwargs" not in Storage.from_url(str(tmp_path))._options
+
+
+def test_atomic_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    st = Storage.from_url(str(tmp_path))
+    st.write_bytes_atomic("d/kept.bin", b"old")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        st.write_bytes_atomic("d/kept.bin", b"new")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["kept.bin"]
+    assert (tmp_path / "d" / "kept.bin").read_bytes() == b"old"
