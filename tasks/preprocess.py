@@ -7,6 +7,7 @@ shard, and the workers never start Prefect's engine.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from xraycore.batch import Batch, process_batch
 from xraycore.store import ScanStore
 
-__all__ = ["commit_metadata", "preprocess_batch"]
+__all__ = ["commit_metadata", "preprocess_batch", "transient"]
 
 FAILURES_NAMED = 10
 R = TypeVar("R")
@@ -36,12 +37,31 @@ def on_cluster(client: Any, fn: Callable[..., R], *args: Any, **kwargs: Any) -> 
     return client.submit(fn, *args, pure=False, **kwargs).result()
 
 
+#: A full disk, an exhausted quota or a read-only store: retrying cannot help.
+NOT_TRANSIENT = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a batch unless its storage is full or
+    read-only. Transient object-store faults are retried below, by botocore and
+    s3fs, on every request; what reaches here is a batch that outlived them (a
+    killed worker, an endpoint down for minutes) and is worth one more go."""
+    try:
+        state.result()
+    except OSError as exc:
+        return exc.errno not in NOT_TRANSIENT
+    except Exception:
+        return True
+    return True
+
+
 # NO_CACHE: nothing to cache, and the inputs (a Dask client) are not hashable.
 @task(
     name="preprocess-batch",
     task_run_name=batch_run_name,
     retries=2,
     retry_delay_seconds=2,
+    retry_condition_fn=transient,
     persist_result=False,
     cache_policy=NO_CACHE,
 )
@@ -83,7 +103,13 @@ def preprocess_batch(
     return result
 
 
-@task(name="commit-metadata", retries=2, retry_delay_seconds=2, persist_result=False)
+@task(
+    name="commit-metadata",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient,
+    persist_result=False,
+)
 def commit_metadata(store: str, run_id: str, storage_options: dict[str, Any] | None = None) -> int:
     """Compact the run's metadata parts into one deduplicated Parquet file."""
     return ScanStore.open(store, storage_options).compact_metadata(run_id)
