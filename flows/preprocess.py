@@ -27,6 +27,7 @@ from xraycore.batch import Plan, plan_batches
 from xraycore.catalog import list_sources, read_labels
 from xraycore.classify import ModelContract
 from xraycore.evaluation import evaluate_store
+from xraycore.lease import DEFAULT_TTL_S, LeaseInfo, StoreLease
 from xraycore.pipeline import PipelineSpec
 from xraycore.report import comparison_sheet, report_markdown
 from xraycore.storage import Storage, refuse_credentials
@@ -68,9 +69,17 @@ def preprocess_dataset(
     cluster_kwargs: dict[str, Any] | None = None,
     aws_credentials: str | None = None,
     sheet: bool = True,
+    wait_for_lease: bool = False,
+    break_lease: bool = False,
+    lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> dict[str, Any]:
     """List the source, plan shard-aligned batches, process them on a Dask
     cluster, commit the metadata and publish a summary.
+
+    First the run takes the store's lease (:mod:`xraycore.lease`): a store held
+    by another run is refused (a ``LeaseHeldError`` naming it) unless
+    ``wait_for_lease``; ``break_lease`` removes a lease whose holder is known to
+    be dead. The lease is renewed while the run lasts and released when it ends.
 
     The cluster starts while the source is listed and planned: ``scheduler``
     (an address), ``cluster_class`` + ``cluster_kwargs``, the spec named by
@@ -94,119 +103,146 @@ def preprocess_dataset(
         cluster_kwargs=cluster_kwargs,
     )
     target = ScanStore.open(store, options)
-    target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
-    with DaskCluster(where) as dask_cluster:  # starts while we list and plan
-        sources = list_sources(Storage.from_url(source, options))
-        notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
-        plan = plan_batches(
-            sources,
-            target.read_metadata(),
-            pipeline_hash=spec.hash,
-            first_free_row=target.capacity(),
-            shard_size=batch_size,
-            labels=read_labels(labels, options) if labels else None,
+    # One writer per store: taken before planning (two runs would plan the same rows).
+    lease = StoreLease.acquire(
+        target.storage,
+        run_id,
+        ttl_s=lease_ttl_s,
+        wait=wait_for_lease,
+        break_existing=break_lease,
+        description=f"flow run {_flow_run('name')!r}" if _flow_run("name") else "",
+        on_wait=lambda held: _waiting_for(held, store, logger),
+    )
+    if lease.taken_over:
+        held, why = lease.taken_over
+        logger.warning("took over the lease of run %s on %s: %s", held.run_id, store, why)
+        notify("lease_taken_over", run_id=held.run_id, holder=held.holder, reason=why)
+    with lease:  # renewed while the run lasts, released however it ends
+        target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
+        with DaskCluster(where) as dask_cluster:  # starts while we list and plan
+            sources = list_sources(Storage.from_url(source, options))
+            notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
+            plan = plan_batches(
+                sources,
+                target.read_metadata(),
+                pipeline_hash=spec.hash,
+                first_free_row=target.capacity(),
+                shard_size=batch_size,
+                labels=read_labels(labels, options) if labels else None,
+            )
+            target.ensure_capacity(plan.end_row)
+            images = sum(len(b.items) for b in plan.batches)
+            logger.info(
+                "%d inputs: %d new, %d to retry, %d already done; %d batches",
+                len(sources),
+                plan.new,
+                plan.retried,
+                plan.skipped,
+                len(plan.batches),
+            )
+            notify(
+                "planned",
+                new=plan.new,
+                retried=plan.retried,
+                skipped=plan.skipped,
+                batches=len(plan.batches),
+                images=images,
+            )
+            contract_dict = None
+            if model:
+                contract_dict = ModelContract.for_model(
+                    model, options, **(contract or {})
+                ).to_dict()
+            client = dask_cluster.client() if plan.batches else None
+            dashboard = dask_cluster.dashboard_link if client else None
+            if client is not None:
+                workers_up = dask_cluster.workers
+                logger.info("Dask cluster: %d workers, dashboard %s", workers_up, dashboard)
+                notify("cluster", workers=workers_up, dashboard=dashboard)
+            results, broken, scored = _process(
+                plan,
+                client,
+                lease=lease,
+                shard_size=batch_size,
+                store=store,
+                spec=spec,
+                run_id=run_id,
+                options=options,
+                model=model,
+                contract=contract_dict,
+                logger=logger,
+            )
+        lease.check()  # a run that lost its lease (broken, taken over) must not compact
+        rows = commit_metadata(store, run_id, options)
+        target.remove_temporary_files()  # of killed writers: this run's batches are done
+        notify("committed", rows=rows)
+        emit_event(
+            event="xray.run.committed",
+            resource=store_resource(store),
+            payload={"store": store, "run_id": run_id, "rows": rows},
         )
-        target.ensure_capacity(plan.end_row)
-        images = sum(len(b.items) for b in plan.batches)
-        logger.info(
-            "%d inputs: %d new, %d to retry, %d already done; %d batches",
-            len(sources),
-            plan.new,
-            plan.retried,
-            plan.skipped,
-            len(plan.batches),
-        )
-        notify(
-            "planned",
-            new=plan.new,
-            retried=plan.retried,
-            skipped=plan.skipped,
-            batches=len(plan.batches),
-            images=images,
-        )
-        contract_dict = None
+        report = None
         if model:
-            contract_dict = ModelContract.for_model(model, options, **(contract or {})).to_dict()
-        client = dask_cluster.client() if plan.batches else None
-        dashboard = dask_cluster.dashboard_link if client else None
-        if client is not None:
-            workers_up = dask_cluster.workers
-            logger.info("Dask cluster: %d workers, dashboard %s", workers_up, dashboard)
-            notify("cluster", workers=workers_up, dashboard=dashboard)
-        results, broken, scored = _process(
-            plan,
-            client,
-            shard_size=batch_size,
-            store=store,
-            spec=spec,
-            run_id=run_id,
-            options=options,
-            model=model,
-            contract=contract_dict,
-            logger=logger,
-        )
-    rows = commit_metadata(store, run_id, options)
-    notify("committed", rows=rows)
-    emit_event(
-        event="xray.run.committed",
-        resource=store_resource(store),
-        payload={"store": store, "run_id": run_id, "rows": rows},
-    )
-    report = None
-    if model:
-        commit_predictions(store, run_id, options)
-        report = evaluate_store(
-            target, model, ModelContract.from_dict(contract_dict), storage_options=options
-        )
-        logger.info("classified %d rows with %s", scored, model)
-        notify("scored", rows=scored)
-        if report is not None:
-            create_markdown_artifact(key="classification-report", markdown=report_markdown(report))
+            commit_predictions(store, run_id, options)
+            report = evaluate_store(
+                target, model, ModelContract.from_dict(contract_dict), storage_options=options
+            )
+            logger.info("classified %d rows with %s", scored, model)
+            notify("scored", rows=scored)
+            if report is not None:
+                create_markdown_artifact(
+                    key="classification-report", markdown=report_markdown(report)
+                )
 
-    elapsed = time.perf_counter() - started
-    ok = sum(r["ok"] for r in results)
-    failed = sum(r["failed"] for r in results)
-    summary = {
-        "run_id": run_id,
-        "flow_run": _flow_run("name"),
-        "flow_run_id": _flow_run("id"),
-        "store": store,
-        "pipeline_hash": spec.hash,
-        "inputs": len(sources),
-        "ok": ok,
-        "failed": failed,
-        "skipped": plan.skipped,
-        "batches": len(plan.batches),
-        "broken_batches": broken,
-        "rows_in_store": rows,
-        "seconds": elapsed,
-        "images_per_s": (ok + failed) / elapsed if elapsed > 0 else 0.0,
-        "failures": [f for r in results for f in r["failures"]],
-        "dashboard": dashboard,
-        "report": report,
-        "scored": scored,
-        "sheet": None,
-    }
-    sample = sorted(row for r in results for row, _ in r["items"])[:SHEET_ROWS]
-    if sheet and sample:
-        summary["sheet"] = _write_sheet(target, sample, options, logger)
-    if summary["failures"]:
-        create_table_artifact(
-            key="preprocess-failures",
-            table=[{"image_id": i, "error": e} for i, e in summary["failures"]],
-            description="Inputs that could not be processed (retried on the next run)",
+        elapsed = time.perf_counter() - started
+        ok = sum(r["ok"] for r in results)
+        failed = sum(r["failed"] for r in results)
+        summary = {
+            "run_id": run_id,
+            "flow_run": _flow_run("name"),
+            "flow_run_id": _flow_run("id"),
+            "store": store,
+            "pipeline_hash": spec.hash,
+            "inputs": len(sources),
+            "ok": ok,
+            "failed": failed,
+            "skipped": plan.skipped,
+            "batches": len(plan.batches),
+            "broken_batches": broken,
+            "rows_in_store": rows,
+            "seconds": elapsed,
+            "images_per_s": (ok + failed) / elapsed if elapsed > 0 else 0.0,
+            "failures": [f for r in results for f in r["failures"]],
+            "dashboard": dashboard,
+            "report": report,
+            "scored": scored,
+            "sheet": None,
+        }
+        sample = sorted(row for r in results for row, _ in r["items"])[:SHEET_ROWS]
+        if sheet and sample:
+            summary["sheet"] = _write_sheet(target, sample, options, logger)
+        if summary["failures"]:
+            create_table_artifact(
+                key="preprocess-failures",
+                table=[{"image_id": i, "error": e} for i, e in summary["failures"]],
+                description="Inputs that could not be processed (retried on the next run)",
+            )
+        create_markdown_artifact(
+            key="preprocess-summary",
+            markdown=summary_markdown(summary, target),
+            description=f"preprocess_dataset into {store}",
         )
-    create_markdown_artifact(
-        key="preprocess-summary",
-        markdown=summary_markdown(summary, target),
-        description=f"preprocess_dataset into {store}",
-    )
-    if broken:
-        raise RuntimeError(
-            f"{len(broken)} batch(es) failed after retries (first: rows from {broken[0][0]}: "
-            f"{broken[0][1]}); their inputs have no rows yet. Rerun the same command to resume."
-        )
-    return summary
+        if broken:
+            raise RuntimeError(
+                f"{len(broken)} batch(es) failed after retries (first: rows from {broken[0][0]}: "
+                f"{broken[0][1]}); their inputs have no rows yet. Rerun the same command to resume."
+            )
+        return summary
+
+
+def _waiting_for(held: LeaseInfo, store: str, logger) -> None:
+    logger.info("waiting for run %s (%s) to release %s", held.run_id, held.holder, store)
+    notify("waiting", run_id=held.run_id, holder=held.holder, since=held.acquired_at.isoformat())
 
 
 def store_resource(store: str) -> dict[str, str]:
@@ -215,7 +251,7 @@ def store_resource(store: str) -> dict[str, str]:
 
 
 def _process(
-    plan: Plan, client, *, shard_size, store, spec, run_id, options, model, contract, logger
+    plan: Plan, client, *, lease, shard_size, store, spec, run_id, options, model, contract, logger
 ) -> tuple[list[dict], list[tuple[int, str]], int]:
     """Run the batches in waves and collect them in completion order.
 
@@ -251,6 +287,7 @@ def _process(
 
     while waiting or running:
         while waiting and len(running) < window:
+            lease.check()  # stop handing out rows once another run holds the store
             submit(waiting.pop())
         finished, _ = concurrent.futures.wait(
             list(running), return_when=concurrent.futures.FIRST_COMPLETED

@@ -5,9 +5,11 @@ registered with :func:`observe` receives them in the flow's thread. With no
 observer (a deployment, a test) notifying costs nothing. The Prefect UI gets the
 same information from logs and artifacts, not from here.
 
-Events: ``listed`` (inputs), ``planned`` (new, retried, skipped, batches,
-images), ``cluster`` (workers, dashboard), ``batch`` (done, total, failed,
-batches_done, batches), ``committed`` (rows), ``scored`` (rows).
+Events: ``waiting`` (run_id, holder, since: another run holds the store's
+lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs),
+``planned`` (new, retried, skipped, batches, images), ``cluster`` (workers,
+dashboard), ``batch`` (done, total, failed, batches_done, batches),
+``committed`` (rows), ``scored`` (rows).
 """
 
 from __future__ import annotations

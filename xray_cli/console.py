@@ -126,6 +126,21 @@ class RunConsole:
                 **f,
             )
 
+    def _on_waiting(self, f: dict[str, Any]) -> None:
+        self.line(
+            f"waiting: run {f['run_id']} ({f['holder']}) has been writing the store "
+            f"since {f['since']}",
+            "waiting",
+            **f,
+        )
+
+    def _on_lease_taken_over(self, f: dict[str, Any]) -> None:
+        self.line(
+            f"took over the lease of run {f['run_id']} ({f['holder']}): {f['reason']}",
+            "lease_taken_over",
+            **f,
+        )
+
     def _on_committed(self, f: dict[str, Any]) -> None:
         self._stop_bar()
 

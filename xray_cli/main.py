@@ -1,4 +1,4 @@
-"""The ``xray`` command line: run, inspect, sheet, demo, classify, split, train.
+"""The ``xray`` command line: run, inspect, verify, sheet, demo, classify, split, train.
 
 It sits above the flows: it imports them (lazily, after setting up logging),
 never the other way round.
@@ -6,6 +6,8 @@ never the other way round.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
 from enum import StrEnum
@@ -103,7 +105,10 @@ def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
         _fail(str(exc), 2)
     except Exception as exc:  # the run itself failed: say so, exit non-zero
         console.close()
-        _fail(f"run failed: {type(exc).__name__}: {exc}")
+        hint = ""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = " (the store's disk or quota is full: free space, then rerun to resume)"
+        _fail(f"run failed: {type(exc).__name__}: {exc}{hint}")
     finally:
         console.close()
 
@@ -139,10 +144,22 @@ def run(
     cluster: Annotated[
         str | None, typer.Option(help="Cluster spec: local|existing|kubernetes|slurm or YAML.")
     ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait while another run writes STORE, then run.")
+    ] = False,
+    break_lease: Annotated[
+        bool,
+        typer.Option(
+            "--break-lease", help="Remove STORE's lease first: its holder is known to be dead."
+        ),
+    ] = False,
     verbose: Verbose = False,
     log_format: Format = LogFormat.text,
 ) -> None:
-    """Process SOURCE into STORE (resumable: reruns skip finished scans)."""
+    """Process SOURCE into STORE (resumable: reruns skip finished scans).
+
+    One run writes a store at a time: another run's store is refused (exit 2)
+    unless --wait."""
     if batch_size < 1:
         raise typer.BadParameter("--batch-size must be >= 1")
     opts = _flow_options(storage_options)
@@ -166,6 +183,8 @@ def run(
         aws_credentials=aws_credentials,
         overwrite=overwrite,
         model=model,
+        wait_for_lease=wait,
+        break_lease=break_lease,
     )
     _print_summary(console, summary)
 
@@ -231,6 +250,70 @@ def inspect(
         typer.echo(f"  failed {r['image_id']}: {r['error']}")
 
 
+PROBLEMS_SHOWN = 20
+
+
+@contextlib.contextmanager
+def _executor(scheduler: str | None, workers: int | None):
+    """Where verify reads shards: a Dask cluster's executor, or threads here (None)."""
+    if not (scheduler or workers):
+        yield None
+        return
+    from flows.runner import DaskCluster, resolve_cluster
+
+    with DaskCluster(resolve_cluster(scheduler=scheduler, workers=workers)) as cluster:
+        yield cluster.client().get_executor()
+
+
+@app.command()
+def verify(
+    store: Annotated[str, typer.Argument(help="Store URL.")],
+    repair: Annotated[
+        bool,
+        typer.Option(help="Mark bad rows failed (the next run redoes them); merge leftovers."),
+    ] = False,
+    deep: Annotated[bool, typer.Option(help="Read every array, not only preprocessed.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Check shards on a LocalCluster of N processes.")
+    ] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    storage_options: StorageOptions = None,
+) -> None:
+    """Re-read STORE and report rows whose pixels are missing, unreadable or differ
+    from their checksum, orphaned or shared rows, duplicate sources, and parts or a
+    lease left by a killed run. Exit 1 when anything is wrong."""
+    import uuid
+
+    from xraycore.lease import LeaseHeldError
+    from xraycore.verify import repair_store, verify_store
+
+    st, _ = _open_store(store, storage_options)
+    try:
+        with _executor(scheduler, workers) as executor:
+            report = verify_store(st, executor=executor, deep=deep)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    typer.echo(report.summary())
+    if report.writer:
+        typer.echo(f"note: {report.writer}; its batches not yet committed are not checked")
+    for problem in report.problems[:PROBLEMS_SHOWN]:
+        typer.echo(f"  {problem}")
+    if len(report.problems) > PROBLEMS_SHOWN:
+        typer.echo(f"  ... and {len(report.problems) - PROBLEMS_SHOWN} more")
+    if report.clean:
+        return
+    if repair:
+        try:
+            done = repair_store(st, report, run_id=f"verify-{uuid.uuid4().hex[:8]}")
+        except LeaseHeldError as exc:
+            _fail(str(exc), 2)
+        typer.echo(
+            f"repaired: {done['rows']} rows marked failed (the next `xray run` redoes them), "
+            f"{done['parts']} datasets compacted, {done['files']} temporary files removed"
+        )
+    raise typer.Exit(1)
+
+
 @app.command()
 def sheet(
     store: Annotated[str, typer.Argument(help="Store URL.")],
@@ -294,6 +377,8 @@ def demo(
         cluster_kwargs=None,
         model=None,
         cluster=None,
+        wait=False,
+        break_lease=False,
         verbose=verbose,
         log_format=log_format,
     )
