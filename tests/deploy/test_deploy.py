@@ -133,6 +133,8 @@ def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
         assert [s.schedule.cron for s in scheduled.schedules] == ["0 2 * * *"]
         assert scheduled.parameters["source"] == str(src)
         assert scheduled.work_pool_name == "xray-process"
+        assert scheduled.global_concurrency_limit.limit == 1  # one run per store at a time
+        assert str(scheduled.concurrency_options.collision_strategy).endswith("ENQUEUE")
         on_commit = client.read_deployment_by_name("classify-store/on-commit")
         assert on_commit.global_concurrency_limit.limit == 1  # one scoring run at a time
         assert str(on_commit.concurrency_options.collision_strategy).endswith("ENQUEUE")
