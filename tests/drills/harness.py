@@ -1,0 +1,165 @@
+"""The drills' harness: inputs, a clean reference, the ``xray`` script, checks.
+
+Small pieces are copied from tests/flows/conftest.py rather than imported: that
+directory's name is the ``flows`` package's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from xraycore.batch import Batch, process_batch
+from xraycore.catalog import SourceFile
+from xraycore.pipeline import PipelineSpec
+from xraycore.store import ScanStore
+from xraycore.synth import phantom_chest
+from xraycore.verify import verify_store
+
+#: Every drill runs this pipeline (``xray run --size 64``) with batches of 16.
+SIZE = 64
+BATCH = 16
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def write_phantoms(folder: Path, n: int, *, size: int = SIZE, first: int = 0) -> list[Path]:
+    """``n`` phantom radiographs as PNG files (seeded, so every run has the same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first, first + n):
+        path = folder / f"phantom_{i:04d}.png"
+        cv2.imwrite(str(path), phantom_chest(size, seed=i))
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Reference:
+    """A clean store of the same inputs, written in this process by the same code."""
+
+    store: ScanStore
+    row_of: dict[str, int]  # image_id -> row
+
+
+def clean_reference(folder: Path, out: Path, *, size: int = SIZE) -> Reference:
+    """The store a clean run of ``folder`` at ``size`` makes, with its row per image."""
+    spec = PipelineSpec.from_dict({"size": size})
+    files = sorted(p for p in folder.glob("*.png"))
+    items = [
+        SourceFile(uri=str(p), image_id=p.name, size=p.stat().st_size, mtime=p.stat().st_mtime)
+        for p in files
+    ]
+    store = ScanStore.open(str(out))
+    store.initialise(spec, batch_size=BATCH)
+    store.ensure_capacity(-(-len(items) // BATCH) * BATCH)
+    for start in range(0, len(items), BATCH):
+        batch = Batch(start=start, items=tuple(items[start : start + BATCH]))
+        process_batch(batch, store=str(out), spec=spec, run_id="reference")
+    store.compact_metadata("reference")
+    meta = store.read_metadata().to_pylist()
+    assert all(r["status"] == "ok" for r in meta)
+    return Reference(store, {r["image_id"]: r["row"] for r in meta})
+
+
+def assert_store_complete(
+    url: str, reference: Reference, *, env: dict[str, str] | None = None, options=None
+) -> dict[str, int]:
+    """Every input once, ``ok``, on its own row, with every array's stored values
+    equal to the clean reference's; ``xray verify`` (and verify_store) clean."""
+    store = ScanStore.open(url, options)
+    meta = store.read_metadata().to_pylist()
+    ids = [r["image_id"] for r in meta]
+    assert sorted(ids) == sorted(reference.row_of), "rows lost or unexpected"
+    assert len(ids) == len(set(ids)), "a source has two rows"
+    assert all(r["status"] == "ok" for r in meta), [r["error"] for r in meta if r["error"]]
+    rows = [r["row"] for r in meta]
+    assert len(rows) == len(set(rows)), "two sources share an array row"
+    for name in store.arrays():
+        got = store.read(name, rows, decode=False)
+        want = reference.store.read(name, [reference.row_of[i] for i in ids], decode=False)
+        np.testing.assert_array_equal(got, want, err_msg=f"{name} differs from a clean run")
+    report = verify_store(store)
+    assert report.clean, [str(p) for p in report.problems]
+    res = xray("verify", url, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "clean" in res.stdout
+    return {"rows": len(meta), "capacity": store.capacity()}
+
+
+def xray(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run the installed ``xray`` console script, as an operator does."""
+    return subprocess.run(
+        [str(BIN / "xray"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def xray_popen(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``xray`` in its own process group (so the whole run can be killed)."""
+    return subprocess.Popen(
+        [str(BIN / "xray"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def committed_parts(store: Path) -> list[Path]:
+    """Batch metadata parts committed so far (not the compacted file)."""
+    folder = store / "metadata.parquet"
+    if not folder.is_dir():
+        return []
+    return [
+        p
+        for p in folder.glob("part-*.parquet")
+        if not p.name.startswith("part-compacted-") and ".tmp-" not in p.name
+    ]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by :func:`xray_popen` and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()

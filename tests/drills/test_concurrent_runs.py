@@ -1,0 +1,70 @@
+"""Drill: two runs on one store started at the same instant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import BATCH, SIZE, assert_store_complete, clean_reference, write_phantoms
+
+LAUNCH = Path(__file__).with_name("launch_xray.py")
+
+
+def _released_together(*argvs: list[str]) -> list[tuple[int, str]]:
+    """Start one pre-imported ``xray`` per argv, wait until all are ready, release
+    them with one write each, and return (exit code, output) of each."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(LAUNCH), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("g")
+    for p in procs:
+        p.stdin.flush()
+    outs = [p.communicate(timeout=80)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+
+
+def test_two_runs_at_one_instant_one_writes_the_other_is_refused_or_waits(tmp_path, capsys):
+    t0 = time.monotonic()
+    source, store = tmp_path / "source", tmp_path / "store"
+    write_phantoms(source, 48)
+    run = ["run", str(source), "--store", str(store), "--size", str(SIZE)]
+    run += ["--batch-size", str(BATCH), "--workers", "1"]
+
+    # Round 1: neither waits. Exactly one writes; the other exits 2 naming the writer.
+    (a, out_a), (b, out_b) = _released_together(run, run)
+    assert sorted([a, b]) == [0, 2], out_a + out_b
+    refused = out_a if a == 2 else out_b
+    assert "is being written by run" in refused and "--wait" in refused, refused
+    assert "48 ok" in (out_a if a == 0 else out_b)
+    reference = clean_reference(source, tmp_path / "reference")
+    first = assert_store_complete(str(store), reference)
+
+    # Round 2: 16 new scans, both runs with --wait: one writes them, the other
+    # waits for it and then finds nothing left to do.
+    write_phantoms(source, 16, first=48)
+    (a, out_a), (b, out_b) = _released_together(run + ["--wait"], run + ["--wait"])
+    assert (a, b) == (0, 0), out_a + out_b
+    outs = sorted([out_a, out_b], key=lambda o: "16 ok" in o)
+    assert "0 ok, 0 failed, 64 skipped" in outs[0] and "waiting" in outs[0], outs[0]
+    assert "16 ok, 0 failed, 48 skipped" in outs[1], outs[1]
+    reference = clean_reference(source, tmp_path / "reference2")
+    second = assert_store_complete(str(store), reference)
+    seconds = time.monotonic() - t0
+    with capsys.disabled():
+        print(
+            f"\nDRILL concurrent runs: round 1 rows {first['rows']} (one run refused, exit 2); "
+            f"round 2 rows {second['rows']} (one waited); lost 0, duplicated 0; {seconds:.1f} s"
+        )
+    assert seconds < 90
