@@ -113,11 +113,11 @@ def preprocess_dataset(
         description=f"flow run {_flow_run('name')!r}" if _flow_run("name") else "",
         on_wait=lambda held: _waiting_for(held, store, logger),
     )
-    if lease.taken_over:
-        held, why = lease.taken_over
-        logger.warning("took over the lease of run %s on %s: %s", held.run_id, store, why)
-        notify("lease_taken_over", run_id=held.run_id, holder=held.holder, reason=why)
     with lease:  # renewed while the run lasts, released however it ends
+        if lease.taken_over:
+            held, why = lease.taken_over
+            logger.warning("took over the lease of run %s on %s: %s", held.run_id, store, why)
+            notify("lease_taken_over", run_id=held.run_id, holder=held.holder, reason=why)
         target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where) as dask_cluster:  # starts while we list and plan
             sources = list_sources(Storage.from_url(source, options))

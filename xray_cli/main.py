@@ -88,6 +88,20 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _mid_run_failure(exc: BaseException) -> bool:
+    """Whether a ValueError is the run failing (a Parquet or Zarr file it could
+    not read, say: exit 1, rerun to resume) rather than a refusal before any
+    work (a bad parameter, a held or mismatched store: exit 2)."""
+    try:
+        import pyarrow as pa
+
+        if isinstance(exc, pa.ArrowException):
+            return True
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        pass
+    return type(exc).__module__.split(".")[0] in ("zarr", "numcodecs", "pyarrow")
+
+
 def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
     """Run a flow with ``console`` observing it; usage errors exit 2, a failed run 1."""
     from flows.progress import observe
@@ -101,6 +115,9 @@ def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
         with observe(console):
             return run_flow(flow, **params)
     except (ValueError, FileNotFoundError) as exc:
+        if _mid_run_failure(exc):
+            console.close()
+            _fail(f"run failed: {type(exc).__name__}: {exc} (rerun to resume)")
         console.close()
         _fail(str(exc), 2)
     except Exception as exc:  # the run itself failed: say so, exit non-zero

@@ -137,13 +137,16 @@ def process_batch(
                 row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
                 row["source_dtype"] = str(image.dtype)
                 outputs = run_pipeline(image, spec)
-                writer.put(slot, outputs)
                 row.update(edges.statistics(outputs["preprocessed"]))
                 row["checksum"] = schema.checksum(outputs["preprocessed"])
-                row["row"] = batch.start + slot
-                row["status"] = "ok"
             except Exception as exc:  # one bad input is a failed row, never a failed batch
                 row["error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                # Outside the per-input handler: a store that cannot be written
+                # (a full disk, say) fails the batch, not this input.
+                writer.put(slot, outputs)
+                row["row"] = batch.start + slot
+                row["status"] = "ok"
             if batch.labels and batch.labels[slot]:
                 row.update(batch.labels[slot])
             rows.append(row)

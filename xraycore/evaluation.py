@@ -70,7 +70,11 @@ def evaluate_store(
         if p["model_sha256"] != sha:
             continue
         t = truth.get(p["image_id"])
-        if t is None or t.get(target) is None or (split and t.get("split") != split):
+        # A prediction counts only for the image's current pixels: an image since
+        # failed, or processed again into another row, has a stale one.
+        if t is None or t["status"] != "ok" or t["row"] != p["row"]:
+            continue
+        if t.get(target) is None or (split and t.get("split") != split):
             continue
         y_true.append(contract.labels[1] if t[target] else contract.labels[0])
         y_pred.append(p["label"])

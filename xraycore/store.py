@@ -18,6 +18,7 @@ writes it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -257,14 +258,21 @@ class ScanStore:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        paths, tables = [], []
-        for path in self._part_paths(dataset):
+        for _ in range(_READ_ATTEMPTS):
+            paths, tables = self._part_paths(dataset), []
             try:
-                data = self.storage.read_bytes(path)
-            except FileNotFoundError:  # compacted away by another reader since the listing
+                for path in paths:
+                    tables.append(pq.read_table(io.BytesIO(self.storage.read_bytes(path))))
+                break
+            except FileNotFoundError:
+                # Compacted away since the listing: its rows are now in a file the
+                # listing did not see, so list again rather than skip it.
                 continue
-            tables.append(pq.read_table(io.BytesIO(data)))
-            paths.append(path)
+        else:
+            raise RuntimeError(
+                f"{self.storage.uri(dataset)} kept changing while being read "
+                f"({_READ_ATTEMPTS} attempts): another process is compacting it; try again"
+            )
         if not tables:
             return None, paths
         table = pa.concat_tables(tables, promote_options="default")
@@ -297,7 +305,9 @@ class ScanStore:
         self.storage.write_bytes_atomic(posixpath.join(dataset, name), buf.getvalue())
         for path in merged:
             if posixpath.basename(path) != name:
-                self.storage.fs.rm(path)
+                # Another compaction may have merged and removed it already.
+                with contextlib.suppress(FileNotFoundError):
+                    self.storage.fs.rm(path)
         return table.num_rows
 
     def remove_temporary_files(self) -> list[str]:
@@ -349,6 +359,7 @@ class ScanStore:
 
 
 _METADATA_KEY = ("source",)
+_READ_ATTEMPTS = 5
 _PREDICTION_KEY = ("image_id", "model_sha256")
 
 

@@ -35,7 +35,7 @@ import json
 import posixpath
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,11 +183,12 @@ _OPEN: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 def _arrays(url: str, storage_options: dict[str, Any] | None, session: str) -> dict[str, Any]:
     key = (url, json.dumps(storage_options or {}, sort_keys=True), session)
-    if key not in _OPEN:
+    opened = _OPEN.get(key)
+    if opened is None:
         _OPEN.clear()
         store = ScanStore.open(url, storage_options)
-        _OPEN[key] = {name: store.zarr_array(name) for name in store.arrays()}
-    return _OPEN[key]
+        opened = _OPEN[key] = {name: store.zarr_array(name) for name in store.arrays()}
+    return opened
 
 
 def check_shard(
@@ -208,13 +209,19 @@ def check_shard(
     out = []
     for name in arrays:
         arr = opened[name]
+        # An I/O error (a network hiccup, a disk error) says nothing about the
+        # pixels: it fails the verification instead of condemning the rows.
         try:
             block = arr[lo:hi]
+        except OSError:
+            raise
         except Exception:  # find which rows: a corrupt inner chunk spoils only its own
             block = None
         for r, recorded in rows:
             try:
                 value = block[r - lo] if block is not None else arr[r]
+            except OSError:
+                raise
             except Exception as exc:
                 out.append((r, "unreadable", f"{name}: {type(exc).__name__}: {exc}"))
                 continue
@@ -274,11 +281,10 @@ def verify_store(
     _read_parts(store, PREDICTIONS, live_run, problems)
     report.parts = len(parts)
     for path, table in parts:
-        sources = table.column("source").to_pylist()
-        dupes = sorted({s for s in sources if sources.count(s) > 1}) if sources else []
-        for s in dupes:
+        counts = Counter(table.column("source").to_pylist())
+        for s in sorted(s for s, n in counts.items() if n > 1):
             problems.append(
-                Problem("duplicate_source", f"{sources.count(s)} rows in one part", s, path=path)
+                Problem("duplicate_source", f"{counts[s]} rows in one part", s, path=path)
             )
     if not parts:
         report.seconds = time.perf_counter() - t0

@@ -301,3 +301,41 @@ def test_compaction_deletes_exactly_the_parts_it_merged(tmp_path):
     assert parts == ["part-3.parquet", "part-compacted-run.parquet"]
     assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
     assert store.compact_metadata("run2") == 3
+
+
+def _three_parts(tmp_path) -> ScanStore:
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.storage.makedirs()
+    now = datetime.now(UTC)
+    for name in "abc":
+        store.write_metadata_part([{"image_id": name, "source": name, "processed_at": now}], name)
+    return store
+
+
+def test_a_reader_racing_a_compaction_still_sees_every_row(tmp_path):
+    store = _three_parts(tmp_path)
+    other = ScanStore.open(str(tmp_path / "s"))
+    read_bytes = store.storage.read_bytes
+    raced = []
+
+    def compact_first(path):
+        if not raced:  # between this reader's listing and its first read
+            raced.append(other.compact_metadata("other"))
+        return read_bytes(path)
+
+    store.storage.read_bytes = compact_first
+    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
+    assert raced == [3]
+
+
+def test_two_compactions_at_once_both_succeed_and_keep_every_row(tmp_path):
+    store = _three_parts(tmp_path)
+    other = ScanStore.open(str(tmp_path / "s"))
+
+    def other_compacts_meanwhile(table):
+        other.compact_metadata("other")  # removes the parts this one is about to remove
+        return table
+
+    assert store.compact_metadata("mine", transform=other_compacts_meanwhile) == 3
+    assert store.compact_metadata("again") == 3
+    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
