@@ -175,70 +175,77 @@ class _Conflict(Exception):
 
 
 class _LocalLease:
-    """The lease file on a local or network disk."""
+    """The lease file on a local or network disk.
+
+    Every change (create, take over, renew, delete) compares and writes under an
+    exclusive ``flock`` on ``_lease.json.lock``: without it, a run taking over a
+    stale lease and a run renewing or putting one back could interleave their
+    read and their write, and two runs would both believe they hold the store.
+    """
 
     def __init__(self, storage: Storage):
         self.path = storage.path(LEASE)
 
-    def _write_tmp(self, data: bytes) -> str:
+    @contextlib.contextmanager
+    def _locked(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _write(self, data: bytes) -> None:
+        # Written aside and renamed into place: a reader sees the old lease or
+        # the new one, never half of one.
         tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _current(self) -> bytes | None:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def create(self, data: bytes) -> bytes:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self._write_tmp(data)
-        try:
-            os.link(tmp, self.path)  # fails with EEXIST: the exclusive create
-        except FileExistsError:
-            raise _Conflict from None
-        finally:
-            os.unlink(tmp)
+        with self._locked():
+            if self._current() is not None:
+                raise _Conflict
+            self._write(data)
         return data
 
     def read(self) -> tuple[bytes, bytes] | None:
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return data, data
+        data = self._current()
+        return None if data is None else (data, data)
 
     def replace(self, token: bytes, data: bytes) -> bytes:
-        """Take over the lease whose content was ``token``."""
-        aside = f"{self.path}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(self.path, aside)  # of two runs taking over, one renames it
-        except FileNotFoundError:
-            raise _Conflict from None
-        with open(aside, "rb") as f:
-            moved = f.read()
-        if moved != token:  # renewed or retaken since we read it: put it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)
-            os.unlink(aside)
-            raise _Conflict
-        os.unlink(aside)
-        return self.create(data)
-
-    def renew(self, token: bytes, data: bytes) -> bytes:
-        current = self.read()
-        if current is None or current[0] != token:
-            raise _Conflict
-        tmp = self._write_tmp(data)
-        os.replace(tmp, self.path)
+        """Take over (or renew) the lease whose content was ``token``."""
+        with self._locked():
+            if self._current() != token:  # renewed, released or retaken since read
+                raise _Conflict
+            self._write(data)
         return data
 
+    renew = replace
+
     def delete(self, token: bytes | None) -> None:
-        if token is not None:
-            current = self.read()
-            if current is None or current[0] != token:
+        with self._locked():
+            if token is not None and self._current() != token:
                 raise _Conflict
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 class _S3Lease:
