@@ -8,6 +8,7 @@ region) or explicit ``storage_options``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import posixpath
 import uuid
@@ -127,7 +128,13 @@ class Storage:
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
                 options["endpoint_url"] = endpoint
-            options["config_kwargs"] = {**S3_CLIENT_CONFIG, **options.get("config_kwargs", {})}
+            # A deep copy: botocore rewrites the ``retries`` dict it is given in
+            # place (max_attempts -> total_max_attempts), which would change the
+            # defaults of every later client.
+            options["config_kwargs"] = {
+                **copy.deepcopy(S3_CLIENT_CONFIG),
+                **options.get("config_kwargs", {}),
+            }
         try:
             self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:

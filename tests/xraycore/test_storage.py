@@ -41,3 +41,21 @@ def test_atomic_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
         st.write_bytes_atomic("d/kept.bin", b"new")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["kept.bin"]
     assert (tmp_path / "d" / "kept.bin").read_bytes() == b"old"
+
+
+def test_a_client_cannot_change_the_defaults_of_the_next():
+    import botocore.session
+    from botocore.config import Config
+
+    st = Storage.from_url("s3://bucket/store", {"endpoint_url": "http://127.0.0.1:9"})
+    # Creating a client rewrites the retries dict of its config in place (no request
+    # is sent: the endpoint is a closed loopback port).
+    botocore.session.get_session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        config=Config(**st.fs.config_kwargs),
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    assert S3_CLIENT_CONFIG["retries"] == {"max_attempts": 10, "mode": "standard"}
