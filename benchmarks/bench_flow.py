@@ -73,7 +73,7 @@ def bare_loop(source: str, out: str, workers: int, batch_size: int):
         None,
         pipeline_hash=spec.hash,
         first_free_row=0,
-        shard_size=batch_size,
+        batch_size=batch_size,
     )
     store.ensure_capacity(plan.end_row)
     marks, done = [], 0

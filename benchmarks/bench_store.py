@@ -116,7 +116,7 @@ def bare(pool, source: Path, out: str, batch_size: int, outputs=None):
         None,
         pipeline_hash=spec.hash,
         first_free_row=0,
-        shard_size=batch_size,
+        batch_size=batch_size,
     )
     store.ensure_capacity(plan.end_row)
     t0 = time.perf_counter()

@@ -127,7 +127,7 @@ def preprocess_dataset(
                 target.read_metadata(),
                 pipeline_hash=spec.hash,
                 first_free_row=target.capacity(),
-                shard_size=batch_size,
+                batch_size=batch_size,
                 labels=read_labels(labels, options) if labels else None,
             )
             target.ensure_capacity(plan.end_row)
@@ -163,7 +163,7 @@ def preprocess_dataset(
                 plan,
                 client,
                 lease=lease,
-                shard_size=batch_size,
+                batch_size=batch_size,
                 store=store,
                 spec=spec,
                 run_id=run_id,
@@ -251,7 +251,7 @@ def store_resource(store: str) -> dict[str, str]:
 
 
 def _process(
-    plan: Plan, client, *, lease, shard_size, store, spec, run_id, options, model, contract, logger
+    plan: Plan, client, *, lease, batch_size, store, spec, run_id, options, model, contract, logger
 ) -> tuple[list[dict], list[tuple[int, str]], int]:
     """Run the batches in waves and collect them in completion order.
 
@@ -310,7 +310,7 @@ def _process(
                     scoring.append(
                         score_shard.submit(
                             result["items"],
-                            shard=batch.start // shard_size,
+                            shard=batch.start // batch_size,
                             store=store,
                             model=model,
                             contract=contract,

@@ -144,7 +144,10 @@ def run(
     labels: Annotated[str | None, typer.Option(help="Data_Entry_2017.csv-style labels.")] = None,
     size: Annotated[int | None, typer.Option(help="Output size S (default 1024).")] = None,
     pipeline: Annotated[Path | None, typer.Option(help="Pipeline spec (.json/.toml).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Scans per batch (= per shard).")] = 64,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Scans per batch: one task, one writer; its Zarr shards hold up to 16."),
+    ] = 64,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
     storage_options: StorageOptions = None,

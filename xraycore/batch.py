@@ -30,7 +30,10 @@ __all__ = ["Batch", "Plan", "plan_batches", "process_batch"]
 
 @dataclass(frozen=True)
 class Batch:
-    """Inputs of one shard: rows ``start .. start + shard_size``; slot i is row start + i."""
+    """Inputs of one batch: rows ``start .. start + batch_size``; slot i is row start + i.
+
+    One task writes a batch, through one :class:`~xraycore.store.ShardWriter`.
+    """
 
     start: int
     items: tuple[SourceFile, ...]
@@ -52,15 +55,15 @@ def plan_batches(
     *,
     pipeline_hash: str,
     first_free_row: int,
-    shard_size: int,
+    batch_size: int,
     labels: dict[str, dict] | None = None,
 ) -> Plan:
     """Decide what this run does: skip inputs already ok under the same
     pipeline whose size and modification time are unchanged (sha256 is
     recorded, not recomputed for the check), retry failed or changed ones, add
-    new ones; group the work into shard-aligned batches starting at
-    ``first_free_row`` (rounded up to a shard boundary, so a shard is only ever
-    written by one task)."""
+    new ones; group the work into batches of ``batch_size`` starting at
+    ``first_free_row`` rounded up to a batch boundary (the store's batch size:
+    its shards divide it, so a shard is only ever written by one task)."""
     done: dict[str, dict] = {}
     failed: set[str] = set()
     if previous is not None:
@@ -79,13 +82,13 @@ def plan_batches(
             continue
         retried += src.uri in failed or src.uri in done
         todo.append(src)
-    start = math.ceil(first_free_row / shard_size) * shard_size
+    start = math.ceil(first_free_row / batch_size) * batch_size
     batches = []
-    for i in range(0, len(todo), shard_size):
-        chunk = tuple(todo[i : i + shard_size])
+    for i in range(0, len(todo), batch_size):
+        chunk = tuple(todo[i : i + batch_size])
         lab = tuple((labels or {}).get(_label_key(s.image_id)) for s in chunk) if labels else ()
         batches.append(Batch(start=start + i, items=chunk, labels=lab))
-    end = start + len(batches) * shard_size if batches else first_free_row
+    end = start + len(batches) * batch_size if batches else first_free_row
     return Plan(
         batches=batches, skipped=skipped, end_row=end, retried=retried, new=len(todo) - retried
     )

@@ -39,7 +39,7 @@ def store(tmp_path) -> ScanStore:
         None,
         pipeline_hash=spec.hash,
         first_free_row=0,
-        shard_size=4,
+        batch_size=4,
     )
     target.ensure_capacity(plan.end_row)
     for batch in plan.batches:

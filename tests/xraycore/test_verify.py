@@ -41,7 +41,7 @@ def _run(url: str, folder: Path, run_id: str) -> ScanStore:
         store.read_metadata(),
         pipeline_hash=SPEC.hash,
         first_free_row=store.capacity(),
-        shard_size=BATCH,
+        batch_size=BATCH,
     )
     store.ensure_capacity(plan.end_row)
     for batch in plan.batches:
