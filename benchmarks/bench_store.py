@@ -32,23 +32,10 @@ import time
 from pathlib import Path
 
 import cv2
+from bench_flow import make_source  # the same 512 scans as the flow benchmark
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8"
 # As flows/runner.py sets for LocalCluster workers (see MEASUREMENTS.md).
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
-
-
-def make_source(folder: Path, n: int) -> str:
-    from xraycore.synth import phantom_chest
-
-    real = sorted(SHARED.glob("*.png"))
-    folder.mkdir(parents=True)
-    for i in range(n):
-        if real:
-            shutil.copy(real[i % len(real)], folder / f"scan_{i:05d}.png")
-        else:
-            cv2.imwrite(str(folder / f"scan_{i:05d}.png"), phantom_chest(1024, seed=i))
-    return "real ChestX-ray8 scans (repeated)" if real else "generated phantoms"
 
 
 def _limit_chunk(paths: list[str]) -> tuple[int, float]:
