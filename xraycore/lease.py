@@ -98,6 +98,14 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[inode]``), or None where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _process_start(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (Linux), or None."""
     try:
@@ -136,6 +144,7 @@ class LeaseInfo:
     renewed_at: datetime
     ttl_s: float
     description: str = ""
+    pid_namespace: str | None = None
 
     @property
     def holder(self) -> str:
@@ -151,7 +160,15 @@ class LeaseInfo:
         now = now or datetime.now(UTC)
         if now > self.expires_at:
             return f"not renewed since {_stamp(self.renewed_at)} (stale after {self.ttl_s:.0f} s)"
-        same_machine = self.host == socket.gethostname() and self.boot_id == _boot_id()
+        # A pid means something only in its own PID namespace: containers that
+        # share the host's network (and so its host name and boot id) do not
+        # see each other's processes.
+        same_machine = (
+            self.host == socket.gethostname()
+            and self.boot_id == _boot_id()
+            and self.pid_namespace is not None
+            and self.pid_namespace == _pid_namespace()
+        )
         if same_machine and self.boot_id and not _running(self.pid, self.pid_started):
             return f"its process (pid {self.pid} on {self.host}) is not running"
         return None
@@ -409,6 +426,7 @@ class StoreLease:
             pid=pid,
             pid_started=_process_start(pid),
             boot_id=_boot_id(),
+            pid_namespace=_pid_namespace(),
             acquired_at=now,
             renewed_at=now,
             ttl_s=float(ttl_s),

@@ -141,6 +141,19 @@ def test_lease_of_a_dead_process_on_this_host_is_stale_at_once(storage):
     taker.release()
 
 
+def test_a_pid_from_another_pid_namespace_proves_nothing(storage):
+    """Containers sharing the host's network share its name and boot id, not its pids."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    lease = StoreLease.acquire(storage, "run-in-another-container")
+    other = {"pid": int(proc.stdout), "pid_started": None, "pid_namespace": "pid:[1]"}
+    elsewhere = LeaseInfo(**{**lease.info.__dict__, **other})
+    assert elsewhere.stale() is None  # live until its TTL runs out
+    unknown = LeaseInfo(**{**lease.info.__dict__, **other, "pid_namespace": None})
+    assert unknown.stale() is None  # a lease written before namespaces were recorded
+    lease.release()
+
+
 def test_wait_returns_once_the_holder_releases(storage):
     holder = StoreLease.acquire(storage, "run-a")
     seen = []
