@@ -35,3 +35,19 @@ def real_scan(chestxray8_files) -> np.ndarray:
     import cv2
 
     return cv2.imread(str(chestxray8_files[0]), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto in server mode on a loopback port: a real S3 API over HTTP."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -201,6 +201,7 @@ class _LocalLease:
     """
 
     def __init__(self, storage: Storage):
+        self.storage = storage
         self.path = storage.path(LEASE)
 
     @contextlib.contextmanager
@@ -216,18 +217,8 @@ class _LocalLease:
             os.close(fd)  # releases the lock
 
     def _write(self, data: bytes) -> None:
-        # Written aside and renamed into place: a reader sees the old lease or
-        # the new one, never half of one.
-        tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        # Renamed into place: a reader sees the old lease or the new one.
+        self.storage.write_bytes_atomic(LEASE, data)
 
     def _current(self) -> bytes | None:
         try:

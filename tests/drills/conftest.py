@@ -31,18 +31,6 @@ def prefect_server():
     shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """moto in server mode on a loopback port: a real S3 API over HTTP."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def dask_processes(tmp_path, prefect_server):
     """`dask scheduler` and two `dask worker` processes (each with its nanny) on loopback."""
