@@ -122,6 +122,7 @@ def process_batch(
     target = ScanStore.open(store, storage_options)
     source = Storage.from_url(batch.items[0].uri, source_options) if batch.items else None
     rows, t0 = [], time.perf_counter()
+    pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
     with target.writer(batch.start, len(batch.items)) as writer:
         for slot, item in enumerate(batch.items):
             row = schema.metadata_row(
@@ -129,7 +130,7 @@ def process_batch(
                 source=item.uri,
                 size=item.size,
                 mtime=item.mtime,
-                pipeline_hash=spec.hash,
+                pipeline_hash=pipeline_hash,
                 run_id=run_id,
             )
             try:

@@ -221,6 +221,53 @@ def test_writer_checks_alignment_order_and_range(tmp_path):
     assert not np.any(store.read("preprocessed", slice(8, 15)))
 
 
+def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
+    """The writer encodes image shards itself (the array's own codecs, not
+    Zarr's async pipeline): every object must equal what Zarr writes for the
+    same rows, a failed (fill) row and a partial shard included."""
+    import zarr
+
+    spec = PipelineSpec(size=64)
+    images = [phantom_chest(64, seed=i, opacity=i % 2 == 1) for i in range(7)]
+    outputs = [run_pipeline(image, spec) for image in images]
+    direct = ScanStore.open(str(tmp_path / "direct"))
+    direct.initialise(spec, batch_size=8)
+    direct.ensure_capacity(16)
+    with direct.writer(8, 8) as writer:
+        assert set(writer._encoders) == {a.name for a in schema.array_specs(spec)} - {"histogram"}
+        for slot, out in enumerate(outputs):
+            if slot != 3:  # slot 3 fails; slot 7 is past the last input
+                writer.put(slot, out)
+
+    # The same rows through Zarr's own write path.
+    by_zarr = ScanStore.open(str(tmp_path / "zarr"))
+    by_zarr.initialise(spec, batch_size=8)
+    by_zarr.ensure_capacity(16)
+    for name, a in by_zarr.arrays().items():
+        block = np.full((8, *a.shape), a.fill_value, a.dtype)
+        for slot, out in enumerate(outputs):
+            if slot != 3:
+                a.pack(out[name], block[slot])
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            by_zarr._group("a")[name][8:16] = block
+
+    def objects(root: Path) -> dict[str, bytes]:
+        files = (root / "images.zarr").rglob("*")
+        return {
+            str(f.relative_to(root)): f.read_bytes()
+            for f in files
+            if f.is_file() and "c" in f.relative_to(root).parts
+        }
+
+    got, expected = objects(tmp_path / "direct"), objects(tmp_path / "zarr")
+    assert got.keys() == expected.keys() and len(got) == len(direct.arrays())
+    for key in expected:
+        assert got[key] == expected[key], key
+    # And Zarr reads them back.
+    assert np.array_equal(direct.read("preprocessed", 12), outputs[4]["preprocessed"])
+    assert not np.any(direct.read("log", 11)) and not np.any(direct.read("log", 15))
+
+
 @pytest.mark.parametrize("name", PACKED)
 def test_packing_never_clips_and_errs_by_at_most_half_a_step(name):
     (a,) = [x for x in schema.array_specs(PipelineSpec(size=64)) if x.name == name]
