@@ -263,13 +263,17 @@ def _write_durably(path: str, parts) -> None:
         try:
             views = [memoryview(p).cast("B") for p in parts]
             while views:
-                written = os.writev(fd, views[:_IOV_MAX])
+                if hasattr(os, "writev"):  # one system call for a whole shard
+                    written = os.writev(fd, views[:_IOV_MAX])
+                else:  # Windows
+                    written = os.write(fd, views[0])
                 while views and written >= len(views[0]):
                     written -= len(views.pop(0))
                 if written:
                     views[0] = views[0][written:]
             os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the kernel decides
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -59,3 +59,43 @@ def test_a_client_cannot_change_the_defaults_of_the_next():
         aws_secret_access_key="test",
     )
     assert S3_CLIENT_CONFIG["retries"] == {"max_attempts": 10, "mode": "standard"}
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["writev", "no-writev-no-fadvise"])
+def test_durable_write_puts_the_parts_in_order_through_short_writes(
+    tmp_path, monkeypatch, portable
+):
+    import numpy as np
+
+    parts = [np.arange(n, dtype=np.uint16) for n in (0, 1, 5000, 3)] + [b"", bytearray(b"xyz")]
+    parts += [bytes([i % 256]) * 7 for i in range(1500)]  # more than one writev's worth
+    expected = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    if portable:  # as on Windows / macOS
+        monkeypatch.delattr(os, "writev")
+        monkeypatch.delattr(os, "posix_fadvise")
+    else:  # the kernel may write less than asked: the rest must follow
+        real = os.writev
+
+        def short(fd, views):  # at most half of the first buffer (at least a byte)
+            first = views[0]
+            return real(fd, [first[: max(1, len(first) // 2)]] if len(first) else views[:1])
+
+        monkeypatch.setattr(os, "writev", short)
+    st = Storage.from_url(str(tmp_path))
+    st.write_durably("a/b/shard", parts)
+    assert (tmp_path / "a" / "b" / "shard").read_bytes() == expected
+    assert os.listdir(tmp_path / "a" / "b") == ["shard"]
+
+
+def test_durable_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    st = Storage.from_url(str(tmp_path))
+    st.write_durably("d/kept", [b"old"])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        st.write_durably("d/kept", [b"new"])
+    assert os.listdir(tmp_path / "d") == ["kept"]
+    assert (tmp_path / "d" / "kept").read_bytes() == b"old"
