@@ -221,6 +221,32 @@ def test_writer_checks_alignment_order_and_range(tmp_path):
     assert not np.any(store.read("preprocessed", slice(8, 15)))
 
 
+def test_a_later_batch_reusing_shard_buffers_never_shows_an_earlier_batchs_pixels(tmp_path):
+    """Writers of one process reuse shard buffers (fresh pages are costly): a
+    row that gets no image must still read as zero, not as what the buffer held
+    for the previous batch; two writers at once never share a buffer."""
+    spec = PipelineSpec(size=32)
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.initialise(spec, batch_size=8)
+    store.ensure_capacity(24)
+    outputs = run_pipeline(phantom_chest(32, seed=1), spec)
+    with store.writer(0, 8) as first:
+        for slot in range(8):
+            first.put(slot, outputs)
+        held = first._buffer(0)
+    with store.writer(8, 8) as second, store.writer(16, 8) as third:
+        second.put(0, outputs)  # slots 1..7 fail
+        third.put(7, outputs)  # slots 0..6 fail
+        assert second._buffer(0) is held  # reused...
+        assert third._buffer(0) is not held  # ...by one writer only
+    assert np.array_equal(store.read("preprocessed", 0), outputs["preprocessed"])
+    assert np.array_equal(store.read("preprocessed", 8), outputs["preprocessed"])
+    assert np.array_equal(store.read("preprocessed", 23), outputs["preprocessed"])
+    for name in ("preprocessed", *PACKED, "canny", "mask", "histogram"):
+        assert not np.any(store.read(name, slice(9, 16))), name
+        assert not np.any(store.read(name, slice(16, 23))), name
+
+
 def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
     """The writer encodes image shards itself (the array's own codecs, not
     Zarr's async pipeline): every object must equal what Zarr writes for the
