@@ -559,9 +559,12 @@ class _ShardEncoder:
 
     @classmethod
     def for_array(cls, arr, shard: int) -> _ShardEncoder | None:
-        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.codecs.sharding import ShardingCodecIndexLocation
-
+        try:  # what a later Zarr moves or renames sends the writer back through Zarr
+            import google_crc32c  # noqa: F401  (Zarr's own CRC-32C)
+            from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+            from zarr.codecs.sharding import ShardingCodecIndexLocation
+        except ImportError:
+            return None
         codecs = arr.metadata.codecs
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
@@ -575,6 +578,7 @@ class _ShardEncoder:
             or [type(c) for c in inner] != [BytesCodec, BloscCodec]
             or [type(c) for c in index] != [BytesCodec, Crc32cCodec]
             or any(getattr(c.endian, "value", "little") != "little" for c in (inner[0], index[0]))
+            or not hasattr(inner[1], "_blosc_codec")
         ):
             return None
         return cls(arr, inner[1], shard)

@@ -247,6 +247,24 @@ def test_a_later_batch_reusing_shard_buffers_never_shows_an_earlier_batchs_pixel
         assert not np.any(store.read(name, slice(16, 23))), name
 
 
+def test_without_the_direct_encoder_the_writer_goes_through_zarr(tmp_path, monkeypatch):
+    """A layout (or a Zarr) the direct encoder does not know: Zarr writes every array."""
+    from xraycore import store as store_module
+
+    monkeypatch.setattr(store_module._ShardEncoder, "for_array", classmethod(lambda *a: None))
+    spec = PipelineSpec(size=32)
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.initialise(spec, batch_size=8)
+    store.ensure_capacity(8)
+    outputs = run_pipeline(phantom_chest(32, seed=2), spec)
+    with store.writer(0, 8) as writer:
+        assert writer._encoders == {}
+        writer.put(5, outputs)
+    assert np.array_equal(store.read("preprocessed", 5), outputs["preprocessed"])
+    assert np.array_equal(store.read("canny", 5), outputs["canny"])
+    assert not np.any(store.read("log", 4))
+
+
 def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
     """The writer encodes image shards itself (the array's own codecs, not
     Zarr's async pipeline): every object must equal what Zarr writes for the
