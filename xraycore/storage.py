@@ -17,6 +17,8 @@ from typing import Any
 
 import fsspec
 
+from .durable import write_durably
+
 __all__ = [
     "S3_CLIENT_CONFIG",
     "CredentialsRefusedError",
@@ -196,9 +198,9 @@ class Storage:
     def write_durably(self, rel: str, parts) -> None:
         """Write the buffers ``parts``, in order, as one file that readers see
         whole or not at all; on local disk also synced to disk and dropped from
-        the page cache (see :func:`_write_durably`). For bulk outputs."""
+        the page cache (see :func:`xraycore.durable.write_durably`). For bulk outputs."""
         if self.is_local:
-            _write_durably(self.path(rel), parts)
+            write_durably(self.path(rel), parts)
         else:
             self.fs.pipe_file(self.path(rel), b"".join(parts))
 
@@ -217,7 +219,9 @@ class Storage:
 
         if self.is_local:
             os.makedirs(self.path(rel), exist_ok=True)
-            return _durable_local_store(self.path(rel))
+            from ._zarr_local import DurableLocalStore
+
+            return DurableLocalStore(self.path(rel))
         fs = self.fs
         if not getattr(fs, "async_impl", False):
             raise ValueError(f"protocol {self.protocol!r} has no async filesystem for Zarr")
@@ -241,63 +245,3 @@ class Storage:
     def _strip(self, path: str) -> str:
         protocol, rest = fsspec.core.split_protocol(path)
         return rest if protocol else path
-
-
-def _write_durably(path: str, parts) -> None:
-    """Write the buffers ``parts`` one after another to ``path`` through a
-    renamed temporary file, synced to disk, and drop its pages from the page
-    cache.
-
-    Synced, so that a row committed after its pixels has them on disk, not
-    only in memory. Dropped, because a batch writer never reads a shard back:
-    kept, its pages would crowd the page cache at the expense of what is read
-    (the source scans), and every new file would take fresh pages. On the
-    project's VM a write into fresh pages cost 2.4 ms of CPU per MB, against
-    0.2-0.25 ms when the pages of earlier shards are reused this way
-    (docs/benchmarks.md).
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            views = [memoryview(p).cast("B") for p in parts]
-            while views:
-                if hasattr(os, "writev"):  # one system call for a whole shard
-                    written = os.writev(fd, views[:_IOV_MAX])
-                else:  # Windows
-                    written = os.write(fd, views[0])
-                while views and written >= len(views[0]):
-                    written -= len(views.pop(0))
-                if written:
-                    views[0] = views[0][written:]
-            os.fsync(fd)
-            if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the kernel decides
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: leave nothing half-written behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-_IOV_MAX = 1024
-
-
-def _durable_local_store(root: str):
-    """A ``zarr.storage.LocalStore`` whose writes go through :func:`_write_durably`."""
-    import asyncio
-
-    import zarr.storage
-
-    class DurableLocalStore(zarr.storage.LocalStore):
-        async def set(self, key, value) -> None:
-            if not self._is_open:
-                await self._open()
-            self._check_writable()
-            path = os.path.join(str(self.root), key)
-            await asyncio.to_thread(_write_durably, path, [value.as_buffer_like()])
-
-    return DurableLocalStore(root)

@@ -430,3 +430,22 @@ def test_two_compactions_at_once_both_succeed_and_keep_every_row(tmp_path):
     assert store.compact_metadata("mine", transform=other_compacts_meanwhile) == 3
     assert store.compact_metadata("again") == 3
     assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
+
+
+def test_a_dataset_with_open_arrays_pickles_for_dataloader_workers(tmp_path):
+    """A DataLoader with spawned workers pickles the dataset after the parent
+    has read from it (arrays open, local Zarr store included)."""
+    import pickle
+
+    from xraycore.training import ScanDataset
+
+    spec = PipelineSpec(size=32)
+    paths = _png_files(tmp_path, [phantom_chest(32, seed=i) for i in range(3)])
+    _build(str(tmp_path / "store"), paths, spec, batch_size=4)
+    dataset = ScanDataset(str(tmp_path / "store"))
+    first = dataset[1]
+    again = pickle.loads(pickle.dumps(dataset))
+    assert len(again) == len(dataset) == 3
+    got = again[1]
+    expected = first[0] if isinstance(first, tuple) else first
+    assert np.array_equal(got[0] if isinstance(got, tuple) else got, expected)
