@@ -221,15 +221,20 @@ def test_writer_checks_alignment_order_and_range(tmp_path):
     assert not np.any(store.read("preprocessed", slice(8, 15)))
 
 
+def _small_store(tmp_path: Path, *, rows: int, seed: int):
+    """A 32 px store in batches of 8 with room for ``rows``, and one scan's outputs."""
+    spec = PipelineSpec(size=32)
+    store = ScanStore.open(str(tmp_path / "s"))
+    store.initialise(spec, batch_size=8)
+    store.ensure_capacity(rows)
+    return store, run_pipeline(phantom_chest(32, seed=seed), spec)
+
+
 def test_a_later_batch_reusing_shard_buffers_never_shows_an_earlier_batchs_pixels(tmp_path):
     """Writers of one process reuse shard buffers (fresh pages are costly): a
     row that gets no image must still read as zero, not as what the buffer held
     for the previous batch; two writers at once never share a buffer."""
-    spec = PipelineSpec(size=32)
-    store = ScanStore.open(str(tmp_path / "s"))
-    store.initialise(spec, batch_size=8)
-    store.ensure_capacity(24)
-    outputs = run_pipeline(phantom_chest(32, seed=1), spec)
+    store, outputs = _small_store(tmp_path, rows=24, seed=1)
     with store.writer(0, 8) as first:
         for slot in range(8):
             first.put(slot, outputs)
@@ -252,11 +257,7 @@ def test_without_the_direct_encoder_the_writer_goes_through_zarr(tmp_path, monke
     from xraycore import store as store_module
 
     monkeypatch.setattr(store_module._ShardEncoder, "for_array", classmethod(lambda *a: None))
-    spec = PipelineSpec(size=32)
-    store = ScanStore.open(str(tmp_path / "s"))
-    store.initialise(spec, batch_size=8)
-    store.ensure_capacity(8)
-    outputs = run_pipeline(phantom_chest(32, seed=2), spec)
+    store, outputs = _small_store(tmp_path, rows=8, seed=2)
     with store.writer(0, 8) as writer:
         assert writer._encoders == {}
         writer.put(5, outputs)
