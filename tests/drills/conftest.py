@@ -3,14 +3,12 @@ a Prefect API server, a moto S3 server, dask scheduler and worker processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from harness import BIN, free_port, wait_for
+from harness import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,54 +30,7 @@ def prefect_server():
 
 
 @pytest.fixture
-def dask_processes(tmp_path, prefect_server):
+def dask_processes(tmp_path, prefect_server, start_dask_processes):
     """`dask scheduler` and two `dask worker` processes (each with its nanny) on loopback."""
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [
-        subprocess.Popen(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    wait_for(scheduler_file.exists, 60, "the dask scheduler")
-    address = json.loads(scheduler_file.read_text())["address"]
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "dask"),
-                    "worker",
-                    address,
-                    "--nthreads",
-                    "1",
-                    "--no-dashboard",
-                    "--host",
-                    "127.0.0.1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    from distributed import Client
-
-    with Client(address, timeout=60) as client:
-        client.wait_for_workers(2, timeout=120)
-    yield address
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    with start_dask_processes(tmp_path) as (address, _):
+        yield address

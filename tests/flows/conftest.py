@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -145,63 +142,8 @@ def s3_server():
 
 
 @pytest.fixture
-def dask_cluster(tmp_path, prefect_server):
+def dask_cluster(tmp_path, prefect_server, start_dask_processes):
     """`dask scheduler` and two `dask worker` processes on loopback."""
-    scheduler_file = tmp_path / "scheduler.json"
-    bindir = Path(sys.executable).parent
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    procs = [
-        subprocess.Popen(
-            [
-                str(bindir / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    deadline = time.time() + 60
-    while not scheduler_file.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    import json
-
-    address = json.loads(scheduler_file.read_text())["address"]
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(bindir / "dask"),
-                    "worker",
-                    address,
-                    "--nthreads",
-                    "1",
-                    "--no-dashboard",
-                    "--host",
-                    "127.0.0.1",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    from distributed import Client
-
-    with Client(address, timeout=60) as client:
-        client.wait_for_workers(2, timeout=120)
-        pids = set(client.run(os.getpid).values())
-    yield address, pids
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    with start_dask_processes(tmp_path, env) as (address, pids):
+        yield address, pids
