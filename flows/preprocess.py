@@ -30,10 +30,10 @@ from xraycore.evaluation import evaluate_store
 from xraycore.lease import DEFAULT_TTL_S, LeaseInfo, StoreLease
 from xraycore.pipeline import PipelineSpec
 from xraycore.report import comparison_sheet, report_markdown
+from xraycore.schema import SHEET
 from xraycore.storage import Storage, refuse_credentials
 from xraycore.store import ScanStore
 
-SHEET = "sheet.png"
 SHEET_ROWS = 3
 
 
@@ -381,7 +381,7 @@ def _thumbnail(target: ScanStore, width: int = 960) -> str | None:
     import numpy as np
 
     try:
-        data = target.storage.read_bytes(target.storage.path(SHEET))
+        data = target.storage.read_bytes(SHEET)
     except FileNotFoundError:
         return None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

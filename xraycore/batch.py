@@ -120,7 +120,6 @@ def process_batch(
     # oversubscribe it.
     cv2.setNumThreads(1)
     target = ScanStore.open(store, storage_options)
-    source = Storage.from_url(batch.items[0].uri, source_options) if batch.items else None
     rows, t0 = [], time.perf_counter()
     pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
     with target.writer(batch.start, len(batch.items)) as writer:
@@ -134,7 +133,7 @@ def process_batch(
                 run_id=run_id,
             )
             try:
-                data = source.read_bytes(item.uri)
+                data = Storage.from_url(item.uri, source_options).read_bytes()
                 row["sha256"] = hashlib.sha256(data).hexdigest()
                 image = decode_image(data, name=item.image_id)
                 row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
@@ -210,9 +209,7 @@ def classify_rows(
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]
     if records:
-        target.write_part(
-            "predictions.parquet", records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}"
-        )
+        target.write_predictions_part(records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}")
     return {
         "rows": len(records),
         "positive": sum(lab == classifier.contract.labels[1] for lab in labels),

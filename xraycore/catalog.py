@@ -47,21 +47,20 @@ def list_sources(source: Storage) -> list[SourceFile]:
     relative to the source root, so a folder and a bucket give the same ids.
     """
     found = source.find()
-    root = source.root.rstrip("/")
     files = []
-    for path, info in found.items():
-        name = posixpath.basename(path)
+    for rel, info in found.items():
+        name = posixpath.basename(rel) or posixpath.basename(source.root)
         if name.startswith("."):
             continue
         ext = posixpath.splitext(name)[1].lower()
         if ext not in IMAGE_EXTENSIONS:
             if ext:
                 continue
-            with source.fs.open(path, "rb") as f:
+            with source.open(rel) as f:
                 if image_format(f.read(136)) != "dicom":
                     continue
-        rel = posixpath.relpath(path, root) if path != root else name
-        uri = path if source.is_local else f"{source.protocol}://{path}"
+        uri = source.uri(rel)
+        rel = rel or name  # a source that is one file: its id is its name
         files.append(
             SourceFile(uri=uri, image_id=rel, size=int(info.get("size") or 0), mtime=_mtime(info))
         )
@@ -99,7 +98,7 @@ def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict
 
     storage = Storage.from_url(url, storage_options)
     try:
-        raw = storage.read_bytes(storage.root)
+        raw = storage.read_bytes()
     except FileNotFoundError as exc:
         raise ValueError(f"labels file {url} does not exist") from exc
     try:

@@ -105,9 +105,9 @@ class ModelContract:
         else seed 000's, with ``overrides`` (non-None values) on top."""
         storage = Storage.from_url(model_url + ".json", storage_options)
         base: dict[str, Any] = {}
-        if storage.fs.exists(storage.root):
+        if storage.exists():
             try:
-                base = json.loads(storage.read_bytes(storage.root))
+                base = json.loads(storage.read_bytes())
             except ValueError as exc:
                 raise ValueError(f"{model_url}.json is not valid JSON: {exc}") from exc
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -164,7 +164,7 @@ class OnnxClassifier:
             ) from exc
         storage = Storage.from_url(model_url, storage_options)
         try:
-            data = storage.read_bytes(storage.root)
+            data = storage.read_bytes()
         except FileNotFoundError as exc:
             raise ValueError(f"model {model_url} does not exist") from exc
         self.model_url = model_url

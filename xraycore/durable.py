@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
+
+from .schema import temporary_path
 
 __all__ = ["write_durably"]
 
@@ -26,7 +27,7 @@ def write_durably(path: str, parts) -> None:
     (docs/benchmarks.md).
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    tmp = temporary_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:

@@ -14,15 +14,14 @@ from .store import ScanStore
 
 __all__ = ["CONFUSION", "REPORT", "evaluate_store", "model_sha256"]
 
-REPORT = "classification_report.json"
-CONFUSION = "confusion_matrix.png"
+from .schema import CONFUSION, REPORT
 
 
 def model_sha256(model: str, storage_options: dict[str, Any] | None = None) -> str:
     """SHA-256 of the model file: predictions are keyed by it, not by its URL."""
     storage = Storage.from_url(model, storage_options)
     try:
-        return hashlib.sha256(storage.read_bytes(storage.root)).hexdigest()
+        return hashlib.sha256(storage.read_bytes()).hexdigest()
     except FileNotFoundError as exc:
         raise ValueError(f"model {model} does not exist") from exc
 

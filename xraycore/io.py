@@ -129,14 +129,13 @@ def read_image(
 ) -> np.ndarray:
     """Read and decode one image from a local path or any fsspec URL (``s3://...``).
 
-    ``storage_options`` go to :func:`fsspec.open` (for S3: ``endpoint_url``,
-    ``key``, ``secret``, ``anon``...). See :func:`decode_image` for ``frame``
-    and the result.
+    ``storage_options`` go to :class:`~xraycore.storage.Storage` (for S3:
+    ``endpoint_url``, ``anon``, ``profile``...). See :func:`decode_image` for
+    ``frame`` and the result.
     """
-    import fsspec
+    from .storage import Storage
 
-    with fsspec.open(uri, "rb", **storage_options) as f:
-        data = f.read()
+    data = Storage.from_url(uri, storage_options).read_bytes()
     return decode_image(data, name=uri, max_pixels=max_pixels, frame=frame)
 
 

@@ -4,13 +4,13 @@ Two runs on one store at once would both read the arrays' capacity, grow them
 and plan the same rows (Zarr is safe for concurrent writes to distinct chunks
 only, zarr-python #3514, #3169). So a run first takes ``STORE/_lease.json``:
 
-- it is *created* with a conditional write that fails when the file exists:
-  ``If-None-Match: *`` on S3 (s3fs ``pipe_file(..., mode="create")``), and on a
-  local or network disk a hard link of a fully written temporary file, which
-  the kernel refuses when the name exists (atomic on NFS too, unlike
-  ``O_EXCL`` on old clients);
+- it is *created* with a conditional write that fails when the file exists
+  (:meth:`xraycore.storage.Storage.create_exclusive`: ``If-None-Match: *`` on
+  S3; on a local or network disk a check and a renamed write under an
+  exclusive ``flock``);
 - it is *renewed* every ``ttl_s / 4`` by a background thread, conditionally
-  (``If-Match`` on the lease's ETag on S3; on disk after checking the nonce),
+  (``If-Match`` on the lease's ETag on S3; on disk a comparison of its bytes
+  under the lock),
   so a run that lost its lease finds out instead of overwriting the new
   holder's;
 - it is *stale* when it was not renewed for ``ttl_s`` seconds, or when its
@@ -27,7 +27,6 @@ back and recognises its own nonce.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,7 +39,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .storage import Storage
+from .schema import LEASE
+from .storage import ConditionFailed, Storage
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -55,8 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The lease object, under the store's root.
-LEASE = "_lease.json"
 
 #: A lease not renewed for this long is stale. Renewed every quarter of it, so
 #: three renewals in a row can fail (a slow or faulty object store) before a
@@ -187,143 +185,36 @@ class LeaseInfo:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-class _Conflict(Exception):
-    """A conditional write did not hold: someone else wrote the lease."""
-
-
-class _LocalLease:
-    """The lease file on a local or network disk.
-
-    Every change (create, take over, renew, delete) compares and writes under an
-    exclusive ``flock`` on ``_lease.json.lock``: without it, a run taking over a
-    stale lease and a run renewing or putting one back could interleave their
-    read and their write, and two runs would both believe they hold the store.
-    """
+class _LeaseFile:
+    """The lease file through the storage's conditional writes: compared under
+    an exclusive ``flock`` on local or network disk, by S3 on its ETag."""
 
     def __init__(self, storage: Storage):
+        if not (storage.is_local or storage.protocol in ("s3", "s3a")):
+            raise ValueError(
+                f"store {storage.url}: leases need a local path or s3:// (conditional writes); "
+                f"{storage.protocol}:// has none here"
+            )
         self.storage = storage
-        self.path = storage.path(LEASE)
 
-    @contextlib.contextmanager
-    def _locked(self):
-        import fcntl
+    def create(self, data: bytes) -> Any:
+        return self.storage.create_exclusive(LEASE, data)
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def read(self) -> tuple[bytes, Any] | None:
+        return self.storage.read_versioned(LEASE)
 
-    def _write(self, data: bytes) -> None:
-        # Renamed into place: a reader sees the old lease or the new one.
-        self.storage.write_bytes_atomic(LEASE, data)
-
-    def _current(self) -> bytes | None:
-        try:
-            with open(self.path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-    def create(self, data: bytes) -> bytes:
-        with self._locked():
-            if self._current() is not None:
-                raise _Conflict
-            self._write(data)
-        return data
-
-    def read(self) -> tuple[bytes, bytes] | None:
-        data = self._current()
-        return None if data is None else (data, data)
-
-    def replace(self, token: bytes, data: bytes) -> bytes:
-        """Take over (or renew) the lease whose content was ``token``."""
-        with self._locked():
-            if self._current() != token:  # renewed, released or retaken since read
-                raise _Conflict
-            self._write(data)
-        return data
+    def replace(self, token: Any, data: bytes) -> Any:
+        """Take over (or renew) the lease whose version was ``token``."""
+        return self.storage.replace_if(LEASE, data, token)
 
     renew = replace
 
-    def delete(self, token: bytes | None) -> None:
-        with self._locked():
-            if token is not None and self._current() != token:
-                raise _Conflict
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+    def delete(self, token: Any | None) -> None:
+        self.storage.remove_if(LEASE, token)
 
 
-class _S3Lease:
-    """The lease object on S3: conditional PUT and DELETE on its ETag."""
-
-    def __init__(self, storage: Storage):
-        self.fs = storage.fs
-        self.path = storage.path(LEASE)
-        self.bucket, self.key, _ = self.fs.split_path(self.path)
-
-    @staticmethod
-    def _precondition(exc: OSError) -> bool:
-        return "pre-condition" in str(exc) or "PreconditionFailed" in str(exc)
-
-    def create(self, data: bytes) -> str:
-        try:
-            out = self.fs.pipe_file(self.path, data, mode="create")
-        except FileExistsError:
-            raise _Conflict from None
-        return out["ETag"]
-
-    def read(self) -> tuple[bytes, str] | None:
-        from fsspec.asyn import sync
-
-        async def get():
-            resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
-            async with resp["Body"] as body:
-                return await body.read(), resp["ETag"]
-
-        try:
-            return sync(self.fs.loop, get)
-        except FileNotFoundError:
-            return None
-
-    def replace(self, token: str, data: bytes) -> str:
-        try:
-            out = self.fs.pipe_file(self.path, data, IfMatch=token)
-        except FileNotFoundError:
-            raise _Conflict from None
-        except OSError as exc:
-            if self._precondition(exc):
-                raise _Conflict from None
-            raise
-        return out["ETag"]
-
-    renew = replace
-
-    def delete(self, token: str | None) -> None:
-        extra = {"IfMatch": token} if token is not None else {}
-        try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, **extra)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if self._precondition(exc):
-                raise _Conflict from None
-            raise
-        finally:
-            self.fs.invalidate_cache(self.path)
-
-
-def _backend(storage: Storage):
-    if storage.is_local:
-        return _LocalLease(storage)
-    if storage.protocol in ("s3", "s3a"):
-        return _S3Lease(storage)
-    raise ValueError(
-        f"store {storage.url}: leases need a local path or s3:// (conditional writes); "
-        f"{storage.protocol}:// has none here"
-    )
+_backend = _LeaseFile
+_Conflict = ConditionFailed
 
 
 def read_lease(storage: Storage) -> LeaseInfo | None:

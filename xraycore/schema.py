@@ -33,24 +33,105 @@ A reader of the store contract needs this file and nothing else. Format 2:
 from __future__ import annotations
 
 import math
+import posixpath
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .pipeline import PipelineSpec
+if TYPE_CHECKING:
+    from .pipeline import PipelineSpec
 
 __all__ = [
+    "CONFUSION",
     "FORMAT",
+    "IMAGES",
+    "LEASE",
+    "METADATA",
     "METADATA_COLUMNS",
+    "PREDICTIONS",
+    "PREDICTION_COLUMNS",
+    "REPORT",
+    "SHEET",
+    "TEMPORARY_SUFFIX",
     "ArraySpec",
     "StoreFormatError",
     "array_specs",
     "check_format",
     "checksum",
+    "is_part",
+    "is_temporary",
     "metadata_row",
+    "part_name",
+    "temporary_path",
 ]
+
+# -- The files of a store, relative to its root --------------------------------
+#: Zarr v3 group of the pixel arrays.
+IMAGES = "images.zarr"
+#: Parquet dataset (a directory of parts) of one row per source.
+METADATA = "metadata.parquet"
+#: Parquet dataset of one prediction per (image, model).
+PREDICTIONS = "predictions.parquet"
+#: The lease of the run writing the store (:mod:`xraycore.lease`).
+LEASE = "_lease.json"
+#: A comparison picture of a few rows of the last run.
+SHEET = "sheet.png"
+#: The classification report of the last scoring run, and its confusion matrix.
+REPORT = "classification_report.json"
+CONFUSION = "confusion_matrix.png"
+
+#: Every writer of a store (shards, Parquet parts, the lease, pictures) writes
+#: ``<target>.<random hex>.partial`` and renames it into place, so what a killed
+#: writer leaves behind is found (``xray verify``) and removed (``--repair``,
+#: and the run holding the lease) by this one suffix.
+TEMPORARY_SUFFIX = ".partial"
+
+
+def temporary_path(target: str) -> str:
+    """The temporary file a write of ``target`` goes through (unique per write)."""
+    return f"{target}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}"
+
+
+def is_temporary(path: str) -> bool:
+    """True for a file that a writer had not yet renamed into place."""
+    return posixpath.basename(path).endswith(TEMPORARY_SUFFIX)
+
+
+_PART_PREFIX = "part-"
+_PART_SUFFIX = ".parquet"
+_COMPACTED = "compacted-"
+
+
+def part_name(part: str) -> str:
+    """File name of the Parquet part ``part`` of a dataset (metadata, predictions).
+
+    Batch parts are named ``<first row>-...-<run id>``; a compaction writes
+    ``compacted-<run id>``: the run that wrote a part is the name's last field.
+    """
+    return f"{_PART_PREFIX}{part}{_PART_SUFFIX}"
+
+
+def compacted_part_name(run_id: str) -> str:
+    return part_name(f"{_COMPACTED}{run_id}")
+
+
+def is_part(path: str) -> bool:
+    """True for a committed part file (not a temporary, not a stray file)."""
+    name = posixpath.basename(path)
+    return name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX)
+
+
+def is_compacted_part(path: str) -> bool:
+    return is_part(path) and posixpath.basename(path).startswith(_PART_PREFIX + _COMPACTED)
+
+
+def part_of_run(path: str, run_id: str) -> bool:
+    """True for a part written by the run ``run_id``."""
+    return is_part(path) and posixpath.basename(path).endswith(f"-{run_id}{_PART_SUFFIX}")
+
 
 #: Version of the on-disk layout. Bump on any change of names, dtypes or encodings.
 FORMAT = 2
@@ -273,6 +354,25 @@ METADATA_COLUMNS: dict[str, str] = {
 }
 
 
+#: The columns of a prediction (one per image and model; re-scoring replaces).
+PREDICTION_COLUMNS: dict[str, str] = {
+    "image_id": "string",
+    "row": "int64",
+    "score": "double",
+    "label": "string",
+    "model": "string",
+    "model_sha256": "string",
+    "run_id": "string",
+    "classified_at": "timestamp[us, tz=UTC]",
+}
+
+#: How the latest row of each dataset is found: its key, and its time column.
+METADATA_KEY = ("source",)
+METADATA_TIME = "processed_at"
+PREDICTION_KEY = ("image_id", "model_sha256")
+PREDICTION_TIME = "classified_at"
+
+
 def metadata_row(
     *, image_id: str, source: str, size: int, mtime: float, pipeline_hash: str, run_id: str
 ) -> dict[str, Any]:
@@ -303,6 +403,13 @@ def arrow_schema(rows: list[dict[str, Any]]):
         inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in rows]).schema
         fields += list(inferred)
     return pa.schema(fields)
+
+
+def prediction_schema():
+    """The pyarrow schema of a predictions part."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(k, _arrow_type(t)) for k, t in PREDICTION_COLUMNS.items()])
 
 
 def _arrow_type(name: str):

@@ -1,6 +1,8 @@
 """One storage class for local disk and object stores: they differ only by URL.
 
-Modelled on pangeo-forge-recipes' ``FSSpecTarget.from_url``. S3 goes through
+Modelled on pangeo-forge-recipes' ``FSSpecTarget.from_url``: this is the only
+module that touches fsspec, and every method takes a path relative to the
+root (``""`` is the root itself, which may be a single file). S3 goes through
 s3fs and honours the standard AWS environment (``AWS_ENDPOINT_URL``, keys,
 region) or explicit ``storage_options``.
 """
@@ -11,16 +13,17 @@ import contextlib
 import copy
 import os
 import posixpath
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 
 from .durable import write_durably
+from .schema import temporary_path
 
 __all__ = [
     "S3_CLIENT_CONFIG",
+    "ConditionFailed",
     "CredentialsRefusedError",
     "Storage",
     "redact",
@@ -62,6 +65,11 @@ HOW_TO_GIVE_CREDENTIALS = (
     '{"profile": "name"}), or a Prefect AwsCredentials block (--aws-credentials NAME; '
     "pip install 'xray-pipeline[aws]')"
 )
+
+
+class ConditionFailed(Exception):
+    """A conditional write did not hold: the file exists already, or is not the
+    version the caller read."""
 
 
 class CredentialsRefusedError(ValueError):
@@ -115,7 +123,11 @@ def redact(options: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Storage:
-    """A root location (``/path``, ``file://``, ``s3://bucket/prefix``) and its filesystem."""
+    """A root location (``/path``, ``file://``, ``s3://bucket/prefix``) and its filesystem.
+
+    Every method takes a path relative to the root; ``""`` (the default) is the
+    root itself.
+    """
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -138,7 +150,7 @@ class Storage:
                 **options.get("config_kwargs", {}),
             }
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.url, **options)
+            self._fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
             raise ValueError(f"cannot open storage {self.url!r}: {exc}") from exc
         self.root = root.rstrip("/") if root not in ("/", "") else root
@@ -152,8 +164,14 @@ class Storage:
     def is_local(self) -> bool:
         return self.protocol in ("file", "local")
 
+    @property
+    def client_config(self) -> dict[str, Any]:
+        """The botocore client settings S3 requests go out with (empty elsewhere)."""
+        return dict(getattr(self._fs, "config_kwargs", None) or {})
+
     def path(self, *parts: str) -> str:
         """Filesystem path (no protocol) of ``parts`` under the root."""
+        parts = tuple(p for p in parts if p)
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def uri(self, *parts: str) -> str:
@@ -164,24 +182,82 @@ class Storage:
     def child(self, *parts: str) -> Storage:
         return Storage(self.uri(*parts), dict(self.storage_options))
 
+    # -- reading --------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return self._fs.exists(self.path(*parts))
 
-    def read_bytes(self, path: str) -> bytes:
-        """Read a file given by its full path or URL on this filesystem."""
-        return self.fs.cat_file(self._strip(path))
+    def is_file(self, rel: str = "") -> bool:
+        return self._fs.isfile(self.path(rel))
 
+    def open(self, rel: str = "", mode: str = "rb"):
+        """A file object for reading ``rel`` (``mode`` ``"rb"``)."""
+        if "r" not in mode:
+            raise ValueError(f"open is for reading; write with write_bytes_atomic, got {mode!r}")
+        return self._fs.open(self.path(rel), mode)
+
+    def read_bytes(self, rel: str = "") -> bytes:
+        """The whole of ``rel`` (FileNotFoundError when absent)."""
+        return self._fs.cat_file(self.path(rel))
+
+    def read_many(self, rels: list[str]) -> list[bytes | None]:
+        """The bytes of every path in ``rels``, None for one that is absent.
+
+        Object stores fetch them concurrently (s3fs keeps many requests in
+        flight on one connection pool); other errors are raised.
+        """
+        if not rels:
+            return []
+        paths = [self.path(r) for r in rels]
+        if self.is_local:
+            out = []
+            for p in paths:
+                try:
+                    with open(p, "rb") as f:
+                        out.append(f.read())
+                except FileNotFoundError:
+                    out.append(None)
+            return out
+        found = self._fs.cat(paths, on_error="return")
+        out = []
+        for p in paths:
+            value = found.get(p)
+            if isinstance(value, FileNotFoundError):
+                out.append(None)
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                out.append(value)
+        return out
+
+    def ls(self, rel: str = "") -> list[str]:
+        """Names of the entries of the folder ``rel`` (not recursive)."""
+        base = self.path(rel)
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self._fs.ls(base, detail=False))
+
+    def find(self, rel: str = "") -> dict[str, dict[str, Any]]:
+        """Every file under ``rel`` (recursive, paginated by the filesystem),
+        by its path relative to the root, with the filesystem's details. When
+        ``rel`` is a file, that file alone."""
+        base = self.path(rel)
+        if not self._fs.exists(base):
+            raise FileNotFoundError(f"{self.uri(rel)} does not exist")
+        if self._fs.isfile(base):
+            return {rel: self._fs.info(base)}
+        found = self._fs.find(base, withdirs=False, detail=True)
+        root = self.root.rstrip("/")
+        return {posixpath.relpath(p, root or "/"): info for p, info in found.items()}
+
+    # -- writing --------------------------------------------------------------
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
         """Write a file so that readers see either nothing or the whole of it.
 
         Object stores publish a PUT atomically; on local disk a temporary file
-        is renamed into place.
+        (:func:`xraycore.schema.temporary_path`) is synced and renamed into place.
         """
         target = self.path(rel)
-        parent = posixpath.dirname(target)
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = temporary_path(target)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -193,7 +269,7 @@ class Storage:
                     os.unlink(tmp)
                 raise
         else:
-            self.fs.pipe_file(target, data)
+            self._fs.pipe_file(target, data)
 
     def write_durably(self, rel: str, parts) -> None:
         """Write the buffers ``parts``, in order, as one file that readers see
@@ -202,17 +278,147 @@ class Storage:
         if self.is_local:
             write_durably(self.path(rel), parts)
         else:
-            self.fs.pipe_file(self.path(rel), b"".join(parts))
+            self._fs.pipe_file(self.path(rel), b"".join(parts))
 
     def remove(self, rel: str) -> None:
+        """Delete the file or folder ``rel`` (nothing when it is absent)."""
         target = self.path(rel)
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self._fs.exists(target):
+                self._fs.rm(target, recursive=True)
 
     def makedirs(self, rel: str = "") -> None:
+        """Create the folder ``rel`` (on S3: the bucket of the root, if missing)."""
         if self.is_local:
-            os.makedirs(self.path(rel) if rel else self.root, exist_ok=True)
+            os.makedirs(self.path(rel), exist_ok=True)
+        elif self.protocol in ("s3", "s3a"):
+            bucket = self.root.split("/", 1)[0]
+            if not self._fs.exists(bucket):
+                self._fs.mkdir(bucket)
 
+    # -- conditional writes (the lease) ---------------------------------------
+    # A token names the version of a file a caller read: its bytes on local
+    # disk (compared under an exclusive flock), its ETag on S3 (compared by S3,
+    # If-None-Match / If-Match).
+    @contextlib.contextmanager
+    def _locked(self, target: str):
+        import fcntl
+
+        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        fd = os.open(f"{target}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _check_conditional(self) -> None:
+        if not (self.is_local or self.protocol in ("s3", "s3a")):
+            raise ValueError(
+                f"storage {self.url}: conditional writes need a local path or s3://; "
+                f"{self.protocol}:// has none here"
+            )
+
+    def _local_current(self, target: str) -> bytes | None:
+        try:
+            with open(target, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _precondition(exc: OSError) -> bool:
+        return "pre-condition" in str(exc) or "PreconditionFailed" in str(exc)
+
+    def read_versioned(self, rel: str) -> tuple[bytes, Any] | None:
+        """``(bytes, token)`` of ``rel``, or None when it does not exist."""
+        self._check_conditional()
+        target = self.path(rel)
+        if self.is_local:
+            data = self._local_current(target)
+            return None if data is None else (data, data)
+        # The ETag first, then the bytes: bytes newer than the token only make
+        # a later conditional write fail, never succeed over an unseen version.
+        self._fs.invalidate_cache(target)
+        try:
+            token = self._fs.info(target)["ETag"]
+            data = self._fs.cat_file(target)
+        except FileNotFoundError:
+            return None
+        return data, token
+
+    def create_exclusive(self, rel: str, data: bytes) -> Any:
+        """Write ``rel`` only if it does not exist; returns its token.
+
+        Raises :class:`ConditionFailed` when it exists.
+        """
+        self._check_conditional()
+        target = self.path(rel)
+        if self.is_local:
+            with self._locked(target):
+                if self._local_current(target) is not None:
+                    raise ConditionFailed(rel)
+                self.write_bytes_atomic(rel, data)
+            return data
+        try:
+            out = self._fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            raise ConditionFailed(rel) from None
+        except OSError as exc:
+            if self._precondition(exc):
+                raise ConditionFailed(rel) from None
+            raise
+        return out["ETag"]
+
+    def replace_if(self, rel: str, data: bytes, token: Any) -> Any:
+        """Write ``rel`` only if it is still the version ``token``; returns the new token.
+
+        Raises :class:`ConditionFailed` when it changed or is gone.
+        """
+        self._check_conditional()
+        target = self.path(rel)
+        if self.is_local:
+            with self._locked(target):
+                if self._local_current(target) != token:
+                    raise ConditionFailed(rel)
+                self.write_bytes_atomic(rel, data)
+            return data
+        try:
+            out = self._fs.pipe_file(target, data, IfMatch=token)
+        except FileNotFoundError:
+            raise ConditionFailed(rel) from None
+        except OSError as exc:
+            if self._precondition(exc):
+                raise ConditionFailed(rel) from None
+            raise
+        return out["ETag"]
+
+    def remove_if(self, rel: str, token: Any | None) -> None:
+        """Delete ``rel`` if it is still the version ``token`` (whatever it is
+        when ``token`` is None). Raises :class:`ConditionFailed` when it changed."""
+        self._check_conditional()
+        target = self.path(rel)
+        if self.is_local:
+            with self._locked(target):
+                if token is not None and self._local_current(target) != token:
+                    raise ConditionFailed(rel)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+            return
+        bucket, key, _ = self._fs.split_path(target)
+        extra = {"IfMatch": token} if token is not None else {}
+        try:
+            self._fs.call_s3("delete_object", Bucket=bucket, Key=key, **extra)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if self._precondition(exc):
+                raise ConditionFailed(rel) from None
+            raise
+        finally:
+            self._fs.invalidate_cache(target)
+
+    # -- Zarr -----------------------------------------------------------------
     def zarr_store(self, rel: str):
         """A Zarr v3 store for ``rel`` under the root."""
         import zarr.storage
@@ -222,26 +428,23 @@ class Storage:
             from ._zarr_local import DurableLocalStore
 
             return DurableLocalStore(self.path(rel))
-        fs = self.fs
+        fs = self._fs
         if not getattr(fs, "async_impl", False):
             raise ValueError(f"protocol {self.protocol!r} has no async filesystem for Zarr")
         # Zarr needs an async instance of the same filesystem.
         afs = type(fs)(**{**self._options, "asynchronous": True})
         return zarr.storage.FsspecStore(afs, path=self.path(rel), read_only=False)
 
-    def find(self, rel: str = "") -> dict[str, dict[str, Any]]:
-        """Every file under ``rel`` (recursive, paginated by the filesystem) with details."""
-        base = self.path(rel) if rel else self.root
-        if not self.fs.exists(base):
-            raise FileNotFoundError(f"source {self.uri(rel) if rel else self.url} does not exist")
-        if self.fs.isfile(base):
-            return {base: self.fs.info(base)}
-        return self.fs.find(base, withdirs=False, detail=True)
-
     def safe_description(self) -> str:
         opts = redact(self._options)
         return f"{self.url}" + (f" {opts}" if opts else "")
 
-    def _strip(self, path: str) -> str:
-        protocol, rest = fsspec.core.split_protocol(path)
-        return rest if protocol else path
+    def __getstate__(self) -> dict[str, Any]:
+        # The filesystem is made again where the storage is unpickled (a Dask
+        # worker, a DataLoader worker): an async client must not cross a fork
+        # or a process boundary (fsspec#835).
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url, self.storage_options = state["url"], state["storage_options"]
+        self.__post_init__()

@@ -12,7 +12,10 @@
 - ``shared_row``: two sources whose latest ``ok`` rows point at one array row (mixed);
 - ``duplicate_source``: a source twice in one metadata part;
 - ``leftover_part``: a metadata (or predictions) part not merged by a compaction,
-  or a temporary file: what a run killed before its commit leaves;
+  or a stray file among the parts: what a run killed before its commit leaves;
+- ``temporary_file``: a file a writer never renamed into place (a shard, a
+  part, the lease, a picture: :func:`xraycore.schema.is_temporary`), left by a
+  writer killed mid-write; not reported while a live run holds the store;
 - ``bad_part``: a metadata part that cannot be read;
 - ``stale_lease``: a lease whose holder is gone.
 
@@ -43,7 +46,8 @@ from typing import Any
 
 from . import schema
 from .lease import StoreLease, read_lease
-from .store import IMAGES, METADATA, PREDICTIONS, ScanStore
+from .schema import IMAGES, METADATA, PREDICTIONS
+from .store import ScanStore
 
 __all__ = ["ROW_KINDS", "Problem", "VerifyReport", "check_shard", "repair_store", "verify_store"]
 
@@ -123,21 +127,18 @@ def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: 
     become problems (the parts of a live writer ``live_run`` are expected)."""
     import pyarrow.parquet as pq
 
-    try:
-        files = store.storage.find(dataset)
-    except FileNotFoundError:
-        return []
-    compacted = [p for p in files if posixpath.basename(p).startswith("part-compacted-")]
+    table_of = store.metadata if dataset == METADATA else store.predictions
+    files = table_of.files()
+    compacted = [p for p in files if schema.is_compacted_part(p)]
     tables = []
-    for path in sorted(files):
-        name = posixpath.basename(path)
-        if not (name.startswith("part-") and name.endswith(".parquet")):
-            problems.append(
-                Problem("leftover_part", "temporary file of an interrupted write", path=path)
-            )
+    for path in files:
+        if schema.is_temporary(path):  # reported with the store's other temporaries
             continue
-        live = live_run is not None and name.endswith(f"-{live_run}.parquet")
-        if name.startswith("part-compacted-"):
+        if not schema.is_part(path):
+            problems.append(Problem("leftover_part", "not a part of the dataset", path=path))
+            continue
+        live = live_run is not None and schema.part_of_run(path, live_run)
+        if schema.is_compacted_part(path):
             if len(compacted) > 1 and not live:
                 problems.append(
                     Problem(
@@ -163,9 +164,9 @@ def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: 
 
 def _shard_objects(store: ScanStore, name: str) -> dict[str, int]:
     """Object key (relative to the array) -> size, for every stored chunk of ``name``."""
-    base = store.storage.path(IMAGES, name)
+    base = posixpath.join(IMAGES, name)
     try:
-        found = store.storage.find(posixpath.join(IMAGES, name, "c"))
+        found = store.storage.find(posixpath.join(base, "c"))
     except FileNotFoundError:
         return {}
     return {posixpath.relpath(p, base): int(info.get("size") or 0) for p, info in found.items()}
@@ -277,6 +278,11 @@ def verify_store(
             live_run = lease.run_id
             report.writer = f"run {lease.run_id} ({lease.holder}) is writing this store"
 
+    if live_run is None:  # a live writer's temporaries are its work in progress
+        for path in store.temporary_files():
+            problems.append(
+                Problem("temporary_file", "left by a writer killed mid-write", path=path)
+            )
     parts = _read_parts(store, METADATA, live_run, problems)
     _read_parts(store, PREDICTIONS, live_run, problems)
     report.parts = len(parts)

@@ -35,7 +35,7 @@ def storage(request, tmp_path, monkeypatch) -> Storage:
         monkeypatch.setenv(k, v)
     bucket = f"lease-{uuid.uuid4().hex[:8]}"
     st = Storage.from_url(f"s3://{bucket}/store", {"endpoint_url": endpoint})
-    st.fs.mkdir(bucket)
+    st.makedirs()
     return st
 
 

@@ -12,7 +12,7 @@ from xraycore.catalog import list_sources
 from xraycore.pipeline import PipelineSpec
 from xraycore.scoring import shard_groups, unscored_rows
 from xraycore.storage import Storage
-from xraycore.store import PREDICTIONS, ScanStore
+from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
 
@@ -49,8 +49,7 @@ def store(tmp_path) -> ScanStore:
 
 def _predict(store: ScanStore, items, sha: str, part: str) -> None:
     now = datetime.now(UTC)
-    store.write_part(
-        PREDICTIONS,
+    store.write_predictions_part(
         [
             dict(image_id=i, row=r, score=0.5, label="x", model="m.onnx", model_sha256=sha,
                  run_id=part, classified_at=now)

@@ -15,14 +15,14 @@ def test_s3_gets_standard_retries_and_timeouts_under_the_callers_own():
         "s3://bucket/store",
         {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"read_timeout": 5}},
     )
-    assert st.fs.config_kwargs == {**S3_CLIENT_CONFIG, "read_timeout": 5}
+    assert st.client_config == {**S3_CLIENT_CONFIG, "read_timeout": 5}
     assert S3_CLIENT_CONFIG["retries"] == {"max_attempts": 10, "mode": "standard"}
     assert st.storage_options == {  # what the caller gave (and Prefect records) is unchanged
         "endpoint_url": "http://127.0.0.1:9",
         "config_kwargs": {"read_timeout": 5},
     }
     zarr_fs = st.zarr_store("images.zarr").fs  # Zarr's async client gets the same settings
-    assert zarr_fs.config_kwargs == st.fs.config_kwargs
+    assert zarr_fs.config_kwargs == st.client_config
 
 
 def test_local_storage_has_no_client_config(tmp_path):
@@ -54,7 +54,7 @@ def test_a_client_cannot_change_the_defaults_of_the_next():
         "s3",
         region_name="us-east-1",
         endpoint_url="http://127.0.0.1:9",
-        config=Config(**st.fs.config_kwargs),
+        config=Config(**st.client_config),
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )

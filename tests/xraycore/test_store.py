@@ -254,9 +254,9 @@ def test_a_later_batch_reusing_shard_buffers_never_shows_an_earlier_batchs_pixel
 
 def test_without_the_direct_encoder_the_writer_goes_through_zarr(tmp_path, monkeypatch):
     """A layout (or a Zarr) the direct encoder does not know: Zarr writes every array."""
-    from xraycore import store as store_module
+    from xraycore.store import _codec
 
-    monkeypatch.setattr(store_module._ShardEncoder, "for_array", classmethod(lambda *a: None))
+    monkeypatch.setattr(_codec.ShardEncoder, "for_array", classmethod(lambda *a: None))
     store, outputs = _small_store(tmp_path, rows=8, seed=2)
     with store.writer(0, 8) as writer:
         assert writer._encoders == {}
@@ -294,7 +294,7 @@ def test_shards_written_directly_are_the_bytes_zarr_writes(tmp_path):
             if slot != 3:
                 a.pack(out[name], block[slot])
         with zarr.config.set({"array.write_empty_chunks": True}):
-            by_zarr._group("a")[name][8:16] = block
+            by_zarr.group("a")[name][8:16] = block
 
     def objects(root: Path) -> dict[str, bytes]:
         files = (root / "images.zarr").rglob("*")

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from xraycore import schema
 from xraycore.batch import Batch, plan_batches, process_batch
 from xraycore.catalog import SourceFile
 from xraycore.lease import LeaseHeldError, StoreLease
@@ -90,7 +91,7 @@ def test_clean_store_is_clean(store):
 
 def test_a_changed_pixel_is_different_and_only_its_row(store):
     _, st = store
-    arr = st._group("a")["preprocessed"]
+    arr = st.group("a")["preprocessed"]
     row = arr[3]
     row[10, 10] ^= 1
     arr[3] = row  # a well-formed shard holding other bytes than were committed
@@ -181,14 +182,17 @@ def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     _shard(st, "preprocessed", 1).write_bytes(b"garbage")
     meta = st.read_metadata().to_pylist()
     st.write_metadata_part(meta[:3], "0000000000-killedrun")  # left by a killed run
-    tmp = Path(st.storage.path("metadata.parquet", "part-0000000016-x.parquet.tmp-1f2e"))
+    part = st.storage.path("metadata.parquet", "part-0000000016-x.parquet")
+    tmp = Path(schema.temporary_path(part))
     tmp.write_bytes(b"")  # a part write cut short (a full disk, SIGKILL)
     report = verify_store(st)
     assert _kinds(report)["unreadable"] == set(range(16, N))
     assert {Path(p.path).name for p in report.problems if p.kind == "leftover_part"} == {
         "part-0000000000-killedrun.parquet",
-        tmp.name,
     }
+    assert [p.path for p in report.problems if p.kind == "temporary_file"] == [
+        f"metadata.parquet/{tmp.name}"
+    ]
     counts = repair_store(st, report, run_id="fix")
     assert counts == {"rows": N - 16, "parts": 1, "files": 1}
     assert not tmp.exists()

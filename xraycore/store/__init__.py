@@ -1,0 +1,33 @@
+"""The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
+
+What is stored, and how, is :mod:`xraycore.schema`; this package reads and
+writes it.
+
+- One array per output, one image per chunk, ``shard_size`` images per shard
+  (:mod:`._layout`). Rows are handed out in batches of ``batch_size`` (a
+  multiple of ``shard_size``); a batch is written by one :class:`ShardWriter`
+  that writes each of its shards whole, once, so no shard ever has two
+  writers. Shards are encoded and decoded whole with the arrays' own codecs
+  (:mod:`._codec`).
+- ``metadata.parquet`` is a Parquet dataset directory (:mod:`._table`): one part
+  file per committed batch, compacted to one file at the end of a run. A part
+  is written only after the pixels it describes, so a row that says ``ok`` has
+  its pixels durably in the store.
+- The group's attributes record the store format, the pipeline spec and its
+  hash; a store refuses a different spec unless asked to overwrite, and a store
+  of another format always.
+"""
+
+from ..schema import StoreFormatError
+from ._codec import ShardDecoder, ShardFormatError
+from ._scans import ScanStore, StoreConflictError
+from ._writer import ShardWriter
+
+__all__ = [
+    "ScanStore",
+    "ShardDecoder",
+    "ShardFormatError",
+    "ShardWriter",
+    "StoreConflictError",
+    "StoreFormatError",
+]

@@ -1,0 +1,74 @@
+"""The Zarr layout of a store's images: one array per output, one image per
+chunk, ``shard_size`` images per shard, Blosc as :mod:`xraycore.schema` says."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import schema
+
+if TYPE_CHECKING:
+    from ..pipeline import PipelineSpec
+    from ..storage import Storage
+
+__all__ = ["create_arrays", "open_group", "shard_rows", "stored_arrays"]
+
+
+def shard_rows(batch_size: int) -> int:
+    """The largest divisor of ``batch_size`` not above :data:`schema.SHARD_SIZE`."""
+    return max(d for d in range(1, min(batch_size, schema.SHARD_SIZE) + 1) if batch_size % d == 0)
+
+
+def open_group(storage: Storage, mode: str = "r"):
+    """The store's Zarr group (``mode`` as :func:`zarr.open_group` takes it)."""
+    import zarr
+
+    return zarr.open_group(storage.zarr_store(schema.IMAGES), mode=mode, zarr_format=3)
+
+
+def stored_arrays(group) -> dict[str, tuple[Any, schema.ArraySpec]]:
+    """Name -> (``zarr.Array``, its :class:`~xraycore.schema.ArraySpec`) of
+    every array the group's attributes list, in their order."""
+    out = {}
+    for name in group.attrs["arrays"]:
+        arr = group[name]
+        spec = schema.ArraySpec.from_attributes(
+            name, str(arr.dtype), arr.shape[1:], dict(arr.attrs)
+        )
+        out[name] = (arr, spec)
+    return out
+
+
+def create_arrays(storage: Storage, spec: PipelineSpec, batch_size: int) -> dict[str, Any]:
+    """Create the group and one empty array per output; returns the attributes
+    recorded on the group (format, pipeline and its hash, batch and shard sizes)."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    group = zarr.open_group(storage.zarr_store(schema.IMAGES), mode="w", zarr_format=3)
+    shard = shard_rows(batch_size)
+    arrays = schema.array_specs(spec)
+    for a in arrays:
+        image = len(a.shape) == 2
+        group.create_array(
+            a.name,
+            shape=(0, *a.shape),
+            dtype=a.dtype,
+            chunks=(1, *a.shape) if image else (shard, *a.shape),
+            shards=(shard, *a.shape) if image else None,
+            compressors=BloscCodec(**schema.COMPRESSORS[a.name]),
+            fill_value=a.fill_value,
+            attributes=a.attributes(),
+            dimension_names=("row", "y", "x") if image else ("row", "bin"),
+        )
+    attrs = {
+        "format": schema.FORMAT,
+        "pipeline_hash": spec.hash,
+        "pipeline": spec.to_dict(),
+        "batch_size": batch_size,
+        "shard_size": shard,
+        "size": spec.size,
+        "arrays": [a.name for a in arrays],
+    }
+    group.attrs.update(attrs)
+    return attrs

@@ -1,0 +1,242 @@
+"""The :class:`ScanStore`: a store of processed scans under one URL."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import numpy as np
+
+from .. import schema
+from ..schema import ArraySpec
+from ..storage import Storage
+from ._codec import ShardDecoder
+from ._layout import create_arrays, open_group, stored_arrays
+from ._table import PartsTable
+from ._writer import ShardWriter
+
+__all__ = ["ScanStore", "StoreConflictError"]
+
+
+class StoreConflictError(ValueError):
+    """The store was written with another pipeline spec or batch size."""
+
+
+class ScanStore:
+    """A store of processed scans under one URL (local path or ``s3://``).
+
+    Pixels are the Zarr arrays of :data:`~xraycore.schema.IMAGES`, one row per
+    scan; what each row is lives in the metadata table
+    (:data:`~xraycore.schema.METADATA`), predictions in their own table.
+    """
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self._readers: dict[str, Any] = {}
+        self.metadata = PartsTable(
+            storage, schema.METADATA, schema.METADATA_KEY, schema.METADATA_TIME
+        )
+        self.predictions = PartsTable(
+            storage, schema.PREDICTIONS, schema.PREDICTION_KEY, schema.PREDICTION_TIME
+        )
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScanStore:
+        return cls(Storage.from_url(url, storage_options))
+
+    def __getstate__(self) -> dict[str, Any]:  # open Zarr arrays stay behind
+        return {"storage": self.storage}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["storage"])
+
+    # -- the Zarr arrays ----------------------------------------------------
+    def group(self, mode: str = "r"):
+        """The Zarr group of the pixel arrays."""
+        return open_group(self.storage, mode)
+
+    def info(self) -> dict[str, Any] | None:
+        """The store's recorded attributes, or None when there is no store yet.
+
+        Raises :class:`~xraycore.schema.StoreFormatError` for a store of another format.
+        """
+        if not self.storage.exists(schema.IMAGES, "zarr.json"):
+            return None
+        attrs = dict(self.group("r").attrs)
+        schema.check_format(attrs, self.storage.url)
+        return attrs
+
+    def info_or_raise(self) -> dict[str, Any]:
+        """:meth:`info`, or a ValueError saying the store does not exist yet."""
+        info = self.info()
+        if info is None:
+            raise ValueError(f"store {self.storage.url} is not initialised (no {schema.IMAGES})")
+        return info
+
+    @property
+    def batch_size(self) -> int:
+        """Rows handed to one writer; batches start at multiples of it."""
+        return int(self.info_or_raise()["batch_size"])
+
+    @property
+    def shard_size(self) -> int:
+        """Images per Zarr shard (divides :attr:`batch_size`)."""
+        return int(self.info_or_raise()["shard_size"])
+
+    def initialise(self, spec, *, batch_size: int, overwrite: bool = False) -> None:
+        """Create the group and arrays, or check that an existing store matches.
+
+        ``batch_size`` rows go to one writer; Zarr shards hold the largest
+        divisor of it up to :data:`xraycore.schema.SHARD_SIZE` images.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if overwrite and self.storage.exists(schema.IMAGES, "zarr.json"):
+            for name in (schema.IMAGES, schema.METADATA, schema.PREDICTIONS):
+                self.storage.remove(name)
+        info = self.info()
+        if info is not None:
+            if info.get("pipeline_hash") != spec.hash:
+                raise StoreConflictError(
+                    f"store {self.storage.url} was written with pipeline "
+                    f"{info.get('pipeline_hash')}, this run's pipeline is {spec.hash}: "
+                    "its outputs would be stale or mixed. "
+                    "Use another --out, or pass --overwrite to discard the store and start again."
+                )
+            if info.get("batch_size") != batch_size:
+                raise StoreConflictError(
+                    f"store {self.storage.url} hands out rows in batches of "
+                    f"{info.get('batch_size')} images, not {batch_size}: "
+                    f"rerun with --batch-size {info.get('batch_size')}"
+                )
+            return
+        self.storage.makedirs()
+        create_arrays(self.storage, spec, batch_size)
+
+    def arrays(self) -> dict[str, ArraySpec]:
+        """Name -> :class:`~xraycore.schema.ArraySpec` of every stored array."""
+        self.info_or_raise()
+        return {name: spec for name, (_, spec) in stored_arrays(self.group("r")).items()}
+
+    def zarr_array(self, name: str):
+        """The raw ``zarr.Array`` of ``name`` (stored values: unpack packed maps
+        with ``scale_factor``/``add_offset`` from its attributes)."""
+        self.info_or_raise()
+        return self.group("r")[name]
+
+    def capacity(self) -> int:
+        return int(self.group("r")["preprocessed"].shape[0])
+
+    def ensure_capacity(self, rows: int) -> None:
+        """Grow every array to hold ``rows`` rows (metadata-only for Zarr)."""
+        group = self.group("a")
+        for name in group.attrs["arrays"]:
+            arr = group[name]
+            if arr.shape[0] < rows:
+                arr.resize((rows, *arr.shape[1:]))
+        self._readers.clear()
+
+    def writer(self, start: int, rows: int) -> ShardWriter:
+        """A writer for the ``rows`` rows from ``start`` (one batch)."""
+        return ShardWriter(self.storage, start, rows)
+
+    def _reader(self, name: str, stop: int):
+        cached = self._readers.get(name)
+        if cached is None or cached[0].shape[0] < stop:
+            self.info_or_raise()
+            arr = self.group("r")[name]
+            spec = ArraySpec.from_attributes(name, str(arr.dtype), arr.shape[1:], dict(arr.attrs))
+            cached = self._readers[name] = (arr, spec)
+        return cached
+
+    def read(self, name: str, rows, *, decode: bool = True) -> np.ndarray:
+        """Rows of one array (``rows`` an int, slice or list of ints), packed
+        maps decoded to their physical float32 values unless ``decode=False``."""
+        if isinstance(rows, list):
+            stop = max(rows, default=-1) + 1
+        elif isinstance(rows, slice):
+            stop = rows.stop or 0
+        else:
+            stop = int(rows) + 1
+        arr, spec = self._reader(name, stop)
+        stored = arr.oindex[rows] if isinstance(rows, list) else arr[rows]
+        return spec.unpack(stored) if decode else stored
+
+    def shard_decoder(self, name: str) -> ShardDecoder | None:
+        """The decoder of ``name``'s shard objects (None for a layout it does not
+        know: read through :meth:`read` then)."""
+        arr, _ = self._reader(name, 0)
+        return ShardDecoder.for_array(arr)
+
+    def shard_key(self, name: str, shard_index: int) -> str | None:
+        """The object of shard ``shard_index`` of ``name``, relative to the store."""
+        decoder = self.shard_decoder(name)
+        if decoder is None:
+            return None
+        return posixpath.join(schema.IMAGES, name, decoder.key(shard_index))
+
+    def read_shard(self, name: str, shard_index: int, *, decode: bool = True) -> np.ndarray:
+        """All images of one shard of ``name``, read with one request."""
+        decoder = self.shard_decoder(name)
+        if decoder is None:
+            lo = shard_index * self.shard_size
+            return self.read(name, slice(lo, lo + self.shard_size), decode=decode)
+        try:
+            data = self.storage.read_bytes(self.shard_key(name, shard_index))
+        except FileNotFoundError:
+            data = None
+        stored = decoder.decode(data)
+        return self._reader(name, 0)[1].unpack(stored) if decode else stored
+
+    # -- the metadata and predictions tables --------------------------------
+    def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
+        self.metadata.write_part(rows, part, arrow_schema=schema.arrow_schema(rows))
+
+    def read_metadata(self):
+        """All metadata rows, one per source (the latest), sorted by image_id (or None)."""
+        table = self.metadata.read()
+        return None if table is None else table.sort_by([("image_id", "ascending")])
+
+    def compact_metadata(self, run_id: str, *, transform=None) -> int:
+        """Replace the metadata parts by one deduplicated file (``transform``
+        applied to the table first, if given); returns its row count."""
+
+        def latest(table):
+            table = table.sort_by([("image_id", "ascending")])
+            return transform(table) if transform else table
+
+        return self.metadata.compact(run_id, latest)
+
+    def write_predictions_part(self, rows: list[dict[str, Any]], part: str) -> None:
+        self.predictions.write_part(rows, part, arrow_schema=schema.prediction_schema())
+
+    def read_predictions(self):
+        """Predictions, one per (image, model) (re-classifying replaces), or None."""
+        table = self.predictions.read()
+        return None if table is None else table.sort_by([("row", "ascending")])
+
+    def compact_predictions(self, run_id: str) -> int:
+        def by_row(table):
+            return table.sort_by([("row", "ascending")])
+
+        return self.predictions.compact(run_id, by_row)
+
+    # -- what interrupted writers leave -------------------------------------
+    def temporary_files(self) -> list[str]:
+        """Every temporary file in the store (relative paths): what a writer
+        killed between writing and renaming left (:func:`schema.is_temporary`)."""
+        if not self.storage.exists():
+            return []
+        return sorted(p for p in self.storage.find() if schema.is_temporary(p))
+
+    def remove_temporary_files(self) -> list[str]:
+        """Delete every temporary file of the store (shards, parts, the lease,
+        pictures) and return their paths.
+
+        Only for the holder of the store's lease (:mod:`xraycore.lease`) once its
+        own batches are done: a temporary file is then nobody's work in progress.
+        """
+        removed = self.temporary_files()
+        for path in removed:
+            self.storage.remove(path)
+        return removed
