@@ -68,25 +68,27 @@ def plan_batches(
     failed: set[str] = set()
     if previous is not None:
         for r in previous.select(
-            ["source", "status", "pipeline_hash", "source_size", "source_mtime"]
+            ["source", "frame", "status", "pipeline_hash", "source_size", "source_mtime"]
         ).to_pylist():
+            key = (r["source"], r["frame"])
             if r["status"] == "ok" and r["pipeline_hash"] == pipeline_hash:
-                done[r["source"]] = r
+                done[key] = r
             else:
-                failed.add(r["source"])
+                failed.add(key)
     todo, skipped, retried = [], 0, 0
     for src in sources:
-        prev = done.get(src.uri)
+        key = (src.uri, src.frame)
+        prev = done.get(key)
         if prev and prev["source_size"] == src.size and prev["source_mtime"] == src.mtime:
             skipped += 1
             continue
-        retried += src.uri in failed or src.uri in done
+        retried += key in failed or key in done
         todo.append(src)
     start = math.ceil(first_free_row / batch_size) * batch_size
     batches = []
     for i in range(0, len(todo), batch_size):
         chunk = tuple(todo[i : i + batch_size])
-        lab = tuple((labels or {}).get(_label_key(s.image_id)) for s in chunk) if labels else ()
+        lab = tuple((labels or {}).get(_label_key(s)) for s in chunk) if labels else ()
         batches.append(Batch(start=start + i, items=chunk, labels=lab))
     end = start + len(batches) * batch_size if batches else first_free_row
     return Plan(
@@ -94,8 +96,10 @@ def plan_batches(
     )
 
 
-def _label_key(image_id: str) -> str:
-    return image_id.rsplit("/", 1)[-1]
+def _label_key(source: SourceFile) -> str:
+    # Labels name files: every frame of a multi-frame file gets the file's labels.
+    name = source.image_id.rsplit("/", 1)[-1]
+    return name if source.frame is None else name[: -len(f"#{source.frame}")]
 
 
 def process_batch(
@@ -122,20 +126,24 @@ def process_batch(
     target = ScanStore.open(store, storage_options)
     rows, t0 = [], time.perf_counter()
     pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
+    last: tuple[str, bytes, str] | None = None  # the frames of one file are read once
     with target.writer(batch.start, len(batch.items)) as writer:
         for slot, item in enumerate(batch.items):
             row = schema.metadata_row(
                 image_id=item.image_id,
                 source=item.uri,
+                frame=item.frame,
                 size=item.size,
                 mtime=item.mtime,
                 pipeline_hash=pipeline_hash,
                 run_id=run_id,
             )
             try:
-                data = Storage.from_url(item.uri, source_options).read_bytes()
-                row["sha256"] = hashlib.sha256(data).hexdigest()
-                image = decode_image(data, name=item.image_id)
+                if last is None or last[0] != item.uri:
+                    data = Storage.from_url(item.uri, source_options).read_bytes()
+                    last = (item.uri, data, hashlib.sha256(data).hexdigest())
+                data, row["sha256"] = last[1], last[2]
+                image = decode_image(data, name=item.image_id, frame=item.frame)
                 row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
                 row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
                 row["source_dtype"] = str(image.dtype)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .io import image_format
+from .io import ImageDecodeError, dicom_frames, image_format
 from .storage import Storage
 
 __all__ = ["IMAGE_EXTENSIONS", "SourceFile", "list_sources", "read_labels"]
@@ -15,14 +15,23 @@ __all__ = ["IMAGE_EXTENSIONS", "SourceFile", "list_sources", "read_labels"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
+#: Bytes read from a DICOM file to find its Number of Frames (the header).
+_DICOM_HEAD = 1 << 16
+
+
 @dataclass(frozen=True)
 class SourceFile:
-    """One input: where it is, its id in the store, and what the listing says of it."""
+    """One input: where it is, its id in the store, and what the listing says of it.
+
+    A multi-frame DICOM file is one input per frame: ``frame`` is its 0-based
+    index (None for a single-frame file) and the id is ``<path>#<frame>``.
+    """
 
     uri: str
     image_id: str
     size: int
     mtime: float | None
+    frame: int | None = None
 
 
 def _mtime(info: dict[str, Any]) -> float | None:
@@ -45,6 +54,9 @@ def list_sources(source: Storage) -> list[SourceFile]:
     Files with an image extension (case-insensitive) are listed; files without
     an extension are listed when their first bytes say DICOM. Ids are paths
     relative to the source root, so a folder and a bucket give the same ids.
+    A DICOM file that declares several frames is listed once per frame (its
+    header is read for that); one whose header cannot be read is listed once,
+    and fails when it is processed, with the reason.
     """
     found = source.find()
     files = []
@@ -53,18 +65,49 @@ def list_sources(source: Storage) -> list[SourceFile]:
         if name.startswith("."):
             continue
         ext = posixpath.splitext(name)[1].lower()
+        dicom = ext in (".dcm", ".dicom")
         if ext not in IMAGE_EXTENSIONS:
             if ext:
                 continue
-            with source.open(rel) as f:
-                if image_format(f.read(136)) != "dicom":
-                    continue
-        uri = source.uri(rel)
-        rel = rel or name  # a source that is one file: its id is its name
-        files.append(
-            SourceFile(uri=uri, image_id=rel, size=int(info.get("size") or 0), mtime=_mtime(info))
+            if image_format(source.read_range(rel, 0, 136)) != "dicom":
+                continue
+            dicom = True
+        entry = SourceFile(
+            uri=source.uri(rel),
+            image_id=rel or name,  # a source that is one file: its id is its name
+            size=int(info.get("size") or 0),
+            mtime=_mtime(info),
         )
-    return sorted(files, key=lambda f: f.image_id)
+        frames = _frames(source, rel) if dicom else 1
+        if frames == 1:
+            files.append(entry)
+        else:
+            files += [
+                replace(entry, image_id=f"{entry.image_id}#{k}", frame=k) for k in range(frames)
+            ]
+    return sorted(files, key=_order)
+
+
+def _order(f: SourceFile) -> tuple[str, int]:
+    """By id, the frames of a file in frame order (``#10`` after ``#9``)."""
+    if f.frame is None:
+        return f.image_id, 0
+    return f.image_id[: -len(f"#{f.frame}")], f.frame
+
+
+def _frames(source: Storage, rel: str) -> int:
+    """Frames a DICOM file declares; 1 when its header cannot be read (it then
+    fails, with the reason, when it is processed)."""
+    head = source.read_range(rel, 0, _DICOM_HEAD)
+    try:
+        return dicom_frames(head)
+    except ImageDecodeError:
+        if len(head) < _DICOM_HEAD:
+            return 1
+    try:  # a header longer than the first read
+        return dicom_frames(source.read_bytes(rel))
+    except ImageDecodeError:
+        return 1
 
 
 def _finding_column(finding: str) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
     "decode_image",
+    "dicom_frames",
     "image_format",
     "read_image",
 ]
@@ -122,6 +123,35 @@ def decode_image(
         raise ImageDecodeError(
             f"{label}: {kind.upper()} could not be decoded ({type(exc).__name__}: {_short(exc)})"
         ) from exc
+
+
+def dicom_frames(head: bytes) -> int:
+    """Number of frames a DICOM file declares (1 when it says nothing), read
+    from its first bytes (the header; the pixel data need not be there).
+
+    Raises :class:`ImageDecodeError` when the header cannot be parsed or its
+    Number of Frames is not a positive integer.
+    """
+    import warnings
+
+    try:
+        import pydicom
+
+        with warnings.catch_warnings():  # a header cut short is expected here
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImageDecodeError(
+            "is DICOM, but pydicom is not installed (pip install 'xray-pipeline[dicom]')"
+        ) from exc
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"DICOM header could not be read ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
+    if frames < 1:
+        raise ImageDecodeError(f"DICOM declares {frames} frames")
+    return frames
 
 
 def read_image(

@@ -78,7 +78,9 @@ def comparison_sheet(
         if row not in ok:
             raise ValueError(f"row {row} is not an ok row of {store.storage.url}")
         entry = {name: store.read(name, row) for name in info["arrays"] if name != "histogram"}
-        original = read_image(ok[row]["source"], **(source_options or {}))
+        original = read_image(
+            ok[row]["source"], frame=ok[row].get("frame"), **(source_options or {})
+        )
         entry["original"] = fit_to_size(fuse_channels(original), info["size"])
         panels.append(entry)
         titles.append(ok[row]["image_id"])

@@ -1,6 +1,7 @@
 """The store's format, in one place: arrays, encodings, metadata columns.
 
-A reader of the store contract needs this file and nothing else. Format 2:
+A reader of the store contract needs this file and nothing else. Format 3
+(format 2 plus the ``frame`` column: one row per frame of a multi-frame DICOM):
 
 - Every array holds one image per chunk, ``shard_size`` images per shard, and
   is compressed with Blosc over a bit shuffle: zstd level 1 for
@@ -134,7 +135,13 @@ def part_of_run(path: str, run_id: str) -> bool:
 
 
 #: Version of the on-disk layout. Bump on any change of names, dtypes or encodings.
-FORMAT = 2
+FORMAT = 3
+
+#: What each earlier format lacks, for the message that refuses it.
+_SINCE = {
+    1: "packed edge maps, see the README's store contract",
+    2: "one row per frame of a multi-frame DICOM, the metadata's frame column",
+}
 
 #: Images per Zarr shard unless a store says otherwise: a shard of 16 scans is a
 #: 10-20 MB object (good for S3), and one writer holds 16 images of every array
@@ -319,20 +326,24 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
     found = attrs.get("format", 1)
     if found == FORMAT:
         return
+    why = f" ({_SINCE[found]} came after it)" if found in _SINCE else ""
     raise StoreFormatError(
         f"store {url} is in store format {found}; this version of xray-pipeline reads "
-        f"format {FORMAT} only (packed edge maps, see the README's store contract). "
+        f"format {FORMAT} only{why}. "
         f"Rebuild it from its sources: `xray run SOURCE --store {url} --overwrite` "
         "(or write to a new --store)."
     )
 
 
 #: The metadata columns every row has, in order (label columns from a labels
-#: file follow them). ``checksum`` is the CRC-32 of the stored ``preprocessed``
-#: bytes, so a store can be verified after the fact.
+#: file follow them). ``frame`` is the 0-based frame of a multi-frame DICOM
+#: (null for a single-frame file); a row is one (source, frame). ``checksum``
+#: is the CRC-32 of the stored ``preprocessed`` bytes, so a store can be
+#: verified after the fact.
 METADATA_COLUMNS: dict[str, str] = {
     "image_id": "string",
     "source": "string",
+    "frame": "int64",
     "row": "int64",
     "status": "string",
     "error": "string",
@@ -367,14 +378,21 @@ PREDICTION_COLUMNS: dict[str, str] = {
 }
 
 #: How the latest row of each dataset is found: its key, and its time column.
-METADATA_KEY = ("source",)
+METADATA_KEY = ("source", "frame")
 METADATA_TIME = "processed_at"
 PREDICTION_KEY = ("image_id", "model_sha256")
 PREDICTION_TIME = "classified_at"
 
 
 def metadata_row(
-    *, image_id: str, source: str, size: int, mtime: float, pipeline_hash: str, run_id: str
+    *,
+    image_id: str,
+    source: str,
+    size: int,
+    mtime: float,
+    pipeline_hash: str,
+    run_id: str,
+    frame: int | None = None,
 ) -> dict[str, Any]:
     """A new row in the ``failed`` state with every column present; the batch
     fills in what it learns and marks it ``ok`` once the pixels are in place."""
@@ -382,6 +400,7 @@ def metadata_row(
     row.update(
         image_id=image_id,
         source=source,
+        frame=frame,
         status="failed",
         source_size=size,
         source_mtime=mtime,

@@ -199,6 +199,11 @@ class Storage:
         """The whole of ``rel`` (FileNotFoundError when absent)."""
         return self._fs.cat_file(self.path(rel))
 
+    def read_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of ``rel``, fewer at its end:
+        one ranged request on an object store."""
+        return self._fs.cat_file(self.path(rel), start=start, end=end)
+
     def read_many(self, rels: list[str]) -> list[bytes | None]:
         """The bytes of every path in ``rels``, None for one that is absent.
 

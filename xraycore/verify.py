@@ -65,6 +65,7 @@ class Problem:
     image_id: str | None = None
     row: int | None = None
     path: str | None = None
+    frame: int | None = None
 
     def __str__(self) -> str:
         where = self.image_id or self.path or ""
@@ -85,8 +86,8 @@ class VerifyReport:
     seconds: float = 0.0
     writer: str | None = None
     problems: list[Problem] = field(default_factory=list)
-    #: The latest metadata row of each source that has a row-level problem.
-    bad_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The latest metadata row of each (source, frame) that has a row-level problem.
+    bad_rows: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -110,16 +111,23 @@ class VerifyReport:
 
 
 def _latest(table):
-    """The latest row per source (the store's own rule), as a list of dicts."""
+    """The latest row per (source, frame) (the store's own rule), as a list of dicts."""
     import pyarrow.compute as pc
 
-    order = pc.sort_indices(table, [("source", "ascending"), ("processed_at", "descending")])
+    keys = [(k, "ascending") for k in schema.METADATA_KEY]
+    order = pc.sort_indices(table, [*keys, (schema.METADATA_TIME, "descending")])
     rows, seen = [], set()
     for r in table.take(order).to_pylist():
-        if r["source"] not in seen:
-            seen.add(r["source"])
+        key = _key(r)
+        if key not in seen:
+            seen.add(key)
             rows.append(r)
     return rows
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    """The metadata key of a row: (source, frame)."""
+    return tuple(row.get(k) for k in schema.METADATA_KEY)
 
 
 def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: list[Problem]):
@@ -287,10 +295,12 @@ def verify_store(
     _read_parts(store, PREDICTIONS, live_run, problems)
     report.parts = len(parts)
     for path, table in parts:
-        counts = Counter(table.column("source").to_pylist())
-        for s in sorted(s for s, n in counts.items() if n > 1):
+        counts = Counter(_key(r) for r in table.select(list(schema.METADATA_KEY)).to_pylist())
+        for (s, frame), n in sorted(
+            ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
+        ):
             problems.append(
-                Problem("duplicate_source", f"{counts[s]} rows in one part", s, path=path)
+                Problem("duplicate_source", f"{n} rows in one part", s, path=path, frame=frame)
             )
     if not parts:
         report.seconds = time.perf_counter() - t0
@@ -306,8 +316,10 @@ def verify_store(
     capacity = min(a.shape[0] for a in arrays.values())
 
     def bad(row: dict, kind: str, detail: str) -> None:
-        problems.append(Problem(kind, detail, row["source"], row["image_id"], row["row"]))
-        report.bad_rows.setdefault(row["source"], row)
+        problems.append(
+            Problem(kind, detail, row["source"], row["image_id"], row["row"], frame=row["frame"])
+        )
+        report.bad_rows.setdefault(_key(row), row)
 
     by_row: dict[int, list[dict]] = defaultdict(list)
     placed = []
@@ -386,17 +398,17 @@ def repair_store(
     leftovers = [p for p in report.problems if p.kind == "leftover_part"]
     with StoreLease.acquire(store.storage, run_id, description="xray verify --repair"):
         now = datetime.now(UTC)
-        kinds: dict[str, list[str]] = defaultdict(list)
+        kinds: dict[tuple, list[str]] = defaultdict(list)
         for p in report.problems:
             if p.kind in ROW_KINDS and p.source is not None:
-                kinds[p.source].append(f"{p.kind}: {p.detail}")
+                kinds[(p.source, p.frame)].append(f"{p.kind}: {p.detail}")
         marked = []
-        for source, row in report.bad_rows.items():
+        for key, row in report.bad_rows.items():
             marked.append(
                 {
                     **row,
                     "status": "failed",
-                    "error": "verify: " + "; ".join(dict.fromkeys(kinds[source])),
+                    "error": "verify: " + "; ".join(dict.fromkeys(kinds[key])),
                     "row": None,
                     "checksum": None,
                     "run_id": run_id,
