@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Bump when an operation changes its numbers, so old stores are recognised as stale.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 OUTPUTS = ("log", "gradient_magnitude", "sobel", "canny", "mask", "histogram")
 ENHANCE_STEPS = ("white_balance", "clahe", "equalize", "contrast")

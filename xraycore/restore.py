@@ -245,7 +245,10 @@ def rescale_intensity(
     if hi <= lo:
         return to_uint8(image)
     scale = 255.0 / (hi - lo)
-    return cv2.convertScaleAbs(image.astype(np.float32), alpha=scale, beta=-lo * scale)
+    out = cv2.convertScaleAbs(image.astype(np.float32), alpha=scale, beta=-lo * scale)
+    # convertScaleAbs takes |alpha * x + beta|: values below lo saturate at 0.
+    out[image < lo] = 0
+    return out
 
 
 def _order_corners(pts: np.ndarray) -> np.ndarray:
@@ -747,7 +750,11 @@ def adjust_contrast(image: np.ndarray, *, alpha: float = 1.2, beta: float = 0.0)
     alpha = check_positive(alpha, "alpha")
     if not np.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta!r}")
-    return cv2.convertScaleAbs(img, alpha=alpha, beta=float(beta))
+    out = cv2.convertScaleAbs(img, alpha=alpha, beta=float(beta))
+    if beta < 0:
+        # convertScaleAbs takes |alpha * x + beta|: what beta drives below 0 saturates at 0.
+        out[img < -beta / alpha] = 0
+    return out
 
 
 def white_balance(image: np.ndarray, *, tail: float = 0.0005) -> np.ndarray:

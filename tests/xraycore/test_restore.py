@@ -120,10 +120,16 @@ def test_equalize_and_contrast():
     assert np.array_equal(eq, cv2.equalizeHist(PHANTOM))
     colour = restore.equalize_luma(cv2.cvtColor(PHANTOM, cv2.COLOR_GRAY2BGR))
     assert colour.shape == (*PHANTOM.shape, 3)
-    assert np.array_equal(
-        restore.adjust_contrast(PHANTOM, alpha=2.0, beta=-10),
-        cv2.convertScaleAbs(PHANTOM, alpha=2.0, beta=-10),
-    )
+    image = np.array([[0, 4, 10], [100, 132, 200], [250, 255, 7]], np.uint8)
+    out = restore.adjust_contrast(image, alpha=2.0, beta=-10)
+    assert np.array_equal(out, [[0, 0, 10], [190, 254, 255], [255, 255, 4]])
+
+
+def test_rescale_intensity_saturates_outside_the_percentiles():
+    # 0..340: the 25th percentile is 85, the 50th 170, a slope of 3.
+    ramp = np.arange(341, dtype=np.float32).reshape(11, 31)
+    out = restore.rescale_intensity(ramp, low=25, high=50)
+    assert np.array_equal(out, np.clip(3 * (ramp - 85), 0, 255))
 
 
 def test_restore_scan_improves_ssim_on_synthetic_damage():
