@@ -18,7 +18,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from xraycore import edges, restore  # noqa: E402
+from xraycore import edges, exposure, restore  # noqa: E402
 from xraycore.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -95,8 +95,8 @@ def main() -> None:
             edges.prewitt,
         ),
         ("threshold mask", lambda x: np.where(x > 150, 1, 0), edges.threshold_mask),
-        ("white balance", None, restore.white_balance),
-        ("CLAHE", None, restore.clahe),
+        ("white balance", None, exposure.white_balance),
+        ("CLAHE", None, exposure.clahe),
     ]
     print(f"{'operation':44s} {'scipy f64':>10s} {'ours':>8s} {'ratio':>7s}")
     for name, ref, ours in rows:

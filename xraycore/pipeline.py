@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import edges, restore
+from . import edges, exposure, restore
 from ._validate import check_image, to_uint8
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Bump when an operation changes its numbers, so old stores are recognised as stale.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 OUTPUTS = ("log", "gradient_magnitude", "sobel", "canny", "mask", "histogram")
 ENHANCE_STEPS = ("white_balance", "clahe", "equalize", "contrast")
@@ -224,13 +224,13 @@ def run_pipeline(image: np.ndarray, spec: PipelineSpec | None = None) -> dict[st
     enhanced = scan
     for step in spec.enhance:
         if step == "white_balance":
-            enhanced = restore.white_balance(enhanced, **p["white_balance"])
+            enhanced = exposure.white_balance(enhanced, **p["white_balance"])
         elif step == "clahe":
             kw = dict(p["clahe"], tile_grid=tuple(p["clahe"]["tile_grid"]))
-            enhanced = restore.clahe(enhanced, **kw)
+            enhanced = exposure.clahe(enhanced, **kw)
         elif step == "equalize":
-            enhanced = restore.equalize_luma(enhanced)
+            enhanced = exposure.equalize_luma(enhanced)
         elif step == "contrast":
-            enhanced = restore.adjust_contrast(enhanced, **p["contrast"])
+            enhanced = exposure.adjust_contrast(enhanced, **p["contrast"])
     out["preprocessed"] = enhanced
     return out

@@ -1,11 +1,12 @@
-"""Restoration of damaged scans (seed 000) and contrast enhancement (seed 003).
+"""Restoration of damaged scans (seed 000).
 
 Seed 000's damaged scans are pseudo-coloured (a jet-like colour map) or have a
 brighter, noisier green channel, are warped off-axis inside black margins or
 rotated with their corners cut off, salted with impulse noise and punched by a
 black circle. Each step is a separate function; :func:`restore_scan` detects
 which damage is present and runs only the steps it needs (docs/restoration.md).
-Colour images are OpenCV BGR throughout.
+Colour images are OpenCV BGR throughout. Contrast and exposure (white
+balance, CLAHE, equalisation) are in :mod:`xraycore.exposure`.
 """
 
 from __future__ import annotations
@@ -16,32 +17,23 @@ import cv2
 import numpy as np
 
 from ._validate import check_image, check_odd_ksize, check_positive, to_uint8
+from .exposure import percentile_stretch
 
 __all__ = [
-    "adjust_contrast",
     "circle_mask",
-    "clahe",
     "decode_colormap",
     "denoise_median",
     "dewarp",
-    "equalize_luma",
     "estimate_skew",
     "frame_corners",
     "fuse_channels",
     "inpaint",
     "rebalance_channel",
-    "rescale_intensity",
     "restore_scan",
     "rotate",
-    "white_balance",
 ]
 
 _INPAINT = {"ns": cv2.INPAINT_NS, "telea": cv2.INPAINT_TELEA}
-
-
-def _u8(image: np.ndarray, name: str = "image", channels: str = "any") -> np.ndarray:
-    check_image(image, name=name, channels=channels)
-    return to_uint8(image)
 
 
 def rebalance_channel(
@@ -68,7 +60,7 @@ def rebalance_channel(
     Seed 000: "isolates the green channel, applies Gaussian blur ... multiplying
     it by a scale factor (0.9)".
     """
-    img = _u8(image, channels="color").copy()
+    img = to_uint8(check_image(image, channels="color")).copy()
     if channel not in (0, 1, 2):
         raise ValueError(f"channel must be 0, 1 or 2, got {channel!r}")
     ksize = check_odd_ksize(ksize, "ksize")
@@ -91,7 +83,7 @@ def denoise_median(image: np.ndarray, *, ksize: int = 3) -> np.ndarray:
     -------
     image : ndarray of uint8, same shape
     """
-    img = _u8(image)
+    img = to_uint8(check_image(image, channels="any"))
     return cv2.medianBlur(img, check_odd_ksize(ksize, "ksize"))
 
 
@@ -123,7 +115,7 @@ def decode_colormap(image: np.ndarray, *, colormap: str = "jet") -> np.ndarray:
     gray : (H, W) ndarray of uint8
         Pure black maps to 0.
     """
-    img = _u8(image, channels="color")
+    img = to_uint8(check_image(image, channels="color"))
     if colormap not in _COLORMAPS:
         raise ValueError(f"colormap must be one of {sorted(_COLORMAPS)}, got {colormap!r}")
     lut = _colormap_lut(_COLORMAPS[colormap])
@@ -217,35 +209,9 @@ def fuse_channels(image: np.ndarray, *, method: str = "auto") -> np.ndarray:
         weight_sum += weight
     fused /= max(weight_sum, 1e-12)
     mask = valid > 0
-    out = rescale_intensity(fused, mask=mask)
+    out = percentile_stretch(fused, mask=mask)
     out[~mask] = 0
     return out
-
-
-def rescale_intensity(
-    image: np.ndarray,
-    *,
-    low: float = 0.5,
-    high: float = 99.5,
-    mask: np.ndarray | None = None,
-) -> np.ndarray:
-    """Stretch the ``low``..``high`` percentiles (within ``mask``) onto 0..255.
-
-    Returns
-    -------
-    image : (H, W) ndarray of uint8
-    """
-    check_image(image, channels="any")
-    if not 0 <= low < high <= 100:
-        raise ValueError(f"need 0 <= low < high <= 100, got low={low!r}, high={high!r}")
-    values = image[mask] if mask is not None else image
-    if values.size == 0:
-        values = image
-    lo, hi = np.percentile(values, [low, high])
-    if hi <= lo:
-        return to_uint8(image)
-    scale = 255.0 / (hi - lo)
-    return cv2.convertScaleAbs(image.astype(np.float32), alpha=scale, beta=-lo * scale)
 
 
 def _order_corners(pts: np.ndarray) -> np.ndarray:
@@ -310,7 +276,7 @@ def frame_corners(image: np.ndarray, *, black_level: int = 10) -> np.ndarray | N
         Top-left, top-right, bottom-right, bottom-left (x, y); None when the
         scan fills its frame (no margin to remove).
     """
-    img = _u8(image)
+    img = to_uint8(check_image(image, channels="any"))
     gray = cv2.medianBlur(_brightest(img), 5)
     h, w = gray.shape
     content = (gray > black_level).astype(np.uint8)
@@ -430,7 +396,8 @@ def estimate_skew(
         top = np.degrees(np.arctan2(tl[1] - tr[1], tr[0] - tl[0]))
         bottom = np.degrees(np.arctan2(bl[1] - br[1], br[0] - bl[0]))
         return float((top + bottom) / 2)
-    return _wedge_skew(_u8(image), black_level, max_angle, min_angle)
+    img = to_uint8(check_image(image, channels="any"))
+    return _wedge_skew(img, black_level, max_angle, min_angle)
 
 
 def _wedge_skew(img: np.ndarray, black_level: int, max_angle: float, min_angle: float) -> float:
@@ -595,7 +562,7 @@ def circle_mask(
         Regions touching the image border or the black margin of a warped frame
         are never holes.
     """
-    img = _u8(image)
+    img = to_uint8(check_image(image, channels="any"))
     gray = cv2.medianBlur(_brightest(img), 5)
     h, w = gray.shape
     # Shape analysis at ~256 pixels across: a hole of the smallest accepted
@@ -706,7 +673,7 @@ def inpaint(
     -------
     image : ndarray of uint8, same shape
     """
-    img = _u8(image)
+    img = to_uint8(check_image(image, channels="any"))
     if not isinstance(mask, np.ndarray) or mask.shape != img.shape[:2]:
         raise ValueError(
             f"mask must be an ndarray of shape {img.shape[:2]}, got "
@@ -718,103 +685,6 @@ def inpaint(
     if not mask.any():
         return img.copy()
     return cv2.inpaint(img, mask.astype(np.uint8), radius, _INPAINT[method])
-
-
-def equalize_luma(image: np.ndarray) -> np.ndarray:
-    """Histogram equalisation of luminance (Y of YUV for colour), as seed 000.
-
-    Returns
-    -------
-    image : ndarray of uint8, same shape
-    """
-    img = _u8(image)
-    if img.ndim == 2:
-        return cv2.equalizeHist(img)
-    yuv = cv2.cvtColor(img, cv2.COLOR_BGR2YUV)
-    yuv[:, :, 0] = cv2.equalizeHist(yuv[:, :, 0])
-    return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
-
-
-def adjust_contrast(image: np.ndarray, *, alpha: float = 1.2, beta: float = 0.0) -> np.ndarray:
-    """Linear contrast and brightness: ``saturate(alpha * image + beta)``.
-
-    Notes
-    -----
-    Seed 000 "enhanc[es] the contrast and brightness using linear scaling" but
-    gives no values; 1.2 and 0 are this library's choice.
-    """
-    img = _u8(image)
-    alpha = check_positive(alpha, "alpha")
-    if not np.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta!r}")
-    return cv2.convertScaleAbs(img, alpha=alpha, beta=float(beta))
-
-
-def white_balance(image: np.ndarray, *, tail: float = 0.0005) -> np.ndarray:
-    """Stretch each channel after discarding a fraction of pixels at each end.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, 3) ndarray
-    tail : float, optional
-        Fraction discarded at each end of each channel. Default 0.0005 (0.05%),
-        as seed 003.
-
-    Returns
-    -------
-    image : ndarray of uint8, same shape
-    """
-    img = _u8(image)
-    if not 0 <= tail < 0.5:
-        raise ValueError(f"tail must be in [0, 0.5), got {tail!r}")
-    channels = [img] if img.ndim == 2 else list(cv2.split(img))
-    out = []
-    for ch in channels:
-        cum = np.cumsum(cv2.calcHist([ch], [0], None, [256], [0, 256]).ravel())
-        n = cum[-1]
-        lo = int(np.searchsorted(cum, tail * n, side="right"))
-        hi = int(np.searchsorted(cum, (1 - tail) * n, side="left"))
-        if hi <= lo:
-            out.append(ch.copy())
-            continue
-        levels = np.arange(256, dtype=np.float32)
-        lut = np.clip((levels - lo) * 255.0 / (hi - lo), 0, 255).round().astype(np.uint8)
-        out.append(cv2.LUT(ch, lut))
-    return out[0] if img.ndim == 2 else cv2.merge(out)
-
-
-def clahe(
-    image: np.ndarray, *, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8)
-) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation.
-
-    Parameters
-    ----------
-    image : (H, W) or (H, W, 3) ndarray of uint8 or uint16
-        Colour images are equalised on the L channel of Lab.
-    clip_limit : float, optional
-        Default 2.0 (seed 003).
-    tile_grid : (int, int), optional
-        Default (8, 8).
-
-    Returns
-    -------
-    image : ndarray, same shape; uint16 stays uint16, everything else uint8.
-    """
-    check_image(image, channels="any")
-    clip_limit = check_positive(clip_limit, "clip_limit")
-    if (
-        not isinstance(tile_grid, tuple | list)
-        or len(tile_grid) != 2
-        or not all(isinstance(t, int) and t > 0 for t in tile_grid)
-    ):
-        raise ValueError(f"tile_grid must be two positive ints, got {tile_grid!r}")
-    op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tuple(tile_grid))
-    if image.ndim == 2:
-        return op.apply(image if image.dtype == np.uint16 else to_uint8(image))
-    lab = cv2.cvtColor(to_uint8(image), cv2.COLOR_BGR2LAB)
-    lab[:, :, 0] = op.apply(lab[:, :, 0])
-    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
 
 
 def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndarray:
@@ -830,8 +700,8 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     4. geometry: a whole frame inside a black margin is de-warped
        (:func:`dewarp`); otherwise a rotation measured from the visible frame
        edges (:func:`estimate_skew`) is undone;
-    5. a robust intensity stretch, for fused colour only (a grayscale input
-       keeps its own grey levels).
+    5. a 0.1-99.9 percentile stretch (:func:`~xraycore.exposure.percentile_stretch`),
+       for fused colour only (a grayscale input keeps its own grey levels).
 
     A clean grayscale scan (no noise, hole, margin or rotation found) is
     returned unchanged.
@@ -845,7 +715,7 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     -------
     scan : (H, W) ndarray of uint8
     """
-    img = _u8(image)
+    img = to_uint8(check_image(image, channels="any"))
     if img.ndim == 3 and _channels_equal(img):
         img = np.ascontiguousarray(img[:, :, 0])
     colour = img.ndim == 3
@@ -867,7 +737,7 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     elif angle != 0.0:
         gray = rotate(gray, angle=-angle)
     if colour:
-        gray = rescale_intensity(gray, low=0.1, high=99.9)
+        gray = percentile_stretch(gray, low=0.1, high=99.9)
     # A clean uint8 scan went through untouched: never hand back the caller's array.
     return gray.copy() if gray is image else gray
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from xraycore import edges, restore
+from xraycore import edges, exposure, restore
 from xraycore.pipeline import OUTPUTS, PipelineSpec, fit_to_size, run_pipeline
 from xraycore.synth import damage_scan, phantom_chest
 
@@ -89,7 +89,7 @@ def test_run_pipeline_outputs_equal_the_library_calls():
     assert np.array_equal(out["canny"], edges.canny(scan))
     assert np.array_equal(out["mask"], scan > 150)
     assert np.array_equal(out["histogram"], np.bincount(scan.ravel(), minlength=256))
-    expected = restore.clahe(restore.white_balance(scan))
+    expected = exposure.clahe(exposure.white_balance(scan))
     assert np.array_equal(out["preprocessed"], expected)
     assert out["preprocessed"].dtype == np.uint8 and out["preprocessed"].shape == (256, 256)
 
