@@ -1,0 +1,107 @@
+"""A shard writer SIGKILLed mid-write leaves a ``.partial`` file: ``xray verify``
+names it (exit 1), ``--repair`` removes it, the next ``verify`` is clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cv2
+
+from xraycore import schema
+from xraycore.batch import Batch, process_batch
+from xraycore.catalog import SourceFile
+from xraycore.pipeline import PipelineSpec
+from xraycore.store import ScanStore
+from xraycore.synth import phantom_chest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = PipelineSpec(size=64)
+
+# Runs in a child process: writes rows 4-7 of the store, and stops for good
+# inside the durable write of the first shard, after its bytes reached the
+# temporary file and before the rename (where a SIGKILL, an OOM kill or a power
+# cut can catch any writer).
+_WRITER = """
+import os, sys, time
+import xraycore.durable as durable
+from xraycore.pipeline import PipelineSpec, run_pipeline
+from xraycore.store import ScanStore
+from xraycore.synth import phantom_chest
+
+store_url, marker = sys.argv[1], sys.argv[2]
+
+def fsync_then_hang(fd):
+    open(marker, "w").close()
+    time.sleep(120)
+
+durable.os.fsync = fsync_then_hang
+store = ScanStore.open(store_url)
+outputs = run_pipeline(phantom_chest(64, seed=5), PipelineSpec(size=64))
+with store.writer(4, 4) as writer:
+    for slot in range(4):
+        writer.put(slot, outputs)
+"""
+
+
+def _xray(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "xray_cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_path):
+    url = str(tmp_path / "store")
+    store = ScanStore.open(url)
+    store.initialise(SPEC, batch_size=4)
+    store.ensure_capacity(8)
+    items = []
+    for i in range(4):
+        path = tmp_path / f"scan{i}.png"
+        cv2.imwrite(str(path), phantom_chest(64, seed=i))
+        items.append(SourceFile(str(path), path.name, path.stat().st_size, path.stat().st_mtime))
+    process_batch(Batch(start=0, items=tuple(items)), store=url, spec=SPEC, run_id="r1")
+    store.compact_metadata("r1")
+    assert store.temporary_files() == []
+
+    marker = tmp_path / "in-the-middle"
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_WRITER), url, str(marker)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"the writer never reached its write (exit {child.poll()})"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+
+    left = store.temporary_files()
+    assert len(left) == 1 and left[0].startswith(f"{schema.IMAGES}/"), left
+    assert (
+        left[0].endswith(schema.TEMPORARY_SUFFIX) and (tmp_path / "store" / left[0]).stat().st_size
+    )
+
+    res = _xray("verify", url)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"temporary_file: {left[0]}" in res.stdout, res.stdout
+    res = _xray("verify", url, "--repair")
+    assert res.returncode == 1 and "1 temporary files removed" in res.stdout, res.stdout
+    assert not (tmp_path / "store" / left[0]).exists()
+    res = _xray("verify", url)
+    assert res.returncode == 0 and "clean" in res.stdout, res.stdout + res.stderr
+    # The committed batch is untouched: its four rows are ok and read back.
+    assert [r["status"] for r in store.read_metadata().to_pylist()] == ["ok"] * 4
