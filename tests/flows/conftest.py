@@ -29,12 +29,17 @@ def _png(path: Path, image: np.ndarray) -> None:
 
 @pytest.fixture
 def source_dir(tmp_path) -> Path:
-    """Good scans (real ones when ../shared is there, phantoms always) and bad files."""
+    """Good scans and bad files. The two scans listed first are real ones when
+    ../shared is there, else phantoms under ChestX-ray8 names: the listing has
+    the same shape either way (rows 0 and 1 are ok scans)."""
     src = tmp_path / "source"
     (src / "sub").mkdir(parents=True)
     real = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chestxray8"
-    for p in sorted(real.glob("*.png"))[:2]:
+    first = sorted(real.glob("*.png"))[:2]
+    for p in first:
         shutil.copy(p, src / p.name)
+    for i in range(len(first), 2):
+        _png(src / f"0000000{i}_000.png", phantom_chest(512, seed=20 + i))
     for i in range(3):
         _png(src / f"phantom_{i}.png", phantom_chest(200 + 50 * i, seed=i))
     damaged, _ = damage_scan(phantom_chest(256, seed=9), seed=1)
