@@ -1,13 +1,16 @@
-"""Shared fixtures: the real scans in ../shared (skipped with a reason when absent)."""
+"""Shared fixtures: the real scans in ../shared (skipped with a reason when absent)
+and the real servers, one fixture each: moto (S3), Prefect's API, Dask processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import AWS_ENV, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -41,18 +44,54 @@ def real_scan(chestxray8_files) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """moto in server mode on a loopback port: a real S3 API over HTTP."""
-    import socket
-
+    """The session's one moto server (server mode, loopback): a real S3 API over HTTP."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture
+def s3_server(moto_endpoint, monkeypatch):
+    """:func:`moto_endpoint` with the standard AWS environment (keys, region,
+    ``AWS_ENDPOINT_URL``) exported for this test, as an operator's shell has it;
+    the environment is restored afterwards."""
+    for name, value in {**AWS_ENV, "AWS_ENDPOINT_URL": moto_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    return moto_endpoint
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """The session's one real Prefect API server (SQLite, temporary PREFECT_HOME).
+
+    Exports ``PREFECT_API_URL`` for the processes the tests start, and hands the
+    URL to Prefect's settings in this process too: they were read when the test
+    modules imported the flows, and a flow called here would otherwise start an
+    ephemeral server of its own.
+    """
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"xray-prefect-{os.getpid()}"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer(port=free_port())
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    server.stop()
+    os.environ.pop("PREFECT_API_URL", None)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,13 @@
 """The drills' harness: inputs, a clean reference, the ``xray`` script, checks.
 
-Small pieces are copied from tests/flows/conftest.py rather than imported: that
-directory's name is the ``flows`` package's.
+Ports, the AWS environment and small stores come from the tests' own modules
+(``servers``, ``stores``), shared with the other tests.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from servers import AWS_ENV  # noqa: F401 (the S3 drill imports it from here)
+from stores import build_store
 
-from xraycore.batch import Batch, process_batch
-from xraycore.catalog import SourceFile
 from xraycore.pipeline import PipelineSpec
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
@@ -29,19 +28,6 @@ from xraycore.verify import verify_store
 SIZE = 64
 BATCH = 16
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def write_phantoms(folder: Path, n: int, *, size: int = SIZE, first: int = 0) -> list[Path]:
@@ -66,18 +52,9 @@ class Reference:
 def clean_reference(folder: Path, out: Path, *, size: int = SIZE) -> Reference:
     """The store a clean run of ``folder`` at ``size`` makes, with its row per image."""
     spec = PipelineSpec.from_dict({"size": size})
-    files = sorted(p for p in folder.glob("*.png"))
-    items = [
-        SourceFile(uri=str(p), image_id=p.name, size=p.stat().st_size, mtime=p.stat().st_mtime)
-        for p in files
-    ]
-    store = ScanStore.open(str(out))
-    store.initialise(spec, batch_size=BATCH)
-    store.ensure_capacity(-(-len(items) // BATCH) * BATCH)
-    for start in range(0, len(items), BATCH):
-        batch = Batch(start=start, items=tuple(items[start : start + BATCH]))
-        process_batch(batch, store=str(out), spec=spec, run_id="reference")
-    store.compact_metadata("reference")
+    store = build_store(
+        out, sorted(folder.glob("*.png")), spec, batch_size=BATCH, run_id="reference"
+    )
     meta = store.read_metadata().to_pylist()
     assert all(r["status"] == "ok" for r in meta)
     return Reference(store, {r["image_id"]: r["row"] for r in meta})

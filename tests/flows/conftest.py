@@ -1,11 +1,10 @@
-"""Real parts for the flow tests: a Prefect API server, a moto S3 server, and
-dask scheduler/worker processes, all on loopback and started here."""
+"""Inputs for the flow tests, and their Dask processes with the Prefect API's
+address. The servers themselves (Prefect, moto) are tests/conftest.py's."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import cv2
@@ -16,36 +15,10 @@ from dicom_files import make_dicom
 from xraycore.synth import damage_scan, phantom_chest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    """One real Prefect API server (SQLite, temporary PREFECT_HOME) for the session."""
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"xray-prefect-{os.getpid()}"
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer(port=free_port())
-    server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = server.api_url
-    # Prefect read its settings when the test modules imported the flows: hand the
-    # URL over, or flows called here would start an ephemeral server of their own.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server.api_url
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=10)
-    server.stop()
-    os.environ.pop("PREFECT_API_URL", None)
-    shutil.rmtree(home, ignore_errors=True)
+def prefect_api(prefect_server):
+    """Every flow test talks to the session's Prefect server (tests/conftest.py)."""
+    return prefect_server
 
 
 def _png(path: Path, image: np.ndarray) -> None:
@@ -56,12 +29,17 @@ def _png(path: Path, image: np.ndarray) -> None:
 
 @pytest.fixture
 def source_dir(tmp_path) -> Path:
-    """Good scans (real ones when ../shared is there, phantoms always) and bad files."""
+    """Good scans and bad files. The two scans listed first are real ones when
+    ../shared is there, else phantoms under ChestX-ray8 names: the listing has
+    the same shape either way (rows 0 and 1 are ok scans)."""
     src = tmp_path / "source"
     (src / "sub").mkdir(parents=True)
     real = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chestxray8"
-    for p in sorted(real.glob("*.png"))[:2]:
+    first = sorted(real.glob("*.png"))[:2]
+    for p in first:
         shutil.copy(p, src / p.name)
+    for i in range(len(first), 2):
+        _png(src / f"0000000{i}_000.png", phantom_chest(512, seed=20 + i))
     for i in range(3):
         _png(src / f"phantom_{i}.png", phantom_chest(200 + 50 * i, seed=i))
     damaged, _ = damage_scan(phantom_chest(256, seed=9), seed=1)
@@ -104,41 +82,6 @@ BAD = {
     "truncated.png": "truncated PNG",
     "notes.png": "not a PNG, JPEG or DICOM",
 }
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto in server mode on a loopback port: a real S3 API over HTTP."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in (
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL",
-        )
-    }
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }
-    )
-    yield endpoint
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture

@@ -23,16 +23,10 @@ from xraycore.storage import Storage
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage(request, tmp_path, monkeypatch) -> Storage:
+def storage(request, tmp_path) -> Storage:
     if request.param == "local":
         return Storage.from_url(str(tmp_path / "store"))
-    endpoint = request.getfixturevalue("moto_endpoint")
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
+    endpoint = request.getfixturevalue("s3_server")  # the AWS environment, for this test
     bucket = f"lease-{uuid.uuid4().hex[:8]}"
     st = Storage.from_url(f"s3://{bucket}/store", {"endpoint_url": endpoint})
     st.makedirs()

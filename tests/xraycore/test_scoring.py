@@ -6,12 +6,10 @@ from datetime import UTC, datetime
 
 import cv2
 import pytest
+from stores import build_store
 
-from xraycore.batch import plan_batches, process_batch
-from xraycore.catalog import list_sources
 from xraycore.pipeline import PipelineSpec
 from xraycore.scoring import shard_groups, unscored_rows
-from xraycore.storage import Storage
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
@@ -31,20 +29,7 @@ def store(tmp_path) -> ScanStore:
     for i in range(6):
         cv2.imwrite(str(src / f"p{i}.png"), phantom_chest(64, seed=i))
     (src / "bad.png").write_bytes(b"not an image")
-    spec = PipelineSpec(size=32)
-    target = ScanStore.open(str(tmp_path / "store"))
-    target.initialise(spec, batch_size=4)
-    plan = plan_batches(
-        list_sources(Storage.from_url(str(src))),
-        None,
-        pipeline_hash=spec.hash,
-        first_free_row=0,
-        batch_size=4,
-    )
-    target.ensure_capacity(plan.end_row)
-    for batch in plan.batches:
-        process_batch(batch, store=target.storage.url, spec=spec, run_id="r1")
-    return target
+    return build_store(tmp_path / "store", src, PipelineSpec(size=32), batch_size=4, run_id="r1")
 
 
 def _predict(store: ScanStore, items, sha: str, part: str) -> None:

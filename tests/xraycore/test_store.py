@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stores import build_store, source_files
 
 from xraycore import schema
 from xraycore.batch import Batch, process_batch
-from xraycore.catalog import SourceFile
 from xraycore.io import decode_image
 from xraycore.pipeline import PipelineSpec, run_pipeline
 from xraycore.schema import ArraySpec, StoreFormatError
@@ -20,13 +20,6 @@ from xraycore.synth import phantom_chest
 
 EXACT = ("preprocessed", "canny", "mask", "histogram")
 PACKED = ("log", "gradient_magnitude", "sobel")
-
-
-def _sources(paths: list[Path]) -> list[SourceFile]:
-    return [
-        SourceFile(uri=str(p), image_id=p.name, size=p.stat().st_size, mtime=p.stat().st_mtime)
-        for p in paths
-    ]
 
 
 def _png_files(tmp_path: Path, images: list[np.ndarray]) -> list[Path]:
@@ -38,18 +31,6 @@ def _png_files(tmp_path: Path, images: list[np.ndarray]) -> list[Path]:
         cv2.imwrite(str(path), image)
         paths.append(path)
     return paths
-
-
-def _build(store_url: str, paths: list[Path], spec: PipelineSpec, batch_size: int) -> ScanStore:
-    store = ScanStore.open(store_url)
-    store.initialise(spec, batch_size=batch_size)
-    items = _sources(paths)
-    store.ensure_capacity(-(-len(items) // batch_size) * batch_size)
-    for start in range(0, len(items), batch_size):
-        batch = Batch(start=start, items=tuple(items[start : start + batch_size]))
-        process_batch(batch, store=store_url, spec=spec, run_id="test")
-    store.compact_metadata("test")
-    return store
 
 
 def _assert_round_trip(store: ScanStore, spec: PipelineSpec) -> dict[str, float]:
@@ -78,7 +59,7 @@ def test_edge_maps_within_half_a_percent_and_exact_maps_bit_identical_on_real_sc
     tmp_path, chestxray8_files
 ):
     spec = PipelineSpec()
-    store = _build(str(tmp_path / "store"), chestxray8_files, spec, batch_size=8)
+    store = build_store(str(tmp_path / "store"), chestxray8_files, spec, batch_size=8)
     worst = _assert_round_trip(store, spec)
     print("worst error, fraction of each map's range:", worst)
     assert all(w <= 0.005 for w in worst.values()), worst
@@ -90,7 +71,7 @@ def test_edge_maps_within_half_a_percent_and_exact_maps_bit_identical_on_real_sc
 def test_round_trip_on_phantoms_with_a_partial_last_shard(tmp_path):
     spec = PipelineSpec(size=256)
     images = [phantom_chest(256, seed=i, opacity=i % 2 == 1) for i in range(11)]
-    store = _build(str(tmp_path / "store"), _png_files(tmp_path, images), spec, batch_size=8)
+    store = build_store(str(tmp_path / "store"), _png_files(tmp_path, images), spec, batch_size=8)
     assert store.batch_size == 8 and store.shard_size == 8
     worst = _assert_round_trip(store, spec)
     assert all(w <= 0.005 for w in worst.values()), worst
@@ -104,9 +85,9 @@ def test_bytes_per_scan_default_and_preprocessed_only(tmp_path, chestxray8_files
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
     full = tmp_path / "full"
-    _build(str(full), chestxray8_files, PipelineSpec(), batch_size=16)
+    build_store(str(full), chestxray8_files, PipelineSpec(), batch_size=16)
     only = tmp_path / "only"
-    _build(str(only), chestxray8_files, PipelineSpec(outputs=()), batch_size=16)
+    build_store(str(only), chestxray8_files, PipelineSpec(outputs=()), batch_size=16)
     n = len(chestxray8_files)
     per_scan = size(full / "images.zarr") / n
     print(f"default store {per_scan / 1e6:.2f} MB per scan")
@@ -126,7 +107,7 @@ def test_failed_input_reads_as_zeros_and_does_not_shift_rows(tmp_path):
     store.initialise(spec, batch_size=4)
     store.ensure_capacity(4)
     result = process_batch(
-        Batch(start=0, items=tuple(_sources(paths))), store=store_url, spec=spec, run_id="r"
+        Batch(start=0, items=tuple(source_files(paths))), store=store_url, spec=spec, run_id="r"
     )
     assert (result["ok"], result["failed"]) == (3, 1)
     assert result["rows"] == [0, 2, 3]
@@ -142,7 +123,7 @@ def test_metadata_columns_and_types_come_from_the_schema(tmp_path):
 
     spec = PipelineSpec(size=64)
     paths = _png_files(tmp_path, [phantom_chest(64, seed=1)])
-    store = _build(str(tmp_path / "store"), paths, spec, batch_size=2)
+    store = build_store(str(tmp_path / "store"), paths, spec, batch_size=2)
     table = store.read_metadata()
     assert table.column_names[: len(schema.METADATA_COLUMNS)] == list(schema.METADATA_COLUMNS)
     assert table.schema.field("processed_at").type == pa.timestamp("us", tz="UTC")
@@ -362,7 +343,7 @@ def test_dask_from_zarr_with_the_recorded_scale_equals_read(tmp_path):
 
     spec = PipelineSpec(size=64)
     paths = _png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(3)])
-    store = _build(str(tmp_path / "store"), paths, spec, batch_size=4)
+    store = build_store(str(tmp_path / "store"), paths, spec, batch_size=4)
     arr = zarr.open_array(str(tmp_path / "store" / "images.zarr"), path="log", mode="r")
     lazy = da.from_zarr(arr)
     physical = lazy * arr.attrs["scale_factor"] + arr.attrs["add_offset"]
@@ -442,7 +423,7 @@ def test_a_dataset_with_open_arrays_pickles_for_dataloader_workers(tmp_path):
 
     spec = PipelineSpec(size=32)
     paths = _png_files(tmp_path, [phantom_chest(32, seed=i) for i in range(3)])
-    _build(str(tmp_path / "store"), paths, spec, batch_size=4)
+    build_store(str(tmp_path / "store"), paths, spec, batch_size=4)
     dataset = ScanDataset(str(tmp_path / "store"))
     first = dataset[1]
     again = pickle.loads(pickle.dumps(dataset))

@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from stores import build_store, source_files
 
 from xraycore import schema
-from xraycore.batch import Batch, plan_batches, process_batch
-from xraycore.catalog import SourceFile
+from xraycore.batch import Batch, process_batch
 from xraycore.lease import LeaseHeldError, StoreLease
 from xraycore.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore
@@ -26,31 +26,6 @@ BATCH = 16
 N = 20  # two shards: rows 0-15 and 16-19
 
 
-def _sources(folder: Path) -> list[SourceFile]:
-    return [
-        SourceFile(uri=str(p), image_id=p.name, size=p.stat().st_size, mtime=p.stat().st_mtime)
-        for p in sorted(folder.glob("*.png"))
-    ]
-
-
-def _run(url: str, folder: Path, run_id: str) -> ScanStore:
-    """What a run does, without Prefect: plan against the metadata, write, compact."""
-    store = ScanStore.open(url)
-    store.initialise(SPEC, batch_size=BATCH)
-    plan = plan_batches(
-        _sources(folder),
-        store.read_metadata(),
-        pipeline_hash=SPEC.hash,
-        first_free_row=store.capacity(),
-        batch_size=BATCH,
-    )
-    store.ensure_capacity(plan.end_row)
-    for batch in plan.batches:
-        process_batch(batch, store=url, spec=SPEC, run_id=run_id)
-    store.compact_metadata(run_id)
-    return store
-
-
 @pytest.fixture(scope="module")
 def clean_store(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("verify")
@@ -58,7 +33,7 @@ def clean_store(tmp_path_factory) -> tuple[Path, Path]:
     folder.mkdir()
     for i in range(N):
         cv2.imwrite(str(folder / f"scan{i:03d}.png"), phantom_chest(64, seed=i))
-    _run(str(root / "store"), folder, "clean")
+    build_store(root / "store", folder, SPEC, batch_size=BATCH, run_id="clean")
     return folder, root / "store"
 
 
@@ -202,7 +177,8 @@ def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     assert len(failed) == N - 16 and all(
         r["error"].startswith("verify: unreadable") for r in failed
     )
-    _run(st.storage.url, folder, "rerun")  # redoes exactly the failed rows, in a new shard
+    # The next run redoes exactly the failed rows, in a new shard.
+    build_store(st.storage.url, folder, SPEC, batch_size=BATCH, run_id="rerun")
     rows = st.read_metadata().to_pylist()
     assert len(rows) == N and all(r["status"] == "ok" for r in rows)
     assert sorted(r["row"] for r in rows if r["run_id"] == "rerun") == list(range(32, 32 + N - 16))
@@ -233,7 +209,7 @@ def test_a_batch_written_by_process_batch_records_the_checksum_verify_reads(tmp_
     st = ScanStore.open(str(tmp_path / "s"))
     st.initialise(SPEC, batch_size=BATCH)
     st.ensure_capacity(BATCH)
-    batch = Batch(start=0, items=tuple(_sources(tmp_path)))
+    batch = Batch(start=0, items=tuple(source_files([tmp_path / "a.png"])))
     process_batch(batch, store=str(tmp_path / "s"), spec=SPEC, run_id="one")
     report = verify_store(st)
     assert [p.kind for p in report.problems] == ["leftover_part"]  # not compacted yet

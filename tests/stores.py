@@ -1,0 +1,60 @@
+"""Small real stores, written the way a run writes them but without Prefect or Dask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xraycore.batch import plan_batches, process_batch
+from xraycore.catalog import SourceFile, list_sources
+from xraycore.pipeline import PipelineSpec
+from xraycore.storage import Storage
+from xraycore.store import ScanStore
+
+
+def source_files(paths: list[Path]) -> list[SourceFile]:
+    """Local files as a listing gives them: id the file name, size and mtime from disk."""
+    return [
+        SourceFile(uri=str(p), image_id=p.name, size=p.stat().st_size, mtime=p.stat().st_mtime)
+        for p in paths
+    ]
+
+
+def build_store(
+    url: str | Path,
+    sources: str | Path | list[Path] | list[SourceFile],
+    spec: PipelineSpec,
+    *,
+    batch_size: int,
+    labels: dict[str, dict] | None = None,
+    run_id: str = "test",
+    compact: bool = True,
+) -> ScanStore:
+    """Initialise (or reopen) the store at ``url``, plan ``sources`` against the
+    metadata already there, grow the arrays, process every batch and compact.
+
+    ``sources`` is a folder (listed by :func:`xraycore.catalog.list_sources`),
+    a list of local paths, or a list of :class:`SourceFile`. ``compact=False``
+    leaves the batches' metadata parts uncompacted, as a run killed before its
+    commit does.
+    """
+    url = str(url)
+    if isinstance(sources, (str, Path)):
+        sources = list_sources(Storage.from_url(str(sources)))
+    else:
+        sources = [s if isinstance(s, SourceFile) else source_files([s])[0] for s in sources]
+    store = ScanStore.open(url)
+    store.initialise(spec, batch_size=batch_size)
+    plan = plan_batches(
+        sources,
+        store.read_metadata(),
+        pipeline_hash=spec.hash,
+        first_free_row=store.capacity(),
+        batch_size=batch_size,
+        labels=labels,
+    )
+    store.ensure_capacity(plan.end_row)
+    for batch in plan.batches:
+        process_batch(batch, store=url, spec=spec, run_id=run_id)
+    if compact:
+        store.compact_metadata(run_id)
+    return store
