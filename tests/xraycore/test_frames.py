@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_files import make_dicom
+from stores import build_store
 
 from xraycore import schema
-from xraycore.batch import plan_batches, process_batch
+from xraycore.batch import plan_batches
 from xraycore.catalog import list_sources
 from xraycore.io import decode_image
 from xraycore.pipeline import PipelineSpec, run_pipeline
@@ -44,21 +45,7 @@ def source(tmp_path) -> Path:
 
 def _run(source: Path, store_url: str, run_id: str, labels=None) -> ScanStore:
     """One run as the flow does it: list, plan against the store, process, commit."""
-    store = ScanStore.open(store_url)
-    store.initialise(SPEC, batch_size=BATCH)
-    plan = plan_batches(
-        list_sources(Storage.from_url(str(source))),
-        store.read_metadata(),
-        pipeline_hash=SPEC.hash,
-        first_free_row=store.capacity(),
-        batch_size=BATCH,
-        labels=labels,
-    )
-    store.ensure_capacity(plan.end_row)
-    for batch in plan.batches:
-        process_batch(batch, store=store_url, spec=SPEC, run_id=run_id)
-    store.compact_metadata(run_id)
-    return store
+    return build_store(store_url, source, SPEC, batch_size=BATCH, labels=labels, run_id=run_id)
 
 
 def test_the_listing_has_one_entry_per_frame(source):

@@ -12,12 +12,10 @@ import time
 from pathlib import Path
 
 import cv2
+from stores import build_store
 
 from xraycore import schema
-from xraycore.batch import Batch, process_batch
-from xraycore.catalog import SourceFile
 from xraycore.pipeline import PipelineSpec
-from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +61,12 @@ def _xray(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_path):
     url = str(tmp_path / "store")
-    store = ScanStore.open(url)
-    store.initialise(SPEC, batch_size=4)
-    store.ensure_capacity(8)
-    items = []
+    paths = []
     for i in range(4):
-        path = tmp_path / f"scan{i}.png"
-        cv2.imwrite(str(path), phantom_chest(64, seed=i))
-        items.append(SourceFile(str(path), path.name, path.stat().st_size, path.stat().st_mtime))
-    process_batch(Batch(start=0, items=tuple(items)), store=url, spec=SPEC, run_id="r1")
-    store.compact_metadata("r1")
+        paths.append(tmp_path / f"scan{i}.png")
+        cv2.imwrite(str(paths[-1]), phantom_chest(64, seed=i))
+    store = build_store(url, paths, SPEC, batch_size=4, run_id="r1")
+    store.ensure_capacity(8)
     assert store.temporary_files() == []
 
     marker = tmp_path / "in-the-middle"
