@@ -51,7 +51,7 @@ __all__ = [
 
 ARCHITECTURES = ("densenet121",)
 # ImageNet's statistics: what an ImageNet-trained DenseNet-121 (seed 004's
-# starting point, given with --weights) was trained to see.
+# starting point, given as ``weights``) was trained to see.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DenseNet-121 halves its input five times: below 32 px nothing is left to pool.

@@ -254,3 +254,10 @@ def test_bad_input_is_refused(store, kwargs, match):
     args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
     with pytest.raises(ValueError, match=match):
         cnn.train_cnn(store, **{**args, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs", [{"epochs": 1.5}, {"batch_size": True}, {"lr": "fast"}])
+def test_a_number_of_the_wrong_type_is_refused(store, kwargs):
+    args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
+    with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be"):
+        cnn.train_cnn(store, **{**args, **kwargs})
