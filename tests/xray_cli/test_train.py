@@ -130,9 +130,13 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     rows = [p["row"] for p in predictions]
     network = build_network()
     load_checkpoint(network, model.with_suffix(".pt"))
-    torch.set_num_threads(1)
     scans = ScanStore.open(store).read("preprocessed", rows)
-    expected = cnn_scores(network, scans, ModelContract.from_dict(contract))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = cnn_scores(network, scans, ModelContract.from_dict(contract))
+    finally:
+        torch.set_num_threads(threads)
     got = np.array([p["score"] for p in predictions])
     assert np.abs(got - expected).max() < 1e-4
 
