@@ -479,24 +479,6 @@ def split(
     typer.echo(f"splits written to {store}: {counts}")
 
 
-class Arch(StrEnum):
-    logistic = "logistic"
-    densenet121 = "densenet121"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Precision(StrEnum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
 def _finding(target: str) -> tuple[str, tuple[str, str]]:
     """The metadata column of ``--target`` (Pneumonia or finding_pneumonia) and the
     labels of the model's contract (no pneumonia, pneumonia)."""
@@ -537,6 +519,8 @@ def _epoch_line(result) -> str:
 def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options, **options):
     from xraycore import cnn
 
+    if arch not in cnn.ARCHITECTURES:
+        _fail(f"--arch must be logistic or one of {', '.join(cnn.ARCHITECTURES)}, got {arch!r}", 2)
     try:
         device, precision = cnn.cnn_device(
             options.pop("device", "auto"), options.pop("precision", "auto")
@@ -575,10 +559,10 @@ def train(
         str, typer.Option(help="Finding to predict: Pneumonia or its column finding_pneumonia.")
     ],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
+    # Plain strings: xraycore.cnn owns the names it accepts and refuses others (exit 2).
     arch: Annotated[
-        Arch,
-        typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI)."),
-    ] = Arch.logistic,
+        str, typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI).")
+    ] = "logistic",
     size: Annotated[
         int | None, typer.Option(help="Model input size (default 256 logistic, 224 densenet121).")
     ] = None,
@@ -593,10 +577,10 @@ def train(
         int | None, typer.Option(help="DataLoader worker processes (default 0).")
     ] = None,
     device: Annotated[
-        Device | None, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")
+        str | None, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")
     ] = None,
     precision: Annotated[
-        Precision | None,
+        str | None,
         typer.Option(help="auto (bf16 or fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16."),
     ] = None,
     max_steps: Annotated[
@@ -623,10 +607,9 @@ def train(
         precision=precision,
         max_steps=max_steps,
     )
-    # The CNN's own defaults apply to what is not given.
-    given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in given.items() if v is not None}  # the CNN's defaults for the rest
     opts = _options(storage_options)
-    if arch == Arch.logistic:
+    if arch == "logistic":
         # The NumPy baseline has no epochs, batches, device, seed or checkpoint.
         flags = [f"--{k.replace('_', '-')}" for k in given] + (["--weights"] if weights else [])
         if flags:
@@ -639,7 +622,7 @@ def train(
         store,
         column,
         labels,
-        arch=arch.value,
+        arch=arch,
         size=size,
         split=split,
         out=out,

@@ -190,3 +190,22 @@ def test_baseline_refuses_what_it_cannot_use(store, tmp_path, flags, match):
     assert res.returncode == 2
     assert len(res.stderr.splitlines()) == 1
     assert re.search(match, res.stderr), res.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--arch", "resnet50"], "--arch must be logistic or one of densenet121, got 'resnet50'"),
+        (["--arch", "densenet121", "--device", "tpu"], "device must be one of"),
+        (["--arch", "densenet121", "--precision", "fp8"], "precision must be one of"),
+    ],
+)
+def test_unknown_names_are_refused_before_any_work(store, tmp_path, flags, match):
+    res = _xray(
+        "train", store, "--target", "Pneumonia", "--out", str(tmp_path / "m.onnx"), *flags,
+        code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 2
+    (line,) = res.stderr.splitlines()
+    assert match in line, line
+    assert res.stdout == ""
