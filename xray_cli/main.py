@@ -594,7 +594,7 @@ def train(
     """Train a classifier of TARGET on a split of STORE and export ONNX + contract.
 
     --arch logistic (default) fits the NumPy baseline; --arch densenet121 trains a
-    DenseNet-121 with PyTorch (pip install 'xray-pipeline[torch]'), in mixed
+    DenseNet-121 with PyTorch (the package's torch extra), in mixed
     precision on CUDA, and also writes its weights next to OUT (OUT with .pt)."""
     column, labels = _finding(target)
     given = dict(
