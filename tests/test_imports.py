@@ -122,3 +122,24 @@ def test_importing_the_flows_does_no_work():
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_importing_xraycore_never_imports_torch():
+    """torch is an optional extra (``[torch]``) and takes seconds to import: xraycore's
+    modules and the CLI import it inside the functions that train, never at import."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import xraycore\n"
+        "for m in pkgutil.walk_packages(xraycore.__path__, 'xraycore.'):\n"
+        "    if not m.name.rpartition('.')[2].startswith('_'):\n"
+        "        importlib.import_module(m.name)\n"
+        "import xray_cli.main\n"
+        "heavy = ('torch', 'monai', 'onnxscript')\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & set(heavy))\n"
+        "assert not loaded, loaded\n"
+        "assert 'xraycore.cnn' in sys.modules\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,211 @@
+"""``xray train``: the DenseNet-121 from a store to a model ``xray classify`` and the
+report take unchanged; the NumPy baseline without torch; the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from xraycore.batch import Batch, process_batch
+from xraycore.catalog import SourceFile
+from xraycore.classify import ModelContract
+from xraycore.pipeline import PipelineSpec
+from xraycore.store import ScanStore
+from xraycore.synth import phantom_chest
+from xraycore.training import write_splits
+
+ROOT = Path(__file__).resolve().parents[2]
+# Run as if torch were not installed: the import fails as it would.
+WITHOUT_TORCH = (
+    "import sys\n"
+    "sys.modules['torch'] = None\n"
+    "from xray_cli.main import app\n"
+    "try:\n"
+    "    app(sys.argv[1:])\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code\n"
+    "loaded = [m for m, v in sys.modules.items() if v and m.split('.')[0] in ('torch', 'monai')]\n"
+    "assert not loaded, loaded\n"
+    "sys.exit(code)\n"
+)
+
+
+def labelled_store(root: Path, *, n: int, size: int) -> str:
+    """A store of ``n`` phantoms, the odd ones brightened ("finding_pneumonia"),
+    stored as they are; scans 6 and 7 of every 8 in the validation split, the
+    rest in train. (A copy of tests/xraycore/test_cnn.py's.)"""
+    src = root / "scans"
+    src.mkdir(parents=True)
+    items, labels = [], []
+    for i in range(n):
+        scan = phantom_chest(size, seed=i) // 2
+        path = src / f"scan{i:03d}.png"
+        cv2.imwrite(str(path), scan + 128 if i % 2 else scan)
+        stat = path.stat()
+        items.append(
+            SourceFile(uri=str(path), image_id=path.name, size=stat.st_size, mtime=stat.st_mtime)
+        )
+        labels.append({"finding_pneumonia": bool(i % 2), "patient_id": str(i)})
+    spec = PipelineSpec(size=size, enhance=(), outputs=())
+    url, batch = str(root / "store"), 16
+    store = ScanStore.open(url)
+    store.initialise(spec, batch_size=batch)
+    store.ensure_capacity(-(-n // batch) * batch)
+    for start in range(0, n, batch):
+        chunk = Batch(
+            start, tuple(items[start : start + batch]), tuple(labels[start : start + batch])
+        )
+        process_batch(chunk, store=url, spec=spec, run_id="test")
+    store.compact_metadata("test")
+    ids = store.read_metadata().column("image_id").to_pylist()
+    write_splits(store, ["validation" if int(i[4:7]) % 8 >= 6 else "train" for i in ids], "split")
+    return url
+
+
+def _xray(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    """The command line of this checkout in a fresh process (``code`` replaces the
+    entry point, e.g. to hide torch)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    # Two cores shared with other work: torch's OpenMP threads would spin against each other.
+    env["OMP_NUM_THREADS"] = "1"
+    command = (
+        [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "xray_cli", *args]
+    )
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return labelled_store(tmp_path_factory.mktemp("train"), n=32, size=96)
+
+
+def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    from xraycore.cnn import build_network, cnn_scores, load_checkpoint
+
+    model = tmp_path / "densenet.onnx"
+    res = _xray(
+        "train", store, "--arch", "densenet121", "--target", "finding_pneumonia",
+        "--size", "64", "--batch-size", "4", "--max-steps", "3", "--out", str(model),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert (
+        lines[0].startswith("training densenet121 on split 'train'")
+        and "cpu, fp32, 64x64" in lines[0]
+    )
+    assert lines[1].startswith("epoch 1/1: loss ") and "(3 steps," in lines[1]
+    assert "validation loss" in lines[1] and lines[1].endswith("on 8 scans")
+    assert lines[2].startswith("trained densenet121 for 3 steps on 12 scans")
+    contract = json.loads(Path(f"{model}.json").read_text())
+    assert contract["size"] == 64 and contract["labels"] == ["no pneumonia", "pneumonia"]
+    assert model.with_suffix(".pt").is_file()
+
+    res = _xray("classify", store, "--model", str(model))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "scored 32 rows" in res.stdout
+    for column in ("precision", "recall", "f1-score", "support", "accuracy"):
+        assert column in res.stdout
+    report = json.loads((Path(store) / "classification_report.json").read_text())
+    assert report["target"] == "finding_pneumonia"
+    assert report["labels"] == ["no pneumonia", "pneumonia"]
+    assert {"precision", "recall", "f1-score"} <= report["pneumonia"].keys()
+    assert np.asarray(report["confusion_matrix"]).sum() == 32
+    assert (Path(store) / "confusion_matrix.png").stat().st_size > 1000
+
+    # What classify stored is what the trained network, loaded from its weights, gives.
+    predictions = ScanStore.open(store).read_predictions().to_pylist()
+    rows = [p["row"] for p in predictions]
+    network = build_network()
+    load_checkpoint(network, model.with_suffix(".pt"))
+    scans = ScanStore.open(store).read("preprocessed", rows)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = cnn_scores(network, scans, ModelContract.from_dict(contract))
+    finally:
+        torch.set_num_threads(threads)
+    got = np.array([p["score"] for p in predictions])
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_a_missing_weights_file_is_one_clear_line(store, tmp_path):
+    pytest.importorskip("torch")
+    res = _xray(
+        "train", store, "--arch", "densenet121", "--target", "Pneumonia",
+        "--weights", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "m.onnx"),
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        f"error: weights file {tmp_path / 'absent.pt'} does not exist"
+    ]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_without_torch_densenet121_says_what_to_install_and_the_baseline_trains(store, tmp_path):
+    res = _xray(
+        "train", store, "--arch", "densenet121", "--target", "Pneumonia",
+        "--out", str(tmp_path / "cnn.onnx"), code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("error: ") and line.endswith("pip install 'xray-pipeline[torch]'")
+    assert not (tmp_path / "cnn.onnx").exists()
+
+    res = _xray(
+        "train", store, "--target", "finding_pneumonia", "--size", "64",
+        "--out", str(tmp_path / "baseline.onnx"), code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "trained on 24 scans (12 positive)" in res.stdout
+    contract = json.loads((tmp_path / "baseline.onnx.json").read_text())
+    assert contract["size"] == 64 and contract["labels"] == ["no pneumonia", "pneumonia"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--epochs", "2"], "--epochs only apply to a CNN"),
+        (["--max-steps", "1", "--weights", "w.pt"], "--max-steps, --weights only apply to a CNN"),
+        (["--split", "test"], "single class|at least two images"),
+    ],
+)
+def test_baseline_refuses_what_it_cannot_use(store, tmp_path, flags, match):
+    res = _xray(
+        "train", store, "--target", "Pneumonia", "--out", str(tmp_path / "m.onnx"), *flags,
+        code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert len(res.stderr.splitlines()) == 1
+    assert re.search(match, res.stderr), res.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--arch", "resnet50"], "--arch must be logistic or one of densenet121, got 'resnet50'"),
+        (["--arch", "densenet121", "--device", "tpu"], "device must be one of"),
+        (["--arch", "densenet121", "--precision", "fp8"], "precision must be one of"),
+    ],
+)
+def test_unknown_names_are_refused_before_any_work(store, tmp_path, flags, match):
+    res = _xray(
+        "train", store, "--target", "Pneumonia", "--out", str(tmp_path / "m.onnx"), *flags,
+        code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 2
+    (line,) = res.stderr.splitlines()
+    assert match in line, line
+    assert res.stdout == ""
