@@ -112,6 +112,7 @@ def main() -> None:
         )
 
         from flows.preprocess import preprocess_dataset
+        from flows.runner import local_cluster
         from xraycore.store import ScanStore
 
         t0 = time.perf_counter()
@@ -120,7 +121,7 @@ def main() -> None:
             store=str(store),
             size=32,
             batch_size=args.shard_size,
-            workers=2,
+            cluster=local_cluster(2),
             sheet=False,
         )
         t_pre = time.perf_counter() - t0

@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     from flows.preprocess import preprocess_dataset
     from flows.progress import observe
-    from flows.runner import prefect_api
+    from flows.runner import local_cluster, prefect_api
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
@@ -78,7 +78,7 @@ def main() -> None:
                         labels=str(labels),
                         size=16,
                         batch_size=args.batch_size,
-                        workers=args.workers,
+                        cluster=local_cluster(args.workers),
                         sheet=False,
                     )
             except Stop:

@@ -89,6 +89,7 @@ def bare_loop(source: str, out: str, workers: int, batch_size: int):
 def flow_run(source: str, out: str, workers: int, batch_size: int):
     from flows.preprocess import preprocess_dataset
     from flows.progress import observe
+    from flows.runner import local_cluster
 
     marks = []
     phases = {}
@@ -102,7 +103,11 @@ def flow_run(source: str, out: str, workers: int, batch_size: int):
 
     with observe(observer):
         summary = preprocess_dataset(
-            source=source, store=out, batch_size=batch_size, workers=workers, sheet=False
+            source=source,
+            store=out,
+            batch_size=batch_size,
+            cluster=local_cluster(workers),
+            sheet=False,
         )
     return time.perf_counter() - start, marks, phases, summary
 

@@ -1,9 +1,15 @@
 """Storage credentials from a Prefect block, joined to the storage options inside
-the run so that they are never a flow parameter (Prefect records those)."""
+the run so that they are never a flow parameter (Prefect records those).
+
+Every flow builds its storage options here, once, at its entry: this is where
+credentials given as a parameter are refused.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from xraycore.storage import refuse_credentials
 
 __all__ = ["with_block_credentials"]
 
@@ -15,8 +21,10 @@ def with_block_credentials(
     block named ``block`` (s3fs's ``key``/``secret``/``token``, or its ``profile``).
 
     Without a block the options are returned unchanged, and S3 uses the standard
-    AWS environment or profile.
+    AWS environment or profile. Options holding credentials themselves are refused
+    (``CredentialsRefusedError``): Prefect has recorded them as a parameter.
     """
+    refuse_credentials(storage_options, "storage_options")
     if not block:
         return storage_options
     try:

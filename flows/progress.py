@@ -1,27 +1,61 @@
-"""What a flow tells whoever runs it in-process (the CLI's phase lines and bar).
+"""A run's milestones, told once: to the flow run's log and to in-process observers.
 
-The flow calls :func:`notify` with an event name and a few fields; an observer
-registered with :func:`observe` receives them in the flow's thread. With no
-observer (a deployment, a test) notifying costs nothing. The Prefect UI gets the
-same information from logs and artifacts, not from here.
+A flow calls :func:`notify` with an event name and a few fields, once per
+milestone. The event goes to
+
+- the Prefect run logger (the UI's log tab, a deployment's worker), as one line
+  formatted per event kind; ``batch`` events at most once per
+  :data:`LOG_EVERY_S` (and for the last batch), so a run of thousands of
+  batches does not flood the API;
+- every observer registered with :func:`observe` (the CLI's phase lines and
+  bar), in the flow's thread, each event.
 
 Events: ``waiting`` (run_id, holder, since: another run holds the store's
-lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs),
-``planned`` (new, retried, skipped, batches, images), ``cluster`` (workers,
-dashboard), ``batch`` (done, total, failed, batches_done, batches),
-``committed`` (rows), ``scored`` (rows).
+lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs,
+seconds), ``planned`` (new, retried, skipped, batches, images), ``cluster``
+(workers, dashboard), ``batch`` (done, total, failed, batches_done, batches,
+rate), ``committed`` (rows), ``scored`` (rows).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Observer", "notify", "observe"]
+__all__ = ["LOG_EVERY_S", "Observer", "log_line", "notify", "observe"]
 
 Observer = Callable[[str, dict[str, Any]], None]
 _observers: list[Observer] = []
+
+#: Seconds between two progress lines in a flow run's log.
+LOG_EVERY_S = 2.0
+
+_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "waiting": lambda f: (
+        f"waiting for run {f['run_id']} ({f['holder']}), which holds the store since {f['since']}"
+    ),
+    "lease_taken_over": lambda f: (
+        f"took over the lease of run {f['run_id']} ({f['holder']}): {f['reason']}"
+    ),
+    "listed": lambda f: f"listed {f['inputs']} inputs in {f['seconds']:.1f} s",
+    "planned": lambda f: (
+        f"{f['images']} images in {f['batches']} {'batch' if f['batches'] == 1 else 'batches'}: "
+        f"{f['new']} new, "
+        f"{f['retried']} to retry, {f['skipped']} already done"
+    ),
+    "cluster": lambda f: f"Dask cluster: {f['workers']} workers, dashboard {f['dashboard']}",
+    "batch": lambda f: (
+        f"progress: {f['done']}/{f['total']} images, {f['batches_done']}/{f['batches']} "
+        f"batches, {f.get('rate') or 0.0:.1f} images/s"
+    ),
+    "committed": lambda f: f"committed {f['rows']} rows",
+    "scored": lambda f: f"scored {f['rows']} rows",
+}
+_WARNINGS = {"lease_taken_over"}
+_last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
 
 
 @contextlib.contextmanager
@@ -34,7 +68,42 @@ def observe(observer: Observer) -> Iterator[None]:
         _observers.remove(observer)
 
 
+def log_line(event: str, fields: dict[str, Any]) -> str | None:
+    """How ``event`` reads in a flow run's log; None for an event that is not logged."""
+    line = _LINES.get(event)
+    return line(fields) if line else None
+
+
 def notify(event: str, **fields: Any) -> None:
-    """Tell the observers (if any) that ``event`` happened."""
+    """Tell the flow run's log and the observers (if any) that ``event`` happened."""
+    text = log_line(event, fields)
+    logger, run = _run_logger()
+    if text is not None and _log_now(event, fields, run):
+        logger.log(logging.WARNING if event in _WARNINGS else logging.INFO, text)
     for observer in list(_observers):
         observer(event, fields)
+
+
+def _log_now(event: str, fields: dict[str, Any], run: str) -> bool:
+    """Whether to log ``event`` now: a progress line at most every LOG_EVERY_S, and the last."""
+    if event != "batch":
+        return True
+    now = time.monotonic()
+    last = _last_progress.get(run)
+    if last is not None and now - last < LOG_EVERY_S and fields["done"] < fields["total"]:
+        return False
+    _last_progress[run] = now
+    if fields["done"] >= fields["total"]:
+        _last_progress.pop(run, None)  # the run's last progress line: forget the run
+    return True
+
+
+def _run_logger() -> tuple[Any, str]:
+    """The Prefect run logger and the flow run's id; a plain logger outside a run."""
+    from prefect.context import FlowRunContext
+    from prefect.logging import get_run_logger
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return logging.getLogger(__name__), ""
+    return get_run_logger(), str(context.flow_run.id)

@@ -3,7 +3,7 @@
 This module builds things and never imports a flow. Nothing here runs at import
 time: a cluster spec is read, and Dask configured, when a run starts.
 
-Prefect sees few coarse units (one task run per shard of scans, in the flow
+Prefect sees few coarse units (one task run per batch of scans, in the flow
 process); the scans themselves are plain Dask work on the cluster's workers,
 which import ``xraycore`` and never Prefect.
 """
@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_CLUSTER",
     "WORKER_MALLOC",
     "ClusterSpec",
     "DaskCluster",
+    "check_cluster_spec",
     "load_cluster_spec",
+    "local_cluster",
     "prefect_api",
     "resolve_cluster",
     "run_flow",
@@ -61,18 +64,39 @@ def load_cluster_spec(spec: str) -> dict[str, Any]:
         path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         known = sorted({p.stem for d in cluster_spec_dirs() for p in d.glob("*.yaml")})
-        raise ValueError(f"cluster spec {spec!r} not found (known: {known}, or a YAML path)")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ValueError(
+            f"cluster spec {spec!r} not found (known: {known}, a YAML path, or an address "
+            "like tcp://host:8786)"
+        )
+    return check_cluster_spec(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def check_cluster_spec(data: Any, where: str = "cluster") -> dict[str, Any]:
+    """``data`` if it is a cluster spec (the keys of a ``deploy/clusters`` file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: a cluster spec must be a mapping, got {type(data).__name__}")
     allowed = {"address", "cluster_class", "cluster_kwargs", "adapt_kwargs"}
     unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     if bool(data.get("address")) == bool(data.get("cluster_class")):
-        raise ValueError(f"{path}: give exactly one of 'address' or 'cluster_class'")
+        raise ValueError(f"{where}: give exactly one of 'address' or 'cluster_class'")
+    if data.get("address") and not str(data["address"]).startswith(_ADDRESS_SCHEMES):
+        raise ValueError(f"{where}: address must be like tcp://host:8786, got {data['address']!r}")
     for key in ("cluster_kwargs", "adapt_kwargs"):
-        if not isinstance(data.get(key, {}), dict):
-            raise ValueError(f"{path}: {key} must be a mapping")
+        if not isinstance(data.get(key) or {}, dict):
+            raise ValueError(f"{where}: {key} must be a mapping")
     return data
+
+
+def local_cluster(workers: int, **cluster_kwargs: Any) -> dict[str, Any]:
+    """The ``cluster`` value of a LocalCluster of ``workers`` processes."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    return {
+        "cluster_class": DEFAULT_CLUSTER,
+        "cluster_kwargs": {**cluster_kwargs, "n_workers": workers},
+    }
 
 
 @dataclass(frozen=True)
@@ -86,43 +110,44 @@ class ClusterSpec:
     adapt_kwargs: dict[str, Any] | None = None
 
 
-def resolve_cluster(
-    *,
-    cluster: str | None = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    cluster_class: str | None = None,
-    cluster_kwargs: dict[str, Any] | None = None,
-) -> ClusterSpec:
-    """The cluster a run uses: ``scheduler`` (an address), else ``cluster_class``,
-    else the spec named by ``cluster`` or ``XRAY_DASK_CLUSTER``, else a
-    LocalCluster of one single-threaded worker process per core (OpenCV and
-    NumPy already vectorise within a scan)."""
-    cluster = cluster or os.environ.get("XRAY_DASK_CLUSTER")
-    adapt_kwargs = None
-    if cluster and not (scheduler or cluster_class):
-        spec = load_cluster_spec(cluster)
-        scheduler = spec.get("address")
-        cluster_class = spec.get("cluster_class")
-        cluster_kwargs = {**spec.get("cluster_kwargs", {}), **(cluster_kwargs or {})}
-        adapt_kwargs = spec.get("adapt_kwargs")
-    if scheduler:
-        if not scheduler.startswith(_ADDRESS_SCHEMES):
-            raise ValueError(
-                f"--scheduler must be an address like tcp://host:8786, got {scheduler!r}"
-            )
-        return ClusterSpec(address=scheduler)
-    kwargs = dict(cluster_kwargs or {})
-    cls = cluster_class or DEFAULT_CLUSTER
+def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
+    """The cluster a run uses, from the flows' one ``cluster`` parameter.
+
+    Parameters
+    ----------
+    cluster : str, dict or None
+        A scheduler address (``tcp://host:8786``); the name of a spec in
+        ``deploy/clusters`` (``local``, ``existing``, ``kubernetes``, ``slurm``)
+        or a path to a YAML spec; a mapping with ``address``, or
+        ``cluster_class`` + ``cluster_kwargs`` (+ ``adapt_kwargs``); None for
+        the spec named by ``XRAY_DASK_CLUSTER``, else a LocalCluster.
+
+    Returns
+    -------
+    spec : ClusterSpec
+        A LocalCluster gets one single-threaded worker process per core unless
+        told otherwise (OpenCV and NumPy already vectorise within a scan).
+    """
+    cluster = cluster or os.environ.get("XRAY_DASK_CLUSTER") or {"cluster_class": DEFAULT_CLUSTER}
+    if isinstance(cluster, str):
+        if cluster.startswith(_ADDRESS_SCHEMES):
+            return ClusterSpec(address=cluster)
+        data = load_cluster_spec(cluster)
+    else:
+        data = check_cluster_spec(cluster)
+    if data.get("address"):
+        return ClusterSpec(address=data["address"])
+    cls = data["cluster_class"]
+    kwargs = dict(data.get("cluster_kwargs") or {})
     if cls == DEFAULT_CLUSTER:
-        kwargs.setdefault("n_workers", workers or os.cpu_count() or 1)
+        kwargs.setdefault("n_workers", os.cpu_count() or 1)
         kwargs.setdefault("threads_per_worker", 1)
         kwargs.setdefault("processes", True)
         kwargs.setdefault("dashboard_address", ":0")
-    elif workers:
-        kwargs.setdefault("n_workers", workers)
     _import_class(cls)  # refuse a class that cannot be imported before the run starts
-    return ClusterSpec(cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=adapt_kwargs)
+    return ClusterSpec(
+        cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=data.get("adapt_kwargs")
+    )
 
 
 def _import_class(path: str):

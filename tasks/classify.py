@@ -11,28 +11,28 @@ from tasks.preprocess import on_cluster
 from xraycore.batch import classify_rows
 from xraycore.store import ScanStore
 
-__all__ = ["commit_predictions", "score_shard"]
+__all__ = ["commit_predictions", "score_batch"]
 
 
-def shard_run_name(parameters: dict[str, Any]) -> str:
-    """``score shard 3 (rows 192-255)``."""
+def score_run_name(parameters: dict[str, Any]) -> str:
+    """``score batch 3 (rows 192-255)``."""
     rows = [r for r, _ in parameters["items"]]
     if not rows:
-        return "score shard (empty)"
-    return f"score shard {parameters['shard']} (rows {min(rows)}-{max(rows)})"
+        return "score batch (empty)"
+    return f"score batch {parameters['batch']} (rows {min(rows)}-{max(rows)})"
 
 
 @task(
-    name="score-shard",
-    task_run_name=shard_run_name,
+    name="score-batch",
+    task_run_name=score_run_name,
     retries=2,
     retry_delay_seconds=2,
     persist_result=False,
     cache_policy=NO_CACHE,
 )
-def score_shard(
+def score_batch(
     items: list[tuple[int, str]],
-    shard: int,
+    batch: int,
     store: str,
     model: str,
     contract: dict | None,
@@ -40,8 +40,9 @@ def score_shard(
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
 ) -> dict[str, Any]:
-    """Score one shard's (row, image_id) pairs and commit them as one
-    predictions part; reads pixels from the store, returns counts."""
+    """Score one batch's (row, image_id) pairs (batch number ``batch`` of the
+    store) and commit them as one predictions part; reads pixels from the
+    store, returns counts."""
     return on_cluster(
         client,
         classify_rows,

@@ -2,7 +2,7 @@
 
 A task run lives in the flow process and hands its one call to a Dask worker
 (``client``), which imports ``xraycore`` only: Prefect sees one task run per
-shard, and the workers never start Prefect's engine.
+batch, and the workers never start Prefect's engine.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def preprocess_batch(
     source_options: dict[str, Any] | None = None,
     client: Any = None,
 ) -> dict[str, Any]:
-    """Read, process and store one shard of scans on the cluster; returns
+    """Read, process and store one batch of scans on the cluster; returns
     counts, never pixels. Logs a WARNING naming the inputs that failed.
 
     Retries are safe: a batch rewrites its own whole shards and its own

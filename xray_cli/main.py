@@ -60,16 +60,38 @@ def _options(text: str | None) -> dict[str, Any] | None:
     return _json_object(text, "--storage-options")
 
 
-def _flow_options(text: str | None) -> dict[str, Any] | None:
-    """Storage options that become a flow parameter: credentials refused (exit 2)."""
-    from xraycore.storage import CredentialsRefusedError, refuse_credentials
+def _cluster(
+    cluster: str | None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    cluster_class: str | None = None,
+    cluster_kwargs: str | None = None,
+) -> str | dict[str, Any] | None:
+    """The flows' one ``cluster`` value from the CLI's cluster flags: an address
+    (``--scheduler``), or a spec (``--cluster``, ``--cluster-class``, else a
+    LocalCluster) with ``--cluster-kwargs`` and ``--workers`` on top, or
+    ``--cluster`` as it is, or None (the flows' default)."""
+    if scheduler:
+        return {"address": scheduler}
+    kwargs = _json_object(cluster_kwargs, "--cluster-kwargs") or {}
+    if workers is not None:
+        if workers < 1:
+            raise typer.BadParameter(f"--workers must be >= 1, got {workers}")
+        kwargs["n_workers"] = workers
+    if not (cluster_class or kwargs) or (cluster and "://" in cluster):
+        return cluster  # a spec name, a YAML path, an address, or None
+    from flows.runner import DEFAULT_CLUSTER, load_cluster_spec
 
-    options = _options(text)
-    try:
-        refuse_credentials(options, "--storage-options")
-    except CredentialsRefusedError as exc:
-        _fail(str(exc), 2)
-    return options
+    if cluster_class or not cluster:
+        spec = {"cluster_class": cluster_class or DEFAULT_CLUSTER}
+    else:
+        try:
+            spec = load_cluster_spec(cluster)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    if spec.get("address"):  # an existing cluster: its size is not ours to set
+        return spec
+    return {**spec, "cluster_kwargs": {**(spec.get("cluster_kwargs") or {}), **kwargs}}
 
 
 def _open_store(store: str, storage_options: str | None):
@@ -88,22 +110,27 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _mid_run_failure(exc: BaseException) -> bool:
-    """Whether a ValueError is the run failing (a Parquet or Zarr file it could
-    not read, say: exit 1, rerun to resume) rather than a refusal before any
-    work (a bad parameter, a held or mismatched store: exit 2)."""
-    try:
-        import pyarrow as pa
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` refused the run before any work (exit 2): credentials in the
+    options, a store held by another run or of another pipeline or format, a
+    missing input, or a bad parameter (the project's own checks raise a plain
+    ValueError; a library's error while reading a file subclasses it: exit 1)."""
+    from xraycore.lease import LeaseHeldError
+    from xraycore.storage import CredentialsRefusedError
+    from xraycore.store import StoreConflictError, StoreFormatError
 
-        if isinstance(exc, pa.ArrowException):
-            return True
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
-        pass
-    return type(exc).__module__.split(".")[0] in ("zarr", "numcodecs", "pyarrow")
+    refusals = (
+        CredentialsRefusedError,
+        LeaseHeldError,
+        StoreConflictError,
+        StoreFormatError,
+        FileNotFoundError,
+    )
+    return isinstance(exc, refusals) or type(exc) is ValueError
 
 
 def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
-    """Run a flow with ``console`` observing it; usage errors exit 2, a failed run 1."""
+    """Run a flow with ``console`` observing it; a refusal exits 2, a failed run 1."""
     from flows.progress import observe
     from flows.runner import run_flow
 
@@ -114,15 +141,11 @@ def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
     try:
         with observe(console):
             return run_flow(flow, **params)
-    except (ValueError, FileNotFoundError) as exc:
-        if _mid_run_failure(exc):
-            console.close()
-            _fail(f"run failed: {type(exc).__name__}: {exc} (rerun to resume)")
+    except Exception as exc:
         console.close()
-        _fail(str(exc), 2)
-    except Exception as exc:  # the run itself failed: say so, exit non-zero
-        console.close()
-        hint = ""
+        if _refused(exc):
+            _fail(str(exc), 2)
+        hint = " (rerun to resume)" if isinstance(exc, ValueError) else ""
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             hint = " (the store's disk or quota is full: free space, then rerun to resume)"
         _fail(f"run failed: {type(exc).__name__}: {exc}{hint}")
@@ -148,7 +171,9 @@ def run(
         int,
         typer.Option(help="Scans per batch: one task, one writer; its Zarr shards hold up to 16."),
     ] = 64,
-    workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Dask workers (alone: a LocalCluster of N processes).")
+    ] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
     storage_options: StorageOptions = None,
     aws_credentials: AwsCredentials = None,
@@ -162,7 +187,8 @@ def run(
         typer.Option("--model", "--classify", help="ONNX model: score each batch once committed."),
     ] = None,
     cluster: Annotated[
-        str | None, typer.Option(help="Cluster spec: local|existing|kubernetes|slurm or YAML.")
+        str | None,
+        typer.Option(help="Cluster spec: local|existing|kubernetes|slurm, a YAML path or address."),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait while another run writes STORE, then run.")
@@ -182,30 +208,33 @@ def run(
     unless --wait."""
     if batch_size < 1:
         raise typer.BadParameter("--batch-size must be >= 1")
-    opts = _flow_options(storage_options)
-    console = _console(verbose, log_format)
-    console.line(f"xray run {source} -> {store}", "start", source=source, store=store)
-    summary = _run_flow(
-        "preprocess",
-        console,
-        cluster=cluster,
-        scheduler=scheduler,
-        workers=workers,
-        cluster_class=cluster_class,
-        cluster_kwargs=_json_object(cluster_kwargs, "--cluster-kwargs"),
-        source=source,
-        store=store,
+    _preprocess(
+        source,
+        store,
+        verbose=verbose,
+        log_format=log_format,
+        cluster=_cluster(cluster, scheduler, workers, cluster_class, cluster_kwargs),
         labels=labels,
         size=size,
         pipeline=str(pipeline) if pipeline else None,
         batch_size=batch_size,
-        storage_options=opts,
+        storage_options=_options(storage_options),
         aws_credentials=aws_credentials,
         overwrite=overwrite,
         model=model,
         wait_for_lease=wait,
         break_lease=break_lease,
     )
+
+
+def _preprocess(
+    source: str, store: str, *, verbose: bool, log_format: LogFormat, **params: Any
+) -> None:
+    """``xray run``: the preprocessing flow with ``params`` (the flow's defaults for
+    the others), its phases on the terminal, then the summary."""
+    console = _console(verbose, log_format)
+    console.line(f"xray run {source} -> {store}", "start", source=source, store=store)
+    summary = _run_flow("preprocess", console, source=source, store=store, **params)
     _print_summary(console, summary)
 
 
@@ -281,7 +310,7 @@ def _executor(scheduler: str | None, workers: int | None):
         return
     from flows.runner import DaskCluster, resolve_cluster
 
-    with DaskCluster(resolve_cluster(scheduler=scheduler, workers=workers)) as cluster:
+    with DaskCluster(resolve_cluster(_cluster(None, scheduler, workers))) as cluster:
         yield cluster.client().get_executor()
 
 
@@ -381,27 +410,7 @@ def demo(
             )
         source = str(folder)
         typer.echo(f"no source given: generated 12 phantom scans in {folder}")
-    run(
-        source=source,
-        store=str(out / "store"),
-        labels=None,
-        size=None,
-        pipeline=None,
-        batch_size=16,
-        workers=None,
-        scheduler=None,
-        storage_options=None,
-        aws_credentials=None,
-        overwrite=False,
-        cluster_class=None,
-        cluster_kwargs=None,
-        model=None,
-        cluster=None,
-        wait=False,
-        break_lease=False,
-        verbose=verbose,
-        log_format=log_format,
-    )
+    _preprocess(source, str(out / "store"), verbose=verbose, log_format=log_format, batch_size=16)
     made = out / "store" / "sheet.png"
     if made.is_file():  # the run's own sample sheet, beside the store
         shutil.copy(made, out / "sheet.png")
@@ -431,17 +440,16 @@ def classify(
         for k, v in dict(size=size, channels=channels, threshold=threshold, output=output).items()
         if v is not None
     }
-    opts = _flow_options(storage_options)
+    cluster = _cluster(None, scheduler, workers)
     console = _console(verbose, log_format)
     result = _run_flow(
         "classify",
         console,
-        scheduler=scheduler,
-        workers=workers,
+        cluster=cluster,
         store=store,
         model=model,
         contract=contract or None,
-        storage_options=opts,
+        storage_options=_options(storage_options),
         aws_credentials=aws_credentials,
     )
     console.line(f"scored {result['scored']} rows of {store} with {model}", "summary", **result)

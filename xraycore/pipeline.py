@@ -154,6 +154,33 @@ class PipelineSpec:
             raise ValueError(f"{path}: a pipeline spec must be a mapping")
         return cls.from_dict(d)
 
+    @classmethod
+    def load(
+        cls, pipeline: str | Path | dict[str, Any] | None = None, *, size: int | None = None
+    ) -> PipelineSpec:
+        """The spec of a run: a file (``.json``/``.toml``), a mapping or the
+        defaults (None), with ``size`` on top when given.
+
+        Parameters
+        ----------
+        pipeline : str, Path, dict or None
+        size : int, optional
+            Output size S, replacing the spec's.
+
+        Returns
+        -------
+        spec : PipelineSpec
+        """
+        if isinstance(pipeline, dict):
+            base = dict(pipeline)
+        elif pipeline:
+            base = cls.from_file(pipeline).to_dict()
+        else:
+            base = {}
+        if size is not None:
+            base["size"] = size
+        return cls.from_dict(base)
+
 
 def fit_to_size(image: np.ndarray, size: int, *, fit: str = "letterbox") -> np.ndarray:
     """Bring a 2-D image to ``size`` x ``size`` by letterboxing (black padding,

@@ -1,8 +1,9 @@
 """Which stored rows a model still has to score: incremental, idempotent scoring.
 
 A row needs scoring when it is ``ok`` in the metadata and has no prediction for
-the model's SHA-256. Work is handed out in whole shards, so a scoring task
-reads each shard of ``preprocessed`` once. Scoring the same rows twice replaces
+the model's SHA-256. Work is handed out in whole batches of the store (a whole
+number of its Zarr shards), so a scoring task reads each shard of
+``preprocessed`` once. Scoring the same rows twice replaces
 (predictions are keyed by image and model), so a repeated or concurrent call
 costs time, never correctness.
 """
@@ -11,27 +12,27 @@ from __future__ import annotations
 
 from .store import ScanStore
 
-__all__ = ["shard_groups", "unscored_rows"]
+__all__ = ["batch_groups", "unscored_rows"]
 
 
-def shard_groups(items: list[tuple[int, str]], shard_size: int) -> list[list[tuple[int, str]]]:
-    """(row, image_id) pairs grouped by the shard their row lives in, in row order.
+def batch_groups(items: list[tuple[int, str]], batch_size: int) -> list[list[tuple[int, str]]]:
+    """(row, image_id) pairs grouped by the batch their row lives in, in row order.
 
     Parameters
     ----------
     items : list of (int, str)
-    shard_size : int
-        Rows per shard (the store's ``shard_size``).
+    batch_size : int
+        Rows per batch (the store's ``batch_size``, a whole number of its shards).
 
     Returns
     -------
     groups : list of list of (int, str)
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     groups: dict[int, list[tuple[int, str]]] = {}
     for row, image_id in sorted(items):
-        groups.setdefault(row // shard_size, []).append((row, image_id))
+        groups.setdefault(row // batch_size, []).append((row, image_id))
     return list(groups.values())
 
 

@@ -18,7 +18,7 @@ import cv2
 import pytest
 from onnx_models import mean_model
 
-from flows.runner import load_cluster_spec, resolve_cluster
+from flows.runner import load_cluster_spec, local_cluster, resolve_cluster
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
@@ -132,6 +132,7 @@ def test_deploy_schedule_trigger_worker_and_event(server_env, tmp_path):
         scheduled = client.read_deployment_by_name("preprocess-dataset/scheduled")
         assert [s.schedule.cron for s in scheduled.schedules] == ["0 2 * * *"]
         assert scheduled.parameters["source"] == str(src)
+        assert scheduled.parameters["cluster"] == "local"  # the cluster is one parameter
         assert scheduled.work_pool_name == "xray-process"
         assert scheduled.global_concurrency_limit.limit == 1  # one run per store at a time
         assert str(scheduled.concurrency_options.collision_strategy).endswith("ENQUEUE")
@@ -234,3 +235,50 @@ def test_bad_cluster_specs(tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         load_cluster_spec(str(bad))
     assert json.dumps(load_cluster_spec("local"))  # plain data
+
+
+def test_one_cluster_value_an_address_a_name_a_mapping_or_none(monkeypatch, tmp_path):
+    assert resolve_cluster("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
+    assert resolve_cluster({"address": "tls://h:8786"}).address == "tls://h:8786"
+    mine = resolve_cluster(local_cluster(3, dashboard_address=":0"))
+    assert mine.cluster_class == "distributed.LocalCluster"
+    assert mine.cluster_kwargs["n_workers"] == 3 and mine.cluster_kwargs["threads_per_worker"] == 1
+    adaptive = resolve_cluster(
+        {
+            "cluster_class": "distributed.LocalCluster",
+            "cluster_kwargs": {"n_workers": 1},
+            "adapt_kwargs": {"minimum": 1, "maximum": 4},
+        }
+    )
+    assert adaptive.adapt_kwargs == {"minimum": 1, "maximum": 4}
+    spec = tmp_path / "mine.yaml"
+    spec.write_text("address: tcp://127.0.0.1:9999\n")
+    assert resolve_cluster(str(spec)).address == "tcp://127.0.0.1:9999"
+    monkeypatch.setenv("XRAY_DASK_CLUSTER", "existing")
+    assert resolve_cluster(None).address == load_cluster_spec("existing")["address"]
+    monkeypatch.delenv("XRAY_DASK_CLUSTER")
+    default = resolve_cluster(None)
+    assert default.cluster_class == "distributed.LocalCluster"
+    assert default.cluster_kwargs["n_workers"] == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ({"address": "host:8786"}, "address must be like tcp://host:8786, got 'host:8786'"),
+        ({"cluster_class": "x.Y", "address": "tcp://h:1"}, "exactly one"),
+        ({"cluster_class": "distributed.LocalCluster", "workers": 2}, "unknown keys"),
+        ({"cluster_class": "distributed.LocalCluster", "cluster_kwargs": [1]}, "must be a mapping"),
+        ({"cluster_class": "no_such_module.Cluster"}, "cannot be imported"),
+        (["tcp://h:1"], "a cluster spec must be a mapping, got list"),
+        ("mainframe", "not found"),
+    ],
+)
+def test_bad_cluster_values(cluster, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_cluster(cluster)
+
+
+def test_local_cluster_needs_a_worker():
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        local_cluster(0)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.preprocess import preprocess_dataset
-from flows.runner import run_flow
+from flows.runner import local_cluster, run_flow
 from xraycore.io import read_image
 from xraycore.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, StoreConflictError
@@ -24,7 +24,7 @@ SIZE = 128
 
 
 def _run(source, out, **kw):
-    kw.setdefault("workers", 2)
+    kw.setdefault("cluster", local_cluster(2))
     kw.setdefault("size", SIZE)
     return run_flow(preprocess_dataset, source=str(source), store=str(out), batch_size=4, **kw)
 
@@ -153,7 +153,7 @@ def test_existing_dask_scheduler_runs_the_batches(source_dir, tmp_path, dask_clu
     address, worker_pids = dask_cluster
     out = tmp_path / "store"
     result = preprocess_dataset(
-        source=str(source_dir), store=str(out), size=SIZE, batch_size=2, scheduler=address
+        source=str(source_dir), store=str(out), size=SIZE, batch_size=2, cluster=address
     )
     assert result["failed"] == len(bad_inputs) and result["ok"] > 0
     # The batches ran in the dask worker processes, not in this one, and the
@@ -245,7 +245,10 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
     assert "Beginning flow run" in res.stderr  # -v: Prefect's own INFO lines
     res = _xray("inspect", str(out))
     assert res.returncode == 0 and "truncated PNG" in res.stdout
-    res = _xray("sheet", str(out), "--rows", "0,1", "--out", str(tmp_path / "s.png"))
+    meta = ScanStore.open(str(out)).read_metadata().to_pylist()
+    ok_rows = sorted(r["row"] for r in meta if r["status"] == "ok")[:2]  # failed inputs hold none
+    rows = ",".join(map(str, ok_rows))
+    res = _xray("sheet", str(out), "--rows", rows, "--out", str(tmp_path / "s.png"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "s.png").stat().st_size > 10_000
     res = _xray("run", str(source_dir), "--out", str(out), "--size", "64")
@@ -256,3 +259,26 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
     assert res.returncode == 2 and "not valid JSON" in res.stderr
     res = _xray("inspect", str(tmp_path / "nothing"))
     assert res.returncode == 2 and "not a store" in res.stderr
+
+
+def test_the_flow_body_is_a_list_of_calls():
+    """STYLE.md: the flow body is the story of a run, at most 80 lines."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(preprocess_dataset.fn)
+    body = ast.parse(source).body[0].body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 80
+
+
+def test_the_cluster_is_one_parameter():
+    import inspect
+
+    from flows.classify import classify_store
+
+    for flow in (preprocess_dataset, classify_store):
+        params = inspect.signature(flow.fn).parameters
+        assert "cluster" in params, flow.name
+        assert not {"scheduler", "workers", "cluster_class", "cluster_kwargs"} & set(params)

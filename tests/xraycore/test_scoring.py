@@ -9,17 +9,17 @@ import pytest
 from stores import build_store
 
 from xraycore.pipeline import PipelineSpec
-from xraycore.scoring import shard_groups, unscored_rows
+from xraycore.scoring import batch_groups, unscored_rows
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
 
 
-def test_shard_groups_split_on_shard_boundaries_in_row_order():
+def test_batch_groups_split_on_batch_boundaries_in_row_order():
     items = [(9, "j"), (0, "a"), (3, "d"), (4, "e"), (8, "i")]
-    assert shard_groups(items, 4) == [[(0, "a"), (3, "d")], [(4, "e")], [(8, "i"), (9, "j")]]
-    assert shard_groups([], 4) == []
-    with pytest.raises(ValueError, match="shard_size must be >= 1, got 0"):
-        shard_groups(items, 0)
+    assert batch_groups(items, 4) == [[(0, "a"), (3, "d")], [(4, "e")], [(8, "i"), (9, "j")]]
+    assert batch_groups([], 4) == []
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        batch_groups(items, 0)
 
 
 @pytest.fixture
