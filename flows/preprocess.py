@@ -43,7 +43,7 @@ def preprocess_dataset(
     labels: str | None = None,
     size: int | None = None,
     pipeline: str | dict | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     model: str | None = None,
@@ -81,8 +81,8 @@ def preprocess_dataset(
     # One writer per store: taken before planning (two runs would plan the same rows).
     lease = _take_lease(target, run_id, lease_ttl_s, wait=wait_for_lease, force=break_lease)
     with lease:  # renewed while the run lasts, released however it ends
-        target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
-        with DaskCluster(where) as dask_cluster:  # starts while we list and plan
+        batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
+        with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
             sources = list_sources(Storage.from_url(source, options))
             notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
             plan = plan_batches(

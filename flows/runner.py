@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.progress import notify
+
 __all__ = [
     "DEFAULT_CLUSTER",
     "WORKER_MALLOC",
@@ -162,19 +164,28 @@ class DaskCluster:
     """A Dask cluster and its client, started in a background thread.
 
     Starting returns at once, so a flow lists and plans while the workers come
-    up; :meth:`client` waits for them. Usable as a context manager that closes
-    the client (and the cluster, when it started one).
+    up; :meth:`client` waits for them. The start itself waits ``delay_s`` first
+    (or until :meth:`client` is called), and :meth:`close` before then starts
+    nothing: a run with nothing to do, whose listing and planning take less than
+    that, never starts worker processes. Usable as a context manager that
+    closes the client (and the cluster, when it started one).
     """
 
-    def __init__(self, spec: ClusterSpec):
+    def __init__(self, spec: ClusterSpec, *, delay_s: float = 0.0):
         self.spec = spec
         self._client = None
         self._cluster = None
         self._error: BaseException | None = None
+        self._go = threading.Event()  # start now
+        self._cancelled = False
+        self._delay_s = delay_s
         self._thread = threading.Thread(target=self._start, name="dask-cluster-start", daemon=True)
         self._thread.start()
 
     def _start(self) -> None:
+        self._go.wait(self._delay_s)
+        if self._cancelled:
+            return
         try:
             import dask
             from distributed import Client
@@ -197,6 +208,7 @@ class DaskCluster:
 
     def client(self, timeout: float = 600):
         """The ``distributed.Client``, once the cluster is up."""
+        self._go.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"the Dask cluster did not start within {timeout:.0f} s")
@@ -218,6 +230,8 @@ class DaskCluster:
         return len(self.client().scheduler_info(n_workers=-1)["workers"])
 
     def close(self) -> None:
+        self._cancelled = True  # not started yet: it never will be
+        self._go.set()
         self._thread.join()
         with contextlib.suppress(Exception):
             if self._client is not None:
@@ -237,12 +251,16 @@ class DaskCluster:
 def prefect_api():
     """Make sure the flow talks to one Prefect API.
 
-    With PREFECT_API_URL set (a server, Prefect Cloud) nothing is done. Otherwise
-    a temporary local API server is started and its URL exported, and flow-run
-    heartbeats are turned off for it: they feed a server's zombie-run detection,
-    which a server that ends with this process never runs, and Prefect joins the
-    heartbeat thread, which sleeps in 1 s steps, at the end of every flow run
-    (0.5 s on average, 7% of a 512-scan run; docs/benchmarks.md).
+    With PREFECT_API_URL set (a server, Prefect Cloud) nothing is done.
+    Otherwise the local Prefect server of :func:`local_server` is used (started
+    in the background by the first run, reused by every later one: a run no
+    longer pays 10-15 s to start an API), or, with
+    ``XRAY_PREFECT_SERVER=temporary``, a temporary API that ends with the run.
+    Flow-run heartbeats are off for both: they feed zombie-run detection, and
+    Prefect joins the heartbeat thread, which sleeps in 1 s steps, at the end
+    of every flow run (0.5 s on average, 7% of a 512-scan run;
+    docs/benchmarks.md); a run killed with SIGKILL stays "Running" in the
+    local UI.
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -255,6 +273,20 @@ def prefect_api():
         # after that import must be handed over explicitly.
         with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
             yield os.environ["PREFECT_API_URL"]
+        return
+    if os.environ.get("XRAY_PREFECT_SERVER", "local") != "temporary":
+        url = local_server()
+        # Left exported: the run's page is printed once the flow has returned.
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings(
+                {PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            ):
+                yield url
+        finally:
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.drain_all(timeout=10)  # deliver the run's events
         return
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -272,6 +304,104 @@ def prefect_api():
         EventsWorker.drain_all(timeout=10)  # deliver the run's events before the API goes
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+#: Where :func:`local_server` listens unless that port is taken (Prefect's own default).
+LOCAL_SERVER_PORT = 4200
+
+
+_STARTED: list = []
+
+
+def _prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def local_server(*, timeout_s: float = 180.0) -> str:
+    """The API URL of this machine's local Prefect server for ``xray``, started
+    in the background (its own process session, logs in
+    ``$PREFECT_HOME/xray-server.log``) when none answers, and reused by every
+    later run; ``xray server stop`` stops it. Its database is Prefect's own
+    (``$PREFECT_HOME``), so runs stay in its UI.
+    """
+    import fcntl
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    home = _prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    state = home / "xray-server.json"
+    with open(home / "xray-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once start one server
+        if state.is_file():
+            url = json.loads(state.read_text()).get("url", "")
+            if url and _healthy(url):
+                return url
+        port = LOCAL_SERVER_PORT
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken: any free port
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/api"
+        notify("prefect_server", url=url.removesuffix("/api"), started=True)
+        exe = Path(sys.executable).parent / "prefect"
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+        with open(home / "xray-server.log", "ab") as log:
+            proc = subprocess.Popen(
+                [*command, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,  # outlives this run
+            )
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url, timeout=1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"the local Prefect server did not start (see {home / 'xray-server.log'}); "
+                    "or set PREFECT_API_URL to a server you run"
+                )
+            time.sleep(0.25)
+        state.write_text(json.dumps({"url": url, "pid": proc.pid}))
+        _STARTED.append(proc)  # it outlives this run: never reaped (or warned about) here
+        return url
+
+
+def stop_local_server() -> str | None:
+    """Stop the server :func:`local_server` started; returns its URL, or None
+    when none was running."""
+    import json
+    import signal
+
+    state = _prefect_home() / "xray-server.json"
+    if not state.is_file():
+        return None
+    found = json.loads(state.read_text())
+    state.unlink()
+    try:
+        os.killpg(int(found["pid"]), signal.SIGTERM)
+    except (ProcessLookupError, PermissionError, KeyError, ValueError):
+        return None
+    return found.get("url")
 
 
 def run_flow(flow, **params: Any) -> Any:

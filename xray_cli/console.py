@@ -46,6 +46,36 @@ def quiet_libraries(*, verbose: bool, log_format: str) -> None:
                 handler.setLevel(logging.WARNING)
 
 
+class _OneLineErrors(logging.Filter):
+    """Prefect's log records without their tracebacks: the flow engine's record of
+    the exception that ended a run is dropped (the CLI prints it as one ``error:``
+    line), and any other record keeps its message and loses its traceback.
+
+    ``-v`` shows everything; the Prefect UI always gets the full record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith("prefect.flow_runs"):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def one_line_errors() -> None:
+    """Install :class:`_OneLineErrors` on Prefect's console handlers (once Prefect
+    has configured its logging)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    known = logging.root.manager.loggerDict.values()
+    loggers = [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OneLineErrors) for f in handler.filters
+        ):
+            handler.addFilter(_OneLineErrors())
+
+
 class RunConsole:
     """An observer of :mod:`flows.progress` events that writes to ``stream``."""
 
@@ -86,6 +116,14 @@ class RunConsole:
         handler = getattr(self, f"_on_{event}", None)
         if handler is not None:
             handler(fields)
+
+    def _on_prefect_server(self, f: dict[str, Any]) -> None:
+        self.line(
+            f"starting a local Prefect server at {f['url']} (once: later runs reuse it; "
+            "`xray server stop` stops it)",
+            "prefect_server",
+            **f,
+        )
 
     def _on_listed(self, f: dict[str, Any]) -> None:
         self.line(f"listed {f['inputs']} inputs in {f['seconds']:.1f} s", "listed", **f)

@@ -129,8 +129,9 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, refusals) or type(exc) is ValueError
 
 
-def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
-    """Run a flow with ``console`` observing it; a refusal exits 2, a failed run 1."""
+def _run_flow(flow_name: str, console, *, verbose: bool, **params: Any) -> dict[str, Any]:
+    """Run a flow with ``console`` observing it; a refusal exits 2, a failed run 1,
+    each with one ``error:`` line (and Prefect's traceback only with ``-v``)."""
     from flows.progress import observe
     from flows.runner import run_flow
 
@@ -138,6 +139,10 @@ def _run_flow(flow_name: str, console, **params: Any) -> dict[str, Any]:
         from flows.preprocess import preprocess_dataset as flow
     else:
         from flows.classify import classify_store as flow
+    if not verbose:
+        from xray_cli.console import one_line_errors
+
+        one_line_errors()
     try:
         with observe(console):
             return run_flow(flow, **params)
@@ -168,9 +173,12 @@ def run(
     size: Annotated[int | None, typer.Option(help="Output size S (default 1024).")] = None,
     pipeline: Annotated[Path | None, typer.Option(help="Pipeline spec (.json/.toml).")] = None,
     batch_size: Annotated[
-        int,
-        typer.Option(help="Scans per batch: one task, one writer; its Zarr shards hold up to 16."),
-    ] = 64,
+        int | None,
+        typer.Option(
+            help="Scans per batch: one task, one writer; its Zarr shards hold up to 16. "
+            "Default: the store's own, or 64 for a new store."
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Dask workers (alone: a LocalCluster of N processes).")
     ] = None,
@@ -206,7 +214,7 @@ def run(
 
     One run writes a store at a time: another run's store is refused (exit 2)
     unless --wait."""
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise typer.BadParameter("--batch-size must be >= 1")
     _preprocess(
         source,
@@ -234,7 +242,9 @@ def _preprocess(
     the others), its phases on the terminal, then the summary."""
     console = _console(verbose, log_format)
     console.line(f"xray run {source} -> {store}", "start", source=source, store=store)
-    summary = _run_flow("preprocess", console, source=source, store=store, **params)
+    summary = _run_flow(
+        "preprocess", console, verbose=verbose, source=source, store=store, **params
+    )
     _print_summary(console, summary)
 
 
@@ -445,6 +455,7 @@ def classify(
     result = _run_flow(
         "classify",
         console,
+        verbose=verbose,
         cluster=cluster,
         store=store,
         model=model,
@@ -638,6 +649,34 @@ def train(
         weights=weights,
         **given,
     )
+
+
+@app.command()
+def server(
+    action: Annotated[str, typer.Argument(help="status (default) or stop.")] = "status",
+) -> None:
+    """The local Prefect server that `xray run` starts once and reuses (when
+    PREFECT_API_URL is not set): print where it is, or stop it."""
+    import json
+    import os
+
+    from flows.runner import _healthy, _prefect_home, stop_local_server
+
+    if action == "stop":
+        url = stop_local_server()
+        typer.echo(f"stopped the local Prefect server at {url}" if url else "none was running")
+        return
+    if action != "status":
+        raise typer.BadParameter(f"action must be status or stop, got {action!r}")
+    if os.environ.get("PREFECT_API_URL"):
+        typer.echo(f"PREFECT_API_URL is set: runs go to {os.environ['PREFECT_API_URL']}")
+        return
+    state = _prefect_home() / "xray-server.json"
+    url = json.loads(state.read_text()).get("url") if state.is_file() else None
+    if url and _healthy(url):
+        typer.echo(f"local Prefect server: {url.removesuffix('/api')} (UI), API {url}")
+    else:
+        typer.echo("no local Prefect server is running: the next `xray run` starts one")
 
 
 def main() -> None:

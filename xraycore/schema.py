@@ -148,6 +148,9 @@ _SINCE = {
 #: in memory, not a whole batch.
 SHARD_SIZE = 16
 
+#: Rows handed to one writer (one task) in a new store unless a run says otherwise.
+BATCH_SIZE = 64
+
 # One Blosc block per 1 MB: zstd then encodes 1.5x faster and 3% smaller than
 # with Blosc's default block size (a chunk is always read whole anyway).
 _ZSTD = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 1 << 20}

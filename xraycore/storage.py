@@ -149,6 +149,10 @@ class Storage:
                 **copy.deepcopy(S3_CLIENT_CONFIG),
                 **options.get("config_kwargs", {}),
             }
+            # Other processes write the store (Dask workers, another host): a
+            # cached folder listing would hide their files from this one (a
+            # compaction missed a part a worker committed after planning).
+            options.setdefault("use_listings_cache", False)
         try:
             self._fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:

@@ -83,18 +83,24 @@ class ScanStore:
         """Images per Zarr shard (divides :attr:`batch_size`)."""
         return int(self.info_or_raise()["shard_size"])
 
-    def initialise(self, spec, *, batch_size: int, overwrite: bool = False) -> None:
-        """Create the group and arrays, or check that an existing store matches.
+    def initialise(self, spec, *, batch_size: int | None = None, overwrite: bool = False) -> int:
+        """Create the group and arrays, or check that an existing store matches;
+        returns the store's batch size.
 
         ``batch_size`` rows go to one writer; Zarr shards hold the largest
-        divisor of it up to :data:`xraycore.schema.SHARD_SIZE` images.
+        divisor of it up to :data:`xraycore.schema.SHARD_SIZE` images. None: the
+        existing store's own, or :data:`xraycore.schema.BATCH_SIZE` for a new one.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if overwrite and self.storage.exists(schema.IMAGES, "zarr.json"):
             for name in (schema.IMAGES, schema.METADATA, schema.PREDICTIONS):
                 self.storage.remove(name)
         info = self.info()
+        if batch_size is None:
+            batch_size = int(info["batch_size"]) if info is not None else schema.BATCH_SIZE
         if info is not None:
             if info.get("pipeline_hash") != spec.hash:
                 raise StoreConflictError(
@@ -107,11 +113,12 @@ class ScanStore:
                 raise StoreConflictError(
                     f"store {self.storage.url} hands out rows in batches of "
                     f"{info.get('batch_size')} images, not {batch_size}: "
-                    f"rerun with --batch-size {info.get('batch_size')}"
+                    f"rerun with --batch-size {info.get('batch_size')}, or without it"
                 )
-            return
+            return batch_size
         self.storage.makedirs()
         create_arrays(self.storage, spec, batch_size)
+        return batch_size
 
     def arrays(self) -> dict[str, ArraySpec]:
         """Name -> :class:`~xraycore.schema.ArraySpec` of every stored array."""
@@ -199,7 +206,11 @@ class ScanStore:
 
     def compact_metadata(self, run_id: str, *, transform=None) -> int:
         """Replace the metadata parts by one deduplicated file (``transform``
-        applied to the table first, if given); returns its row count."""
+        applied to the table first, if given); returns its row count. A table
+        that is one compacted part already is left as it is (a run with
+        nothing to do rewrites nothing)."""
+        if transform is None and (rows := self.metadata.compacted_rows()) is not None:
+            return rows
 
         def latest(table):
             table = table.sort_by([("image_id", "ascending")])

@@ -97,6 +97,16 @@ class PartsTable:
         """All rows, the latest per key, as a pyarrow Table (or None)."""
         return self._read_parts()[0]
 
+    def compacted_rows(self) -> int | None:
+        """The rows of the dataset when it is one compacted part already (nothing
+        to merge), else None."""
+        import pyarrow.parquet as pq
+
+        parts = self.parts()
+        if len(parts) != 1 or not schema.is_compacted_part(parts[0]):
+            return None
+        return pq.read_metadata(io.BytesIO(self.storage.read_bytes(parts[0]))).num_rows
+
     def compact(self, run_id: str, transform=None) -> int:
         """Merge the parts into one file (``transform`` applied to the table
         first), then delete exactly the parts that were merged; returns the rows."""
