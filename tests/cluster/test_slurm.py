@@ -25,7 +25,7 @@ from harness import (
 pytest.importorskip("dask_jobqueue", reason="pip install 'xray-pipeline[slurm]'")
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_SIZE, SIZE, N = 512, 256, 96
+SOURCE_SIZE, SIZE, N = 512, 256, 64
 
 
 def slurm_spec(folder: Path, *, queue: str = "debug", timeout_s: float = 120) -> Path:
@@ -54,8 +54,8 @@ def slurm_spec(folder: Path, *, queue: str = "debug", timeout_s: float = 120) ->
     return path
 
 
-def run_env(slurm, folder: Path) -> dict[str, str]:
-    return {**slurm.env, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(folder / "prefect")}
+def run_env(slurm, api_url: str) -> dict[str, str]:
+    return {**slurm.env, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api_url}
 
 
 def finish(proc, timeout: float) -> str:
@@ -63,14 +63,16 @@ def finish(proc, timeout: float) -> str:
     return out
 
 
-def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(slurm, tmp_path, capsys):
+def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(
+    slurm, prefect_api_url, tmp_path, capsys
+):
     t0 = time.monotonic()
     source, store = tmp_path / "source", tmp_path / "store"
     write_phantoms(source, N, size=SOURCE_SIZE)
     spec = slurm_spec(tmp_path)
     args = ["run", str(source), "--store", str(store), "--size", str(SIZE)]
     args += ["--batch-size", str(BATCH), "--cluster", str(spec)]
-    proc = xray_popen(*args, env=run_env(slurm, tmp_path), cwd=tmp_path)
+    proc = xray_popen(*args, env=run_env(slurm, prefect_api_url), cwd=tmp_path)
     try:
         wait_for(lambda: committed_parts(store), 120, "the first committed batch", poll=0.05)
         running = [j.split()[0] for j in slurm.squeue() if j.endswith("RUNNING")]
@@ -98,12 +100,12 @@ def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(slurm, tmp_path, c
         )
 
 
-def test_slurm_jobs_that_never_start_are_named_then_time_out(slurm, tmp_path):
+def test_slurm_jobs_that_never_start_are_named_then_time_out(slurm, prefect_api_url, tmp_path):
     source, store = tmp_path / "source", tmp_path / "store"
     write_phantoms(source, 4)
     spec = slurm_spec(tmp_path, queue="closed", timeout_s=6)  # a partition that is DOWN
     args = ["run", str(source), "--store", str(store), "--cluster", str(spec)]
-    proc = xray_popen(*args, env=run_env(slurm, tmp_path), cwd=tmp_path)
+    proc = xray_popen(*args, env=run_env(slurm, prefect_api_url), cwd=tmp_path)
     try:
         out = finish(proc, 120)
     finally:
