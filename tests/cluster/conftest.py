@@ -8,8 +8,10 @@ CI installs the packages (``.ci/run``) and runs as root, so CI runs them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -193,3 +195,139 @@ def _wait_for(predicate, timeout: float, what: str, daemons, folder: Path) -> No
         f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.rglob("*.log"))
     )
     raise RuntimeError(f"SLURM did not start: waited for {what}\n{logs}")
+
+
+NAMESPACE_TOOLS = ("ip", "unshare", "mount", "hostname")
+
+
+class Host:
+    """A machine that shares nothing with the others: its own network namespace
+    (one address on the test's bridge), host name, PID namespace, and a /tmp of
+    its own (a folder of the test bound over /tmp, so the test can look inside
+    afterwards); it sees no other host's /tmp and none of the test's folders."""
+
+    def __init__(self, network: Network, name: str, address: str):
+        self.network, self.name, self.address = network, name, address
+        self.netns = f"{network.prefix}-{name}"
+        self.tmp = network.folder / "hosts" / name
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *command: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+        """Run ``command`` as this host's first process (its PID namespace's init),
+        with cwd and TMPDIR its private /tmp; output to the network's log unless
+        ``stdout`` is given."""
+        boot = 'hostname "$0" && mount --bind "$1" /tmp && cd /tmp && shift && exec "$@"'
+        unshare = ["unshare", "--uts", "--mount", "--propagation", "private"]
+        unshare += ["--pid", "--fork", "--mount-proc"]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, *unshare, "sh", "-c", boot, self.name]
+            + [str(self.tmp), *command],
+            env={**os.environ, "TMPDIR": "/tmp", "HOME": "/tmp", **(env or {})},
+            start_new_session=True,
+            **{"stdout": self.network.log, "stderr": subprocess.STDOUT, **popen},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def crash(self) -> None:
+        """Every process of this host dies at once: SIGKILL to its PID namespaces'
+        first processes (the kernel then kills the rest of each namespace)."""
+        for proc in self.procs:
+            for init in _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(init, signal.SIGKILL)
+        for pid in self.pids():  # anything left (there should be none)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(timeout=30)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self.procs.clear()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Network:
+    """A private network made for one test: a hub namespace holding a bridge with
+    10.199.0.1/24, and a veth pair per host from the bridge into the host's
+    namespace. The host's own interfaces and routes are never touched: every link
+    and address lives in namespaces this class made, and all go at :meth:`close`."""
+
+    SUBNET = "10.199.0"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.prefix = f"xr{os.getpid() % 100000}"
+        self.hub = f"{self.prefix}-hub"
+        self.hosts: dict[str, Host] = {}
+        self._namespaces: list[str] = []
+        self.log = open(folder / "hosts.log", "a")  # noqa: SIM115 (closed by close())
+        self._netns(self.hub)
+        self._ip(self.hub, "link", "add", "br0", "type", "bridge")
+        self._ip(self.hub, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
+        self._ip(self.hub, "link", "set", "br0", "up")
+
+    def _netns(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self._namespaces.append(name)
+        self._ip(name, "link", "set", "lo", "up")
+
+    @staticmethod
+    def _ip(netns: str, *args: str) -> None:
+        subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
+
+    def add_host(self, name: str) -> Host:
+        host = Host(self, name, f"{self.SUBNET}.{len(self.hosts) + 2}")
+        self._netns(host.netns)
+        veth = f"v-{name}"[:15]
+        self._ip(self.hub, "link", "add", veth, "type", "veth", "peer", "name", "eth0")
+        self._ip(self.hub, "link", "set", "eth0", "netns", host.netns)
+        self._ip(self.hub, "link", "set", veth, "master", "br0", "up")
+        self._ip(host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        self._ip(host.netns, "link", "set", "eth0", "up")
+        self.hosts[name] = host
+        return host
+
+    def in_hub(self, *command: str, env: dict[str, str] | None = None, timeout: float = 120):
+        """Run ``command`` on the hub (the bridge's address): the test's own view
+        of the network, with the test's folders, for uploads and checks."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.hub, *command],
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.crash()
+        for name in self._namespaces[::-1]:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.log.close()
+
+
+@pytest.fixture
+def network(tmp_path):
+    """A :class:`Network` for one test, torn down after it (skips unless root)."""
+    need_root(*NAMESPACE_TOOLS)
+    probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount", "true"])
+    if probe.returncode != 0:
+        pytest.skip("this kernel or container refuses new namespaces (unshare failed)")
+    net = Network(tmp_path)
+    try:
+        yield net
+    finally:
+        net.close()
