@@ -8,6 +8,7 @@ parts STORE [K]          the store's committed batch metadata parts (first
                          waiting, polling fast, until there are K)
 lease STORE              the store's lease, or null
 health URL               wait until URL answers 200 (a server starting)
+probe SCHEDULER PATH     each worker's host name, pid and whether it sees PATH
 check STORE FOLDER SIZE  the store complete and equal to a clean run of FOLDER
                          (harness.assert_store_complete, `xray verify` included):
                          its figures, or {"failed": the assertion's message}
@@ -92,6 +93,19 @@ def health(url: str) -> dict:
             time.sleep(0.3)
 
 
+def probe(scheduler: str, path: str) -> dict:
+    import socket
+
+    from distributed import Client
+
+    def look(path=path):
+        return [socket.gethostname(), os.getpid(), os.path.exists(path)]
+
+    with Client(scheduler, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+        return client.run(look)
+
+
 def lease(store: str) -> dict | None:
     from xraycore.lease import read_lease
     from xraycore.storage import Storage
@@ -126,5 +140,6 @@ if __name__ == "__main__":
     step, *args = sys.argv[1:]
     steps = {"upload": upload, "in-batch": in_batch, "lease": lease, "check": check}
     steps["health"] = health
+    steps["probe"] = probe
     steps["parts"] = wait_parts
     print(json.dumps(steps[step](*args), default=str), flush=True)

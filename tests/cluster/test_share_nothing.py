@@ -91,6 +91,9 @@ def test_hosts_that_share_nothing(network, hosts, tmp_path, capsys):
     write_phantoms(folder, N, size=SOURCE_SIZE)
     hub(network, env, "upload", str(folder), "s3://drill/source")
     hub(network, env, "health", f"{env['PREFECT_API_URL']}/health")
+    seen = hub(network, env, "probe", scheduler, str(folder))
+    assert sorted(name for name, _, _ in seen.values()) == ["worker-1", "worker-2"], seen
+    assert not any(sees for _, _, sees in seen.values()), f"a worker sees {folder}: {seen}"
     args = ["s3://drill/source", "--size", str(SIZE), "--batch-size", str(BATCH)]
     args += ["--scheduler", scheduler]
 
