@@ -30,8 +30,9 @@ KNOWN_STALE_LISTING = "part not merged by a compaction"
 
 
 @pytest.fixture
-def hosts(network):
-    """S3, a scheduler, the Prefect API and two workers up; flow hosts made."""
+def servers(network):
+    """S3, a scheduler, the Prefect API and two workers started; two flow hosts
+    made. Returns (hosts by name, the runs' environment, the scheduler address)."""
     names = ["s3", "scheduler", "prefect", "worker-1", "worker-2", "flow-a", "flow-b"]
     hosts = {name: network.add_host(name) for name in names}
     s3, scheduler, prefect = hosts["s3"], hosts["scheduler"], hosts["prefect"]
@@ -43,22 +44,21 @@ def hosts(network):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": "/tmp/prefect",
     }
-    quiet = {"env": env}
-    s3.start(PY, "-m", "moto.server", "-H", s3.address, "-p", "5000", **quiet)
+    s3.start(PY, "-m", "moto.server", "-H", s3.address, "-p", "5000", env=env)
     scheduler.start(
         str(BIN / "dask"), "scheduler", "--host", scheduler.address, "--port", "8786",
-        "--no-dashboard", **quiet,
+        "--no-dashboard", env=env,
     )  # fmt: skip
     prefect.start(
         str(BIN / "prefect"), "server", "start", "--host", prefect.address, "--port", "4200",
-        "--no-ui", **quiet,
+        "--no-ui", env=env,
     )  # fmt: skip
     address = f"tcp://{scheduler.address}:8786"
     for name in ("worker-1", "worker-2"):
         worker = hosts[name]
         worker.start(
             str(BIN / "dask"), "worker", address, "--host", worker.address, "--nthreads", "1",
-            "--no-dashboard", "--local-directory", "/tmp/dask", **quiet,
+            "--no-dashboard", "--local-directory", "/tmp/dask", env=env,
         )  # fmt: skip
     return hosts, env, address
 
@@ -84,9 +84,9 @@ def local_data(host) -> list[str]:
     return [str(p.relative_to(host.tmp)) for p in found]
 
 
-def test_hosts_that_share_nothing(network, hosts, tmp_path, capsys):
+def test_hosts_that_share_nothing(network, servers, tmp_path, capsys):
     t0 = time.monotonic()
-    hosts, env, scheduler = hosts
+    hosts, env, scheduler = servers
     folder = tmp_path / "source"  # on the test's disk only: uploaded, then S3 is the source
     write_phantoms(folder, N, size=SOURCE_SIZE)
     hub(network, env, "upload", str(folder), "s3://drill/source")
