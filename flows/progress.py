@@ -47,6 +47,7 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"{f['retried']} to retry, {f['skipped']} already done"
     ),
     "cluster": lambda f: f"Dask cluster: {f['workers']} workers, dashboard {f['dashboard']}",
+    "workers_pending": lambda f: f"waiting for workers: {f['pending']}",
     "batch": lambda f: (
         f"progress: {f['done']}/{f['total']} images, {f['batches_done']}/{f['batches']} "
         f"batches, {f.get('rate') or 0.0:.1f} images/s"
@@ -54,7 +55,7 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "committed": lambda f: f"committed {f['rows']} rows",
     "scored": lambda f: f"scored {f['rows']} rows",
 }
-_WARNINGS = {"lease_taken_over"}
+_WARNINGS = {"lease_taken_over", "workers_pending"}
 _last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
 
 

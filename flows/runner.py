@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ DEFAULT_CLUSTER = "distributed.LocalCluster"
 # unmapped on every call, and the page faults cost ~30% of a worker's time
 # (shared/MEASUREMENTS.md; measured again in benchmarks/bench_flow.py).
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+#: How long a run waits for its first Dask worker (a queued SLURM job may wait
+#: long); ``worker_timeout_s`` in a cluster spec or XRAY_WORKER_TIMEOUT_S changes it.
+DEFAULT_WORKER_TIMEOUT_S = 600.0
 
 _ADDRESS_SCHEMES = ("tcp://", "tls://", "ws://", "wss://", "inproc://")
 
@@ -77,7 +82,7 @@ def check_cluster_spec(data: Any, where: str = "cluster") -> dict[str, Any]:
     """``data`` if it is a cluster spec (the keys of a ``deploy/clusters`` file)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: a cluster spec must be a mapping, got {type(data).__name__}")
-    allowed = {"address", "cluster_class", "cluster_kwargs", "adapt_kwargs"}
+    allowed = {"address", "cluster_class", "cluster_kwargs", "adapt_kwargs", "worker_timeout_s"}
     unknown = set(data) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -88,7 +93,19 @@ def check_cluster_spec(data: Any, where: str = "cluster") -> dict[str, Any]:
     for key in ("cluster_kwargs", "adapt_kwargs"):
         if not isinstance(data.get(key) or {}, dict):
             raise ValueError(f"{where}: {key} must be a mapping")
+    if "worker_timeout_s" in data:
+        _positive_seconds(data["worker_timeout_s"], f"{where}: worker_timeout_s")
     return data
+
+
+def _positive_seconds(value: Any, name: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
 
 
 def local_cluster(workers: int, **cluster_kwargs: Any) -> dict[str, Any]:
@@ -104,12 +121,14 @@ def local_cluster(workers: int, **cluster_kwargs: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ClusterSpec:
     """An existing scheduler ``address``, or a ``cluster_class`` to start with
-    ``cluster_kwargs`` (and ``adapt_kwargs`` for an adaptive cluster)."""
+    ``cluster_kwargs`` (and ``adapt_kwargs`` for an adaptive cluster); a run
+    fails when no worker joined within ``worker_timeout_s``."""
 
     address: str | None = None
     cluster_class: str | None = None
     cluster_kwargs: dict[str, Any] = field(default_factory=dict)
     adapt_kwargs: dict[str, Any] | None = None
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S
 
 
 def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
@@ -129,16 +148,23 @@ def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
     spec : ClusterSpec
         A LocalCluster gets one single-threaded worker process per core unless
         told otherwise (OpenCV and NumPy already vectorise within a scan).
+        The wait for the first worker is XRAY_WORKER_TIMEOUT_S, else the
+        spec's ``worker_timeout_s``, else 600 s.
     """
     cluster = cluster or os.environ.get("XRAY_DASK_CLUSTER") or {"cluster_class": DEFAULT_CLUSTER}
-    if isinstance(cluster, str):
-        if cluster.startswith(_ADDRESS_SCHEMES):
-            return ClusterSpec(address=cluster)
+    if isinstance(cluster, str) and cluster.startswith(_ADDRESS_SCHEMES):
+        data: dict[str, Any] = {"address": cluster}
+    elif isinstance(cluster, str):
         data = load_cluster_spec(cluster)
     else:
         data = check_cluster_spec(cluster)
+    timeout = _positive_seconds(
+        os.environ.get("XRAY_WORKER_TIMEOUT_S")
+        or data.get("worker_timeout_s", DEFAULT_WORKER_TIMEOUT_S),
+        "XRAY_WORKER_TIMEOUT_S" if os.environ.get("XRAY_WORKER_TIMEOUT_S") else "worker_timeout_s",
+    )
     if data.get("address"):
-        return ClusterSpec(address=data["address"])
+        return ClusterSpec(address=data["address"], worker_timeout_s=timeout)
     cls = data["cluster_class"]
     kwargs = dict(data.get("cluster_kwargs") or {})
     if cls == DEFAULT_CLUSTER:
@@ -148,7 +174,10 @@ def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
         kwargs.setdefault("dashboard_address", ":0")
     _import_class(cls)  # refuse a class that cannot be imported before the run starts
     return ClusterSpec(
-        cluster_class=cls, cluster_kwargs=kwargs, adapt_kwargs=data.get("adapt_kwargs")
+        cluster_class=cls,
+        cluster_kwargs=kwargs,
+        adapt_kwargs=data.get("adapt_kwargs"),
+        worker_timeout_s=timeout,
     )
 
 
@@ -167,8 +196,10 @@ class DaskCluster:
     up; :meth:`client` waits for them. The start itself waits ``delay_s`` first
     (or until :meth:`client` is called), and :meth:`close` before then starts
     nothing: a run with nothing to do, whose listing and planning take less than
-    that, never starts worker processes. Usable as a context manager that
-    closes the client (and the cluster, when it started one).
+    that, never starts worker processes. :meth:`client` also waits for the
+    first worker, saying what it waits for (a batch system's jobs may queue
+    for long). Usable as a context manager that closes the client (and the
+    cluster, when it started one).
     """
 
     def __init__(self, spec: ClusterSpec, *, delay_s: float = 0.0):
@@ -179,6 +210,7 @@ class DaskCluster:
         self._go = threading.Event()  # start now
         self._cancelled = False
         self._delay_s = delay_s
+        self._worker_seen = False
         self._thread = threading.Thread(target=self._start, name="dask-cluster-start", daemon=True)
         self._thread.start()
 
@@ -207,7 +239,7 @@ class DaskCluster:
             self._error = exc
 
     def client(self, timeout: float = 600):
-        """The ``distributed.Client``, once the cluster is up."""
+        """The ``distributed.Client``, once the cluster is up and has a worker."""
         self._go.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -216,7 +248,41 @@ class DaskCluster:
             raise RuntimeError(
                 f"the Dask cluster did not start: {type(self._error).__name__}: {self._error}"
             ) from self._error
+        if not self._worker_seen:
+            self._wait_for_first_worker(self.spec.worker_timeout_s)
+            self._worker_seen = True
         return self._client
+
+    def _wait_for_first_worker(self, timeout: float, *, say_every_s: float = 30.0) -> None:
+        """Return once a worker has joined; say what is pending while none has.
+
+        Raises TimeoutError after ``timeout`` seconds without one.
+        """
+        started, said, last = time.monotonic(), -say_every_s, None
+        while not self._client.scheduler_info(n_workers=-1)["workers"]:
+            waited = time.monotonic() - started
+            pending = self._pending()
+            if waited >= timeout:
+                raise TimeoutError(
+                    f"no Dask worker joined within {timeout:.0f} s ({pending}); raise "
+                    "worker_timeout_s in the cluster spec or XRAY_WORKER_TIMEOUT_S to wait longer"
+                )
+            if pending != last or waited - said >= say_every_s:
+                notify("workers_pending", pending=pending, waited_s=waited)
+                said, last = waited, pending
+            time.sleep(0.5)
+
+    def _pending(self) -> str:
+        """What the cluster waits for, in the batch system's words where it has one."""
+        jobs = getattr(self._cluster, "workers", None)
+        if self._cluster is not None and hasattr(self._cluster, "job_cls") and jobs is not None:
+            kind = type(self._cluster).__name__.removesuffix("Cluster") or "batch"
+            ids = [str(j.job_id) for j in jobs.values() if getattr(j, "job_id", None)]
+            where = f" (job ids {', '.join(ids)})" if ids else ""
+            return f"{len(jobs)} {kind} jobs pending{where}"
+        if self.spec.address:
+            return f"none has connected to the scheduler at {self.spec.address} yet"
+        return "the cluster has started none yet"
 
     @property
     def dashboard_link(self) -> str | None:
