@@ -346,9 +346,7 @@ class ScanLoader:
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.rows), dtype=np.int64)
-        return epoch_order(
-            self._shards, seed=self.seed, epoch=epoch, window=self.tuning["window"]
-        )
+        return epoch_order(self._shards, seed=self.seed, epoch=epoch, window=self.tuning["window"])
 
     def _bounds(self) -> np.ndarray:
         return rank_batches(
