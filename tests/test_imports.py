@@ -122,3 +122,15 @@ def test_importing_the_flows_does_no_work():
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_the_training_loader_imports_torch_only_when_asked():
+    code = (
+        "import sys\n"
+        "import xraycore, xraycore.loader, xraycore.training\n"
+        "assert 'torch' not in sys.modules, 'importing xraycore.loader imported torch'\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
