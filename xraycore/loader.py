@@ -544,7 +544,11 @@ def _read_batches(
                     return decoder.chunk_index(data)
                 except ValueError:
                     rt.cache.discard(cache_key)
-        data = rt.store.storage.read_many([rt.key(name, shard)])[0]
+        storage = rt.store.storage
+        if storage.is_local and cache_key is None:
+            data = storage.map_bytes(rt.key(name, shard))
+        else:
+            data = storage.read_many([rt.key(name, shard)])[0]
         if data is None:
             return None
         found = decoder.chunk_index(data)

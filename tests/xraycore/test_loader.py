@@ -177,15 +177,31 @@ def test_order_function_on_a_large_synthetic_selection():
 
 # -- resume ---------------------------------------------------------------------
 def _counting_reads(monkeypatch) -> list[str]:
+    """Every object the loader reads from the store (a local store is mapped)."""
     seen: list[str] = []
-    real = Storage.read_many
+    real_many, real_map = Storage.read_many, Storage.map_bytes
 
     def read_many(self, rels):
         seen.extend(rels)
-        return real(self, rels)
+        return real_many(self, rels)
+
+    def map_bytes(self, rel):
+        seen.append(rel)
+        return real_map(self, rel)
 
     monkeypatch.setattr(Storage, "read_many", read_many)
+    monkeypatch.setattr(Storage, "map_bytes", map_bytes)
     return seen
+
+
+def test_map_bytes_is_the_file_without_a_copy(store, tmp_path):
+    key = store.shard_key("preprocessed", 3)
+    assert bytes(store.storage.map_bytes(key)) == store.storage.read_bytes(key)
+    assert store.storage.map_bytes("images.zarr/no-such-object") is None
+    (tmp_path / "empty").write_bytes(b"")
+    assert Storage.from_url(str(tmp_path)).map_bytes("empty") == b""
+    with pytest.raises(ValueError, match="map_bytes reads local files"):
+        Storage.from_url("s3://bucket/store").map_bytes("x")
 
 
 def test_resume_yields_what_the_uninterrupted_loader_would_and_skips_reading(store, monkeypatch):
