@@ -12,6 +12,7 @@ files are removed when the folder grows past its size limit.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 
@@ -40,11 +41,13 @@ class ShardCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.folder, key[:2], key)
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str):
+        """The entry's bytes (a read-only memory map: no copy), or None."""
         path = self._path(key)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                size = os.fstat(f.fileno()).st_size
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except FileNotFoundError:
             with self._lock:
                 self.misses += 1

@@ -328,6 +328,13 @@ def test_s3_with_the_cache_reads_nothing_from_s3_on_the_second_epoch(
         rows = b["row"].tolist()
         assert np.array_equal(b["preprocessed"], s3.read("preprocessed", rows))
         assert np.array_equal(b["log"], s3.read("log", rows))
+    # A torn cache file (a crash while writing it) is dropped and read again.
+    torn = sorted(p for p in cache.rglob("*") if p.is_file())[0]
+    torn.write_bytes(torn.read_bytes()[:100])
+    loader.set_epoch(2)
+    for b in loader:
+        assert np.array_equal(b["log"], s3.read("log", b["row"].tolist()))
+    assert len(reads) == 7
     # A small limit keeps the cache under it.
     small = ScanLoader(url, batch_size=5, cache_dir=tmp_path / "small", cache_bytes=1, io_threads=1)
     _epoch(small)
