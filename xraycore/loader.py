@@ -144,7 +144,7 @@ class _BatchBuffers:
     ``torch.from_numpy`` all hold a reference, so nothing in use is overwritten.
     """
 
-    def __init__(self, keep: int = 3):
+    def __init__(self, keep: int = 4):
         self._keep = keep
         self._held: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -557,55 +557,84 @@ def _read_batches(
         return found
 
     def decode(task) -> None:
-        name, shard, in_shard, positions, out = task
-        found = pending[(name, shard)].result()
-        decoder = rt.decoders[name]
+        read, fill, decoder, in_shard, positions, out = task
+        found = read.result()
         if found is None:  # an absent shard reads as the fill value, as through Zarr
-            out[positions] = decoder.fill_value
+            out[positions] = fill
         else:
             decoder.decode_chunks(*found, in_shard, out, positions)
 
-    try:
-        for t, idx in enumerate(plan):
-            want = min(len(reads), int(reads_end[t]) + prefetch)
-            while submitted < want:
-                s = reads[submitted]
-                for name in sharded:
-                    pending[(name, s)] = rt.io.submit(fetch, name, s)
-                submitted += 1
-            rows = rows_of[idx]
-            batch: dict[str, Any] = {}
-            tasks = []
-            for name in loader.arrays:
-                spec = loader._specs[name]
-                if name in sharded:
-                    out = rt.buffers.take((len(idx), *spec.shape), rt.decoders[name].dtype)
-                    tasks += [(name, s, r, p, out) for s, r, p in per_batch[t]]
-                    batch[name] = out
-                else:  # a layout the decoder does not know: through Zarr, rows in order
-                    sort = np.argsort(rows)
-                    out = np.empty((len(idx), *spec.shape), spec.dtype)
-                    out[sort] = rt.store.read(name, rows[sort].tolist(), decode=False)
-                    batch[name] = out
-            if rt.decode is None or len(tasks) < 2:
-                for task in tasks:
-                    decode(task)
+    def start(t: int):
+        """Submit batch ``t``'s reads (and those ``prefetch`` ahead) and, with
+        decode threads, its decoding; returns what :func:`finish` needs."""
+        nonlocal submitted
+        want = min(len(reads), int(reads_end[t]) + prefetch)
+        while submitted < want:
+            s = reads[submitted]
+            for name in sharded:
+                pending[(name, s)] = rt.io.submit(fetch, name, s)
+            submitted += 1
+        idx = plan[t]
+        rows = rows_of[idx]
+        batch: dict[str, Any] = {}
+        tasks = []
+        for name in loader.arrays:
+            spec = loader._specs[name]
+            if name in sharded:
+                decoder = rt.decoders[name]
+                out = rt.buffers.take((len(idx), *spec.shape), decoder.dtype)
+                fill = decoder.fill_value
+                tasks += [
+                    (pending[(name, s)], fill, decoder, r, p, out) for s, r, p in per_batch[t]
+                ]
+                batch[name] = out
+            else:  # a layout the decoder does not know: through Zarr, rows in order
+                sort = np.argsort(rows)
+                out = np.empty((len(idx), *spec.shape), spec.dtype)
+                out[sort] = rt.store.read(name, rows[sort].tolist(), decode=False)
+                batch[name] = out
+        if rt.decode is not None and len(tasks) > 1:
+            return batch, [rt.decode.submit(decode, task) for task in tasks]
+        return batch, tasks
+
+    def finish(t: int, batch: dict[str, Any], work: list) -> dict[str, Any]:
+        for item in work:
+            if isinstance(item, tuple):
+                decode(item)
             else:
-                for f in [rt.decode.submit(decode, task) for task in tasks]:
-                    f.result()
-            for name in loader.arrays:
-                batch[name] = loader._specs[name].unpack(batch[name])
-            for s, _, _ in per_batch[t]:
-                if last_use[s] == t:
-                    for name in sharded:
-                        pending.pop((name, s), None)
-            batch["row"] = rows
-            batch["image_id"] = loader.image_ids[idx]
-            if loader.targets is not None:
-                batch["target"] = loader.targets[idx]
+                item.result()
+        for name in loader.arrays:
+            batch[name] = loader._specs[name].unpack(batch[name])
+        for s, _, _ in per_batch[t]:
+            if last_use[s] == t:
+                for name in sharded:
+                    pending.pop((name, s), None)
+        idx = plan[t]
+        batch["row"] = rows_of[idx]
+        batch["image_id"] = loader.image_ids[idx]
+        if loader.targets is not None:
+            batch["target"] = loader.targets[idx]
+        return batch
+
+    # With decode threads, batch t + 1 is decoding while batch t is finished
+    # and handed out: the threads never wait for the tail of a batch, and the
+    # caller's work on a batch overlaps the decoding of the next.
+    ahead = rt.decode is not None
+    current = start(0)
+    try:
+        for t in range(len(plan)):
+            following = start(t + 1) if ahead and t + 1 < len(plan) else None
+            batch = finish(t, *current)
+            current = None
             yield batch
             # Drop this frame's references, so the caller's are the only ones left.
-            batch = tasks = out = None
+            batch = None
+            current = (
+                following
+                if following is not None
+                else (start(t + 1) if t + 1 < len(plan) else None)
+            )
+            following = None
     finally:
         for f in pending.values():
             f.cancel()
