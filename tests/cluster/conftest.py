@@ -23,30 +23,7 @@ import pytest
 # The drills' harness (inputs, clean reference, store checks) is shared, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "drills"))
 
-from harness import free_port  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory) -> str:
-    """One real Prefect API server (SQLite) on loopback for this directory's runs:
-    each ``xray run`` would otherwise start (and migrate) its own."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    home = tmp_path_factory.mktemp("prefect")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    saved = os.environ.get("PREFECT_HOME")
-    os.environ["PREFECT_HOME"] = str(home)
-    server = SubprocessASGIServer(port=free_port())
-    try:
-        server.start(timeout=120)
-        yield server.api_url
-    finally:
-        server.stop()
-        if saved is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = saved
-
+from servers import free_port  # noqa: E402
 
 SLURM_BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
 

@@ -62,7 +62,7 @@ def finish(proc, timeout: float) -> str:
 
 
 def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(
-    slurm, prefect_api_url, tmp_path, capsys
+    slurm, prefect_server, tmp_path, capsys
 ):
     t0 = time.monotonic()
     source, store = tmp_path / "source", tmp_path / "store"
@@ -70,7 +70,7 @@ def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(
     spec = slurm_spec(tmp_path)
     args = ["run", str(source), "--store", str(store), "--size", str(SIZE)]
     args += ["--batch-size", str(BATCH), "--cluster", str(spec)]
-    proc = xray_popen(*args, env=run_env(slurm, prefect_api_url), cwd=tmp_path)
+    proc = xray_popen(*args, env=run_env(slurm, prefect_server), cwd=tmp_path)
     try:
         wait_for(lambda: committed_parts(store), 120, "the first committed batch", poll=0.05)
         running = [j.split()[0] for j in slurm.squeue() if j.endswith("RUNNING")]
@@ -98,12 +98,12 @@ def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(
         )
 
 
-def test_slurm_jobs_that_never_start_are_named_then_time_out(slurm, prefect_api_url, tmp_path):
+def test_slurm_jobs_that_never_start_are_named_then_time_out(slurm, prefect_server, tmp_path):
     source, store = tmp_path / "source", tmp_path / "store"
     write_phantoms(source, 4)
     spec = slurm_spec(tmp_path, queue="closed", timeout_s=6)  # a partition that is DOWN
     args = ["run", str(source), "--store", str(store), "--cluster", str(spec)]
-    proc = xray_popen(*args, env=run_env(slurm, prefect_api_url), cwd=tmp_path)
+    proc = xray_popen(*args, env=run_env(slurm, prefect_server), cwd=tmp_path)
     try:
         out = finish(proc, 120)
     finally:

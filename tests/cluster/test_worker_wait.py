@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port
+from servers import free_port
 
 
 def test_worker_timeout_from_spec_and_environment(tmp_path, monkeypatch):

@@ -118,8 +118,6 @@ class ShardDecoder(_ShardCodec):
         Raises :class:`ShardFormatError` for bytes that are not such a shard
         (truncated, or an index whose checksum does not match).
         """
-        import google_crc32c
-
         wanted = range(self.shard) if rows is None else rows
         if out.shape[0] < len(wanted) or out.shape[1:] != self.image_shape:
             raise ValueError(
@@ -130,6 +128,18 @@ class ShardDecoder(_ShardCodec):
         if data is None:
             out[: len(wanted)] = self.fill_value
             return
+        view, index = self.chunk_index(data)
+        self.decode_chunks(view, index, wanted, out, range(len(wanted)))
+
+    def chunk_index(self, data) -> tuple[memoryview, np.ndarray]:
+        """``(bytes, index)`` of the shard ``data``: its bytes as a flat
+        memoryview and the checked ``(shard, 2)`` index of (offset, length).
+
+        Read once per shard, the index serves every :meth:`decode_chunks` call
+        on it. Raises :class:`ShardFormatError` as :meth:`decode_into` does.
+        """
+        import google_crc32c
+
         view = memoryview(data).cast("B")
         n = self.index_nbytes
         if len(view) < n:
@@ -139,20 +149,36 @@ class ShardDecoder(_ShardCodec):
         if google_crc32c.value(bytes(index_bytes)) != crc:
             raise ShardFormatError("shard index checksum does not match (corrupt shard)")
         index = np.frombuffer(index_bytes, "<u8").reshape(self.shard, 2)
-        image_bytes = int(np.prod(self.image_shape)) * self.dtype.itemsize
-        for i, k in enumerate(wanted):
+        present = ~((index[:, 0] == _ABSENT) & (index[:, 1] == _ABSENT))
+        ends = index[present, 0] + index[present, 1]
+        if ends.size and int(ends.max()) > len(view) - n:
+            raise ShardFormatError(f"a chunk lies outside the shard's {len(view)} bytes")
+        return view, index
+
+    def decode_chunks(self, view, index: np.ndarray, rows, out: np.ndarray, positions) -> None:
+        """Decode the shard's images ``rows`` into ``out[positions]`` (one
+        image each), given :meth:`chunk_index`'s ``(view, index)``.
+
+        The training loader's path: the images of one batch come from many
+        shards in a shuffled order, so each lands at its own position of the
+        batch buffer. Blosc releases the GIL while it decompresses, so calls
+        on disjoint positions run in parallel on threads.
+        """
+        if out.dtype != self.dtype or out.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"out must be images of {self.image_shape} in {self.dtype}, "
+                f"got {out.shape} {out.dtype}"
+            )
+        decode = self._blosc.decode
+        for k, i in zip(rows, positions, strict=True):
             offset, length = index[k]
-            if offset == _ABSENT and length == _ABSENT:
-                out[i] = self.fill_value
-                continue
-            if offset + length > len(view) - n:
-                raise ShardFormatError(f"chunk {k} lies outside the shard's {len(view)} bytes")
             target = out[i]
+            if offset == _ABSENT and length == _ABSENT:
+                target[...] = self.fill_value
+                continue
             if not target.flags.c_contiguous:
                 raise ValueError("out must be C-contiguous per image")
-            self._blosc.decode(view[int(offset) : int(offset + length)], out=target)
-            if target.nbytes != image_bytes:  # pragma: no cover - guarded by the shape check
-                raise ShardFormatError(f"chunk {k} decoded to {target.nbytes} bytes")
+            decode(view[int(offset) : int(offset + length)], out=target)
 
     def decode(self, data) -> np.ndarray:
         """The shard's images, ``(shard, *image_shape)``."""

@@ -1,0 +1,64 @@
+"""The torch side of :class:`xraycore.loader.ScanLoader` (imported on demand only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+__all__ = ["ScanBatches", "counting_dataloader"]
+
+
+def _tensors(batch: dict) -> dict:
+    return {
+        k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" else v
+        for k, v in batch.items()
+    }
+
+
+class ScanBatches(IterableDataset):
+    """A loader's batches as tensors; DataLoader worker ``k`` of ``K`` makes
+    batches ``k, k + K, ...`` from where the loader stands, so the DataLoader's
+    round robin over its workers yields the loader's own order."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        loader = self.loader
+        return len(loader) - (loader._consumed if loader._consumed < len(loader) else 0)
+
+    def __iter__(self):
+        loader = self.loader
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        start = loader._consumed if loader._consumed < len(loader) else 0
+        for batch in loader._batches(loader.epoch, start, worker, workers):
+            yield _tensors(batch)
+
+
+class _CountingDataLoader(DataLoader):
+    """A DataLoader whose iteration, in the main process, counts the batches
+    it yields into its ScanLoader (for ``state_dict``)."""
+
+    def __init__(self, loader, **kwargs):
+        super().__init__(ScanBatches(loader), batch_size=None, **kwargs)
+        self.scan_loader = loader
+
+    def __iter__(self):
+        loader = self.scan_loader
+        loader._start()  # a finished epoch starts again, before the workers copy the loader
+        for batch in super().__iter__():
+            loader._consumed += 1
+            yield batch
+
+
+def counting_dataloader(loader, *, num_workers: int = 0, **kwargs) -> DataLoader:
+    if "batch_size" in kwargs:
+        raise ValueError("batch_size is the ScanLoader's; do not give it to dataloader()")
+    if kwargs.get("persistent_workers"):
+        raise ValueError(
+            "persistent_workers=True would keep the workers' copy of the loader's "
+            "position from the first epoch; leave it off"
+        )
+    return _CountingDataLoader(loader, num_workers=num_workers, **kwargs)
