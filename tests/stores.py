@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from xraycore.batch import plan_batches, process_batch
 from xraycore.catalog import SourceFile, list_sources
 from xraycore.pipeline import PipelineSpec
@@ -58,3 +60,38 @@ def build_store(
     if compact:
         store.compact_metadata(run_id)
     return store
+
+
+def png_files(folder: Path, images: list[np.ndarray]) -> list[Path]:
+    """``images`` written as ``scan000.png``, ``scan001.png``, ... in ``folder``."""
+    import cv2
+
+    paths = []
+    for i, image in enumerate(images):
+        path = Path(folder) / f"scan{i:03d}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+def labelled_store(root: Path, *, n: int, size: int) -> str:
+    """A store of ``n`` phantoms, the odd ones brightened ("finding_pneumonia"),
+    stored as they are (no enhancement, which would undo the brightness); scans
+    6 and 7 of every 8 in the validation split, the rest in train. For training."""
+    from xraycore.synth import phantom_chest
+    from xraycore.training import write_splits
+
+    src = Path(root) / "scans"
+    src.mkdir(parents=True)
+    images = [phantom_chest(size, seed=i) // 2 + (128 if i % 2 else 0) for i in range(n)]
+    paths = png_files(src, [image.astype(np.uint8) for image in images])
+    labels = {
+        p.name: {"finding_pneumonia": bool(i % 2), "patient_id": str(i)}
+        for i, p in enumerate(paths)
+    }
+    spec = PipelineSpec(size=size, enhance=(), outputs=())
+    url = str(Path(root) / "store")
+    store = build_store(url, paths, spec, batch_size=16, labels=labels)
+    ids = store.read_metadata().column("image_id").to_pylist()
+    write_splits(store, ["validation" if int(i[4:7]) % 8 >= 6 else "train" for i in ids], "split")
+    return url

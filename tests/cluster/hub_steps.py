@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "drills"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: servers, stores
 
 
 def s3():

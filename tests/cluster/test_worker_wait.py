@@ -40,7 +40,7 @@ def test_waiting_for_a_scheduler_without_workers_times_out(tmp_path, monkeypatch
     )
     try:
         monkeypatch.setenv("XRAY_WORKER_TIMEOUT_S", "2")
-        where = resolve_cluster(scheduler=f"tcp://127.0.0.1:{port}")
+        where = resolve_cluster(f"tcp://127.0.0.1:{port}")
         with DaskCluster(where) as cluster:
             with pytest.raises(TimeoutError, match="no Dask worker joined within 2 s"):
                 cluster.client()

@@ -10,17 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from stores import labelled_store
 
-from xraycore.batch import Batch, process_batch
-from xraycore.catalog import SourceFile
 from xraycore.classify import ModelContract
-from xraycore.pipeline import PipelineSpec
 from xraycore.store import ScanStore
-from xraycore.synth import phantom_chest
-from xraycore.training import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 # Run as if torch were not installed: the import fails as it would.
@@ -36,38 +31,6 @@ WITHOUT_TORCH = (
     "assert not loaded, loaded\n"
     "sys.exit(code)\n"
 )
-
-
-def labelled_store(root: Path, *, n: int, size: int) -> str:
-    """A store of ``n`` phantoms, the odd ones brightened ("finding_pneumonia"),
-    stored as they are; scans 6 and 7 of every 8 in the validation split, the
-    rest in train. (A copy of tests/xraycore/test_cnn.py's.)"""
-    src = root / "scans"
-    src.mkdir(parents=True)
-    items, labels = [], []
-    for i in range(n):
-        scan = phantom_chest(size, seed=i) // 2
-        path = src / f"scan{i:03d}.png"
-        cv2.imwrite(str(path), scan + 128 if i % 2 else scan)
-        stat = path.stat()
-        items.append(
-            SourceFile(uri=str(path), image_id=path.name, size=stat.st_size, mtime=stat.st_mtime)
-        )
-        labels.append({"finding_pneumonia": bool(i % 2), "patient_id": str(i)})
-    spec = PipelineSpec(size=size, enhance=(), outputs=())
-    url, batch = str(root / "store"), 16
-    store = ScanStore.open(url)
-    store.initialise(spec, batch_size=batch)
-    store.ensure_capacity(-(-n // batch) * batch)
-    for start in range(0, n, batch):
-        chunk = Batch(
-            start, tuple(items[start : start + batch]), tuple(labels[start : start + batch])
-        )
-        process_batch(chunk, store=url, spec=spec, run_id="test")
-    store.compact_metadata("test")
-    ids = store.read_metadata().column("image_id").to_pylist()
-    write_splits(store, ["validation" if int(i[4:7]) % 8 >= 6 else "train" for i in ids], "split")
-    return url
 
 
 def _xray(*args: str, code: str | None = None) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from test_store import _build, _png_files
+from stores import build_store, png_files
 
 from xraycore.loader import ScanLoader, epoch_order, rank_batches
 from xraycore.pipeline import PipelineSpec
@@ -32,7 +32,7 @@ def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loader")
     images = [phantom_chest(64, seed=i % 12, opacity=i % 2 == 1) for i in range(ROWS)]
     spec = PipelineSpec(size=64, outputs=("log", "gradient_magnitude", "canny", "histogram"))
-    built = _build(str(folder / "store"), _png_files(folder, images), spec, batch_size=4)
+    built = build_store(str(folder / "store"), png_files(folder, images), spec, batch_size=4)
     built.compact_metadata("labels", transform=_labelled)
     assert built.shard_size == 4
     return built
@@ -324,7 +324,9 @@ def test_s3_with_the_cache_reads_nothing_from_s3_on_the_second_epoch(
         monkeypatch.setenv(k, v)
     url = f"s3://loader-{uuid.uuid4().hex[:8]}/store"
     images = [phantom_chest(64, seed=i) for i in range(24)]
-    s3 = _build(url, _png_files(tmp_path, images), PipelineSpec(size=64, outputs=("log",)), 8)
+    s3 = build_store(
+        url, png_files(tmp_path, images), PipelineSpec(size=64, outputs=("log",)), batch_size=8
+    )
     reads = _counting_reads(monkeypatch)
     cache = tmp_path / "cache"
     loader = ScanLoader(url, batch_size=5, arrays=("preprocessed", "log"), cache_dir=cache)
@@ -413,6 +415,8 @@ def test_bad_epoch_and_state_are_refused(store):
 
 def test_a_store_without_splits_says_how_to_make_them(tmp_path):
     images = [phantom_chest(64, seed=i) for i in range(4)]
-    plain = _build(str(tmp_path / "s"), _png_files(tmp_path, images), PipelineSpec(size=64), 4)
+    plain = build_store(
+        str(tmp_path / "s"), png_files(tmp_path, images), PipelineSpec(size=64), batch_size=4
+    )
     with pytest.raises(ValueError, match="no splits yet"):
         ScanLoader(plain, batch_size=2, split="train")

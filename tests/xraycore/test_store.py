@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stores import build_store, source_files
+from stores import build_store, png_files, source_files
 
 from xraycore import schema
 from xraycore.batch import Batch, process_batch
@@ -20,17 +20,6 @@ from xraycore.synth import phantom_chest
 
 EXACT = ("preprocessed", "canny", "mask", "histogram")
 PACKED = ("log", "gradient_magnitude", "sobel")
-
-
-def _png_files(tmp_path: Path, images: list[np.ndarray]) -> list[Path]:
-    import cv2
-
-    paths = []
-    for i, image in enumerate(images):
-        path = tmp_path / f"scan{i:03d}.png"
-        cv2.imwrite(str(path), image)
-        paths.append(path)
-    return paths
 
 
 def _assert_round_trip(store: ScanStore, spec: PipelineSpec) -> dict[str, float]:
@@ -71,7 +60,7 @@ def test_edge_maps_within_half_a_percent_and_exact_maps_bit_identical_on_real_sc
 def test_round_trip_on_phantoms_with_a_partial_last_shard(tmp_path):
     spec = PipelineSpec(size=256)
     images = [phantom_chest(256, seed=i, opacity=i % 2 == 1) for i in range(11)]
-    store = build_store(str(tmp_path / "store"), _png_files(tmp_path, images), spec, batch_size=8)
+    store = build_store(str(tmp_path / "store"), png_files(tmp_path, images), spec, batch_size=8)
     assert store.batch_size == 8 and store.shard_size == 8
     worst = _assert_round_trip(store, spec)
     assert all(w <= 0.005 for w in worst.values()), worst
@@ -98,7 +87,7 @@ def test_bytes_per_scan_default_and_preprocessed_only(tmp_path, chestxray8_files
 
 def test_failed_input_reads_as_zeros_and_does_not_shift_rows(tmp_path):
     spec = PipelineSpec(size=64)
-    paths = _png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(3)])
+    paths = png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(3)])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     paths.insert(1, bad)
@@ -122,7 +111,7 @@ def test_metadata_columns_and_types_come_from_the_schema(tmp_path):
     import pyarrow as pa
 
     spec = PipelineSpec(size=64)
-    paths = _png_files(tmp_path, [phantom_chest(64, seed=1)])
+    paths = png_files(tmp_path, [phantom_chest(64, seed=1)])
     store = build_store(str(tmp_path / "store"), paths, spec, batch_size=2)
     table = store.read_metadata()
     assert table.column_names[: len(schema.METADATA_COLUMNS)] == list(schema.METADATA_COLUMNS)
@@ -342,7 +331,7 @@ def test_dask_from_zarr_with_the_recorded_scale_equals_read(tmp_path):
     import zarr
 
     spec = PipelineSpec(size=64)
-    paths = _png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(3)])
+    paths = png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(3)])
     store = build_store(str(tmp_path / "store"), paths, spec, batch_size=4)
     arr = zarr.open_array(str(tmp_path / "store" / "images.zarr"), path="log", mode="r")
     lazy = da.from_zarr(arr)
@@ -422,7 +411,7 @@ def test_a_dataset_with_open_arrays_pickles_for_dataloader_workers(tmp_path):
     from xraycore.training import ScanDataset
 
     spec = PipelineSpec(size=32)
-    paths = _png_files(tmp_path, [phantom_chest(32, seed=i) for i in range(3)])
+    paths = png_files(tmp_path, [phantom_chest(32, seed=i) for i in range(3)])
     build_store(str(tmp_path / "store"), paths, spec, batch_size=4)
     dataset = ScanDataset(str(tmp_path / "store"))
     first = dataset[1]

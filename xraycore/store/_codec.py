@@ -49,17 +49,37 @@ def _layout(arr) -> tuple | None:
         or [type(c) for c in inner] != [BytesCodec, BloscCodec]
         or [type(c) for c in index] != [BytesCodec, Crc32cCodec]
         or any(getattr(c.endian, "value", "little") != "little" for c in (inner[0], index[0]))
-        or not hasattr(inner[1], "_blosc_codec")
+        or _numcodecs_blosc(inner[1]) is None
     ):
         return None
     return inner[1], shard
 
 
+def _numcodecs_blosc(codec):
+    """A ``numcodecs.Blosc`` with the settings of Zarr's ``BloscCodec`` ``codec``
+    (its public attributes), so its bytes are the ones Zarr writes (a test
+    compares them); None for settings it cannot express."""
+    from numcodecs import Blosc
+
+    shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE}
+    shuffle["bitshuffle"] = Blosc.BITSHUFFLE
+    try:
+        return Blosc(
+            cname=codec.cname.value,
+            clevel=int(codec.clevel),
+            shuffle=shuffle[codec.shuffle.value],
+            blocksize=int(codec.blocksize),
+            typesize=int(codec.typesize),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 class _ShardCodec:
     def __init__(self, arr, blosc, shard: int):
         self._metadata = arr.metadata
-        # numcodecs.Blosc with the typesize of the dtype: Zarr's own codec object.
-        self._blosc = blosc._blosc_codec
+        # numcodecs.Blosc with the typesize of the dtype, as Zarr's codec uses.
+        self._blosc = _numcodecs_blosc(blosc)
         self.dtype = np.dtype(str(arr.dtype)).newbyteorder("<")
         self.image_shape = tuple(int(n) for n in arr.shape[1:])
         self.shard = shard
