@@ -361,40 +361,28 @@ class Storage:
 
         Raises :class:`ConditionFailed` when it exists.
         """
-        self._check_conditional()
-        target = self.path(rel)
-        if self.is_local:
-            with self._locked(target):
-                if self._local_current(target) is not None:
-                    raise ConditionFailed(rel)
-                self.write_bytes_atomic(rel, data)
-            return data
-        try:
-            out = self._fs.pipe_file(target, data, mode="create")
-        except FileExistsError:
-            raise ConditionFailed(rel) from None
-        except OSError as exc:
-            if self._precondition(exc):
-                raise ConditionFailed(rel) from None
-            raise
-        return out["ETag"]
+        return self._write_if(rel, data, None, mode="create")
 
     def replace_if(self, rel: str, data: bytes, token: Any) -> Any:
         """Write ``rel`` only if it is still the version ``token``; returns the new token.
 
         Raises :class:`ConditionFailed` when it changed or is gone.
         """
+        return self._write_if(rel, data, token, IfMatch=token)
+
+    def _write_if(self, rel: str, data: bytes, expected: Any, **put: Any) -> Any:
+        """Write ``rel`` if its current version is ``expected`` (None: absent)."""
         self._check_conditional()
         target = self.path(rel)
         if self.is_local:
             with self._locked(target):
-                if self._local_current(target) != token:
+                if self._local_current(target) != expected:
                     raise ConditionFailed(rel)
                 self.write_bytes_atomic(rel, data)
             return data
         try:
-            out = self._fs.pipe_file(target, data, IfMatch=token)
-        except FileNotFoundError:
+            out = self._fs.pipe_file(target, data, **put)
+        except (FileExistsError, FileNotFoundError):
             raise ConditionFailed(rel) from None
         except OSError as exc:
             if self._precondition(exc):
