@@ -18,6 +18,7 @@ from tasks.classify import commit_predictions, score_batch
 from xraycore.classify import ModelContract
 from xraycore.evaluation import REPORT, evaluate_store, model_sha256
 from xraycore.report import report_markdown
+from xraycore.schema import IMAGES
 from xraycore.scoring import batch_groups, unscored_rows
 from xraycore.store import ScanStore
 
@@ -55,7 +56,7 @@ def classify_store(
     target_store = ScanStore.open(store, options)
     info = target_store.info()
     if info is None:
-        raise ValueError(f"{store} is not a store (no images.zarr)")
+        raise ValueError(f"{store} is not a store (no {IMAGES})")
     c = ModelContract.for_model(model, options, **(contract or {}))
     sha = model_sha256(model, options)
     # One task per batch of the store (a whole number of its Zarr shards): a few

@@ -13,8 +13,10 @@ milestone. The event goes to
 Events: ``waiting`` (run_id, holder, since: another run holds the store's
 lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs,
 seconds), ``planned`` (new, retried, skipped, batches, images), ``cluster``
-(workers, dashboard), ``batch`` (done, total, failed, batches_done, batches,
-rate), ``committed`` (rows), ``scored`` (rows).
+(workers, dashboard), ``workers_pending`` (pending, waited_s: no Dask worker
+yet), ``batch`` (done, total, failed, batches_done, batches, rate),
+``committed`` (rows), ``scored`` (rows); and, from :mod:`flows.runner`,
+``prefect_server`` (url: the local Prefect server being started).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "committed": lambda f: f"committed {f['rows']} rows",
     "scored": lambda f: f"scored {f['rows']} rows",
 }
-_WARNINGS = {"lease_taken_over", "workers_pending"}
+_WARNINGS = {"lease_taken_over"}
 _last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
 
 
@@ -100,7 +102,12 @@ def _log_now(event: str, fields: dict[str, Any], run: str) -> bool:
 
 
 def _run_logger() -> tuple[Any, str]:
-    """The Prefect run logger and the flow run's id; a plain logger outside a run."""
+    """The Prefect run logger and the flow run's id; a plain logger outside a run
+    (and without importing Prefect where nothing has: ``xray verify --scheduler``)."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return logging.getLogger(__name__), ""
     from prefect.context import FlowRunContext
     from prefect.logging import get_run_logger
 

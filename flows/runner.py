@@ -402,10 +402,10 @@ def local_server(*, timeout_s: float = 180.0) -> str:
     """
     import fcntl
     import json
+    import signal
     import socket
     import subprocess
     import sys
-    import time
 
     home = _prefect_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,8 @@ def local_server(*, timeout_s: float = 180.0) -> str:
         deadline = time.monotonic() + timeout_s
         while not _healthy(url, timeout=1.0):
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)  # the CLI and its server process
                 raise RuntimeError(
                     f"the local Prefect server did not start (see {home / 'xray-server.log'}); "
                     "or set PREFECT_API_URL to a server you run"
@@ -464,8 +465,13 @@ def stop_local_server() -> str | None:
     found = json.loads(state.read_text())
     state.unlink()
     try:
-        os.killpg(int(found["pid"]), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError, KeyError, ValueError):
+        pid = int(found["pid"])
+        # After a reboot the pid may be another program's: only a Prefect server is stopped.
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"prefect" not in f.read():
+                return None
+        os.killpg(pid, signal.SIGTERM)
+    except (OSError, KeyError, ValueError):
         return None
     return found.get("url")
 

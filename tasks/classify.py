@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.preprocess import on_cluster
+from tasks.preprocess import on_cluster, transient
 from xraycore.batch import classify_rows
 from xraycore.store import ScanStore
 
@@ -27,6 +27,7 @@ def score_run_name(parameters: dict[str, Any]) -> str:
     task_run_name=score_run_name,
     retries=2,
     retry_delay_seconds=2,
+    retry_condition_fn=transient,
     persist_result=False,
     cache_policy=NO_CACHE,
 )

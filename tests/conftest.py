@@ -10,12 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from real_data import CHESTXRAY8, DAMAGED
 from servers import AWS_ENV, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CHESTXRAY8 = SHARED / "chestxray8"
-DAMAGED = SHARED / "damaged"
 
 
 def _need(folder: Path) -> list[Path]:

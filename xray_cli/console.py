@@ -125,6 +125,9 @@ class RunConsole:
             **f,
         )
 
+    def _on_workers_pending(self, f: dict[str, Any]) -> None:
+        self.line(f"waiting for workers: {f['pending']}", "workers_pending", **f)
+
     def _on_listed(self, f: dict[str, Any]) -> None:
         self.line(f"listed {f['inputs']} inputs in {f['seconds']:.1f} s", "listed", **f)
 

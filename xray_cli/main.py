@@ -95,13 +95,18 @@ def _cluster(
 
 
 def _open_store(store: str, storage_options: str | None):
-    """The store at ``store`` and its attributes; exit 2 when there is none."""
+    """The store at ``store`` and its attributes; exit 2 when there is none, or
+    when it is of another format or cannot be opened (one ``error:`` line)."""
+    from xraycore.schema import IMAGES
     from xraycore.store import ScanStore
 
-    st = ScanStore.open(store, _options(storage_options))
-    info = st.info()
+    try:
+        st = ScanStore.open(store, _options(storage_options))
+        info = st.info()
+    except ValueError as exc:  # another format (with how to rebuild), bad options
+        _fail(str(exc), 2)
     if info is None:
-        _fail(f"{store} is not a store (no images.zarr)", 2)
+        _fail(f"{store} is not a store (no {IMAGES})", 2)
     return st, info
 
 
@@ -376,7 +381,10 @@ def verify(
 @app.command()
 def sheet(
     store: Annotated[str, typer.Argument(help="Store URL.")],
-    rows: Annotated[str, typer.Option(help="Comma-separated row numbers.")] = "0",
+    rows: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated row numbers (default: the first 3 ok rows)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("sheet.png"),
     storage_options: StorageOptions = None,
 ) -> None:
@@ -384,10 +392,19 @@ def sheet(
     from xraycore.report import comparison_sheet
 
     st, _ = _open_store(store, storage_options)
-    try:
-        wanted = [int(r) for r in rows.split(",") if r.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"--rows must be comma-separated integers, got {rows!r}") from None
+    if rows is None:
+        meta = st.read_metadata()
+        ok = [] if meta is None else [r["row"] for r in meta.to_pylist() if r["status"] == "ok"]
+        if not ok:
+            _fail(f"{store} has no ok rows to show", 2)
+        wanted = sorted(ok)[:3]
+    else:
+        try:
+            wanted = [int(r) for r in rows.split(",") if r.strip()]
+        except ValueError:
+            raise typer.BadParameter(
+                f"--rows must be comma-separated integers, got {rows!r}"
+            ) from None
     try:
         path = comparison_sheet(st, wanted, out, source_options=_options(storage_options))
     except ValueError as exc:
@@ -478,22 +495,21 @@ def split(
     """Write patient-grouped train/validation/test splits into the metadata."""
     import uuid
 
-    from xraycore.store import ScanStore
     from xraycore.training import assign_splits, write_splits
 
     try:
         parts = tuple(float(f) for f in fractions.split(","))
     except ValueError:
         raise typer.BadParameter(f"--fractions must be three numbers, got {fractions!r}") from None
-    st = ScanStore.open(store, _options(storage_options))
+    st, _ = _open_store(store, storage_options)
     meta = st.read_metadata()
     if meta is None:
         _fail(f"{store} has no metadata", 2)
     try:
         splits = assign_splits(meta, fractions=parts, seed=seed)
+        write_splits(st, splits, uuid.uuid4().hex[:12])
     except ValueError as exc:
         _fail(str(exc), 2)
-    write_splits(st, splits, uuid.uuid4().hex[:12])
     counts = {k: splits.count(k) for k in ("train", "validation", "test")}
     typer.echo(f"splits written to {store}: {counts}")
 

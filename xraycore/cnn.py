@@ -23,7 +23,6 @@ import logging
 import numbers
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 
 from ._validate import check_positive
 from .classify import ModelContract, prepare_batch
+from .schema import temporary_path
 
 __all__ = [
     "ARCHITECTURES",
@@ -220,7 +220,7 @@ def save_checkpoint(network, path: str | os.PathLike) -> Path:
     """Write ``network``'s state_dict (what :func:`load_checkpoint` reads), atomically."""
     torch = _torch()
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp = Path(temporary_path(str(path)))
     try:
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
         os.replace(tmp, path)
@@ -553,14 +553,14 @@ def export_cnn_onnx(model: TrainedCNN, path: str | os.PathLike) -> Path:
     # The exporter stamps IR version 10; the graph uses nothing newer than IR 8
     # (plain opset-18 operators, no functions), which onnxruntime 1.17 still loads.
     program.model.ir_version = 8
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp = Path(temporary_path(str(path)))
     try:
         program.save(tmp, external_data=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = Path(f"{path}.json")
-    tmp = sidecar.with_name(f"{sidecar.name}.tmp-{uuid.uuid4().hex}")
+    tmp = Path(temporary_path(str(sidecar)))
     tmp.write_text(json.dumps(c.to_dict(), indent=2))
     os.replace(tmp, sidecar)
     return path

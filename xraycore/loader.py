@@ -343,11 +343,7 @@ class ScanLoader:
             )
         self.rows = chosen["row"].to_numpy().astype(np.int64)
         self.image_ids = np.array(chosen["image_id"].to_pylist(), dtype=str)
-        self.targets = (
-            None
-            if target is None
-            else np.array([int(bool(v)) for v in chosen[target].to_pylist()], np.int64)
-        )
+        self.targets = None if target is None else _targets(chosen[target], target)
         self._shards = self.rows // self.shard_size
         digest = hashlib.sha256()
         digest.update(self.rows.tobytes())
@@ -362,12 +358,12 @@ class ScanLoader:
         """A key per selected shard that changes whenever the shard's content may
         have: the store, its pipeline, and every metadata row of the shard."""
         pipeline = self._store.info_or_raise().get("pipeline_hash")
-        rows = np.asarray(table["row"].to_numpy(zero_copy_only=False))
+        rows = table["row"].to_pylist()  # ints, None for failed rows
         ids = table["image_id"].to_pylist()
         sums = table["checksum"].to_pylist()
         found: dict[int, list] = {}
         wanted = set(self._shards.tolist())
-        for r, i, c in zip(rows.tolist(), ids, sums, strict=True):
+        for r, i, c in zip(rows, ids, sums, strict=True):
             if r is not None and r // self.shard_size in wanted:
                 found.setdefault(r // self.shard_size, []).append((r, i, c))
         base = [self._store.storage.uri(), pipeline, self.shard_size]
@@ -638,3 +634,17 @@ def _read_batches(
     finally:
         for f in pending.values():
             f.cancel()
+
+
+def _targets(column, name: str) -> np.ndarray:
+    """A boolean or integer label column as int64 (a class index); any other
+    type is refused rather than squeezed into 0/1."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_boolean(kind) or pa.types.is_integer(kind)):
+        raise ValueError(
+            f"target {name!r} must be a boolean or integer column, got {kind}: "
+            "map it to class indices first"
+        )
+    return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), np.int64)

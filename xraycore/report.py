@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .store import ScanStore
 
 __all__ = [
@@ -87,7 +88,7 @@ def comparison_sheet(
 
     info = store.info()
     if info is None:
-        raise ValueError(f"{store.storage.url} is not a store (no images.zarr)")
+        raise ValueError(f"{store.storage.url} is not a store (no {schema.IMAGES})")
     meta = store.read_metadata()
     ok = {r["row"]: r for r in (meta.to_pylist() if meta else []) if r["status"] == "ok"}
     panels, titles = [], []
@@ -109,7 +110,9 @@ def sheet_png(
 ) -> bytes:
     """:func:`comparison_sheet` of ``rows`` as PNG bytes, written nowhere."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = comparison_sheet(store, rows, Path(tmp) / "sheet.png", source_options=source_options)
+        path = comparison_sheet(
+            store, rows, Path(tmp) / schema.SHEET, source_options=source_options
+        )
         return path.read_bytes()
 
 
@@ -162,7 +165,7 @@ def summary_markdown(summary: dict[str, Any], *, thumbnail: str | None = None) -
         f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
         "",
         f"Store: [{store}]({link}) (pipeline `{s['pipeline_hash']}`, "
-        f"{s['rows_in_store']} rows; batch id `{s['run_id']}`)",
+        f"{s['rows_in_store']} rows; run id `{s['run_id']}`)",
         "",
         "| inputs | ok | failed | skipped | batches | seconds | images/s |",
         "|---|---|---|---|---|---|---|",

@@ -30,7 +30,7 @@ __all__ = [
     "inpaint",
     "rebalance_channel",
     "restore_scan",
-    "rotate",
+    "rotate_scan",
 ]
 
 _INPAINT = {"ns": cv2.INPAINT_NS, "telea": cv2.INPAINT_TELEA}
@@ -504,8 +504,10 @@ def dewarp(
     )
 
 
-def rotate(image: np.ndarray, *, angle: float = 5.0) -> np.ndarray:
-    """Rotate about the centre by ``angle`` degrees counter-clockwise, same size.
+def rotate_scan(image: np.ndarray, *, angle: float = 5.0) -> np.ndarray:
+    """Rotate a scan about its centre by ``angle`` degrees counter-clockwise, same
+    size, borders replicated (scikit-image's ``transform.rotate`` takes the angle
+    positionally and returns floats: another contract, another name).
 
     Notes
     -----
@@ -735,7 +737,7 @@ def restore_scan(image: np.ndarray, *, inpaint_method: str = "telea") -> np.ndar
     if corners is not None:
         gray = dewarp(gray, corners=corners)
     elif angle != 0.0:
-        gray = rotate(gray, angle=-angle)
+        gray = rotate_scan(gray, angle=-angle)
     if colour:
         gray = percentile_stretch(gray, low=0.1, high=99.9)
     # A clean uint8 scan went through untouched: never hand back the caller's array.

@@ -90,6 +90,10 @@ CONFUSION = "confusion_matrix.png"
 #: and the run holding the lease) by this one suffix.
 TEMPORARY_SUFFIX = ".partial"
 
+#: A temporary file younger than this may be a live writer's (a classification
+#: run writes predictions without the lease), so it is neither reported nor removed.
+TEMPORARY_GRACE_S = 60.0
+
 
 def temporary_path(target: str) -> str:
     """The temporary file a write of ``target`` goes through (unique per write)."""

@@ -280,7 +280,9 @@ def verify_store(
         why = lease.stale()
         if why:
             problems.append(
-                Problem("stale_lease", f"run {lease.run_id} ({lease.holder}): {why}", path="lease")
+                Problem(
+                    "stale_lease", f"run {lease.run_id} ({lease.holder}): {why}", path=schema.LEASE
+                )
             )
         else:
             live_run = lease.run_id

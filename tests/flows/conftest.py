@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from dicom_files import make_dicom
+from real_data import CHESTXRAY8
 
 from xraycore.synth import damage_scan, phantom_chest
 
@@ -34,7 +35,7 @@ def source_dir(tmp_path) -> Path:
     the same shape either way (rows 0 and 1 are ok scans)."""
     src = tmp_path / "source"
     (src / "sub").mkdir(parents=True)
-    real = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "chestxray8"
+    real = CHESTXRAY8
     first = sorted(real.glob("*.png"))[:2]
     for p in first:
         shutil.copy(p, src / p.name)

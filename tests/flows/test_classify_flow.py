@@ -11,11 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from real_data import DAMAGED
 
 from xraycore.store import ScanStore
 from xraycore.synth import phantom_chest
-
-DAMAGED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "damaged"
 
 
 def _labels_csv(path: Path, entries: list[tuple[str, bool, str]]) -> Path:

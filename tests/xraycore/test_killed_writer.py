@@ -83,6 +83,13 @@ def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
 
+    # Just killed, the file is as young as a live writer's: neither reported nor removed.
+    assert store.temporary_files() == []
+    assert _xray("verify", url).returncode == 0
+    # Once it is older than the grace period, nobody can still be writing it.
+    (path,) = (tmp_path / "store").rglob(f"*{schema.TEMPORARY_SUFFIX}")
+    aged = time.time() - schema.TEMPORARY_GRACE_S - 1
+    os.utime(path, (aged, aged))
     left = store.temporary_files()
     assert len(left) == 1 and left[0].startswith(f"{schema.IMAGES}/"), left
     assert (

@@ -420,3 +420,18 @@ def test_a_store_without_splits_says_how_to_make_them(tmp_path):
     )
     with pytest.raises(ValueError, match="no splits yet"):
         ScanLoader(plain, batch_size=2, split="train")
+
+
+def test_an_integer_target_keeps_its_classes_and_a_text_one_is_refused(tmp_path):
+    images = [phantom_chest(64, seed=i) for i in range(6)]
+    paths = png_files(tmp_path, images)
+    labels = {p.name: {"grade": i % 3, "note": f"n{i}"} for i, p in enumerate(paths)}
+    url = str(tmp_path / "s")
+    build_store(url, paths, PipelineSpec(size=64), batch_size=4, labels=labels)
+    loader = ScanLoader(url, batch_size=6, target="grade", shuffle=False)
+    (batch,) = list(loader)
+    assert batch["target"].dtype == np.int64
+    by_id = {i: int(t) for i, t in zip(batch["image_id"], batch["target"], strict=True)}
+    assert by_id == {p.name: i % 3 for i, p in enumerate(paths)}
+    with pytest.raises(ValueError, match="target 'note' must be a boolean or integer column"):
+        ScanLoader(url, batch_size=2, target="note")

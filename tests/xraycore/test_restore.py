@@ -72,8 +72,8 @@ def test_frame_corners_none_on_clean_scan():
 
 
 def test_rotate_then_back_is_near_identity():
-    there = restore.rotate(PHANTOM, angle=5.0)
-    back = restore.rotate(there, angle=-5.0)
+    there = restore.rotate_scan(PHANTOM, angle=5.0)
+    back = restore.rotate_scan(there, angle=-5.0)
     assert ssim(back[40:-40, 40:-40], PHANTOM[40:-40, 40:-40]) > 0.9
     assert ssim(there, PHANTOM) < 0.9
 
@@ -162,7 +162,7 @@ def test_estimate_skew_from_wedges_when_frame_corners_are_cropped(angle):
     assert restore.frame_corners(damaged) is None  # no whole quadrilateral to de-warp
     assert restore.estimate_skew(damaged) == pytest.approx(truth.angle, abs=0.1)
     # Undoing it restores the scan away from the lost corners.
-    back = restore.rotate(damaged[:, :, 0], angle=-restore.estimate_skew(damaged))
+    back = restore.rotate_scan(damaged[:, :, 0], angle=-restore.estimate_skew(damaged))
     inner = (slice(80, -80), slice(80, -80))
     assert ssim(back[inner], clean[inner]) > 0.95
 
@@ -243,7 +243,7 @@ def test_restore_scan_improves_every_family_on_phantoms(family):
             lambda: restore.decode_colormap(np.zeros((8, 8, 3), np.uint8), colormap="hsv"),
             "colormap",
         ),
-        (lambda: restore.rotate(PHANTOM, angle=float("nan")), "angle"),
+        (lambda: restore.rotate_scan(PHANTOM, angle=float("nan")), "angle"),
     ],
 )
 def test_bad_parameters_raise_value_error(call, match):

@@ -3,6 +3,7 @@ repair_store marks it for the next run to redo."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +160,9 @@ def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     st.write_metadata_part(meta[:3], "0000000000-killedrun")  # left by a killed run
     part = st.storage.path("metadata.parquet", "part-0000000016-x.parquet")
     tmp = Path(schema.temporary_path(part))
-    tmp.write_bytes(b"")  # a part write cut short (a full disk, SIGKILL)
+    tmp.write_bytes(b"")  # a part write cut short (a full disk, SIGKILL), a while ago
+    aged = time.time() - schema.TEMPORARY_GRACE_S - 1
+    os.utime(tmp, (aged, aged))
     report = verify_store(st)
     assert _kinds(report)["unreadable"] == set(range(16, N))
     assert {Path(p.path).name for p in report.problems if p.kind == "leftover_part"} == {

@@ -233,21 +233,34 @@ class ScanStore:
         return self.predictions.compact(run_id, by_row)
 
     # -- what interrupted writers leave -------------------------------------
-    def temporary_files(self) -> list[str]:
-        """Every temporary file in the store (relative paths): what a writer
-        killed between writing and renaming left (:func:`schema.is_temporary`)."""
-        if not self.storage.exists():
-            return []
-        return sorted(p for p in self.storage.find() if schema.is_temporary(p))
+    def temporary_files(self, *, older_than_s: float = schema.TEMPORARY_GRACE_S) -> list[str]:
+        """The temporary files of the store (relative paths) not modified for
+        ``older_than_s`` seconds: what a writer killed between writing and
+        renaming left (:func:`schema.is_temporary`). Younger ones may be a live
+        writer's. An object store has none: its writes are whole PUTs.
+        """
+        import time
 
-    def remove_temporary_files(self) -> list[str]:
-        """Delete every temporary file of the store (shards, parts, the lease,
-        pictures) and return their paths.
+        if not self.storage.is_local or not self.storage.exists():
+            return []
+        now = time.time()
+        return sorted(
+            p
+            for p, info in self.storage.find().items()
+            if schema.is_temporary(p) and now - float(info.get("mtime") or 0) >= older_than_s
+        )
+
+    def remove_temporary_files(
+        self, *, older_than_s: float = schema.TEMPORARY_GRACE_S
+    ) -> list[str]:
+        """Delete the temporary files of :meth:`temporary_files` (shards, parts,
+        the lease, pictures) and return their paths.
 
         Only for the holder of the store's lease (:mod:`xraycore.lease`) once its
-        own batches are done: a temporary file is then nobody's work in progress.
+        own batches are done: a temporary file is then nobody's work in progress
+        (a classification run's, which takes no lease, is younger than the grace).
         """
-        removed = self.temporary_files()
+        removed = self.temporary_files(older_than_s=older_than_s)
         for path in removed:
             self.storage.remove(path)
         return removed
