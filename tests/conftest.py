@@ -136,3 +136,15 @@ def dask_processes_on_loopback(folder: Path, env: dict | None = None, workers: i
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# Tests that fork DataLoader workers run first: workers forked from a process that
+# has run a Prefect flow (the flow tests run flows in this process) exit with code 1
+# as they finish (xraycore._loader_torch.worker_context). The library's own
+# DataLoaders start their workers from a fork server in such a process; these tests
+# also check plain forked workers, which a training script (no flow) gets.
+_FORKS_WORKERS = ("test_loader.py", "test_cnn.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name not in _FORKS_WORKERS)

@@ -53,6 +53,24 @@ class _CountingDataLoader(DataLoader):
             yield batch
 
 
+def worker_context(num_workers: int, kwargs: dict) -> dict:
+    """``kwargs`` for a DataLoader of ``num_workers`` workers, with a fork server
+    as the workers' start method when this process has run a Prefect flow.
+
+    Workers forked from a process that ran a Prefect 3.8 flow exit with code 1
+    as they finish (torch 2.13 then raises "DataLoader worker exited
+    unexpectedly"; seen in this project's test suite, cause inside Prefect's
+    fork handling not found); a fork server starts them from a clean process.
+    A ``multiprocessing_context`` the caller gives is kept.
+    """
+    import sys
+
+    if num_workers and "multiprocessing_context" not in kwargs:
+        if "prefect.flow_engine" in sys.modules:
+            kwargs = {**kwargs, "multiprocessing_context": "forkserver"}
+    return kwargs
+
+
 def counting_dataloader(loader, *, num_workers: int = 0, **kwargs) -> DataLoader:
     if "batch_size" in kwargs:
         raise ValueError("batch_size is the ScanLoader's; do not give it to dataloader()")
@@ -61,4 +79,5 @@ def counting_dataloader(loader, *, num_workers: int = 0, **kwargs) -> DataLoader
             "persistent_workers=True would keep the workers' copy of the loader's "
             "position from the first epoch; leave it off"
         )
+    kwargs = worker_context(num_workers, kwargs)
     return _CountingDataLoader(loader, num_workers=num_workers, **kwargs)

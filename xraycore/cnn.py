@@ -280,13 +280,18 @@ def _batches(loader, contract: ModelContract, *, workers: int, device):
     """(inputs, targets) on ``device`` for one pass over ``loader``."""
     from torch.utils.data import DataLoader
 
+    from ._loader_torch import worker_context
+
+    options = dict(
+        collate_fn=functools.partial(_prepare, contract=contract),
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_one_thread if workers else None,
+    )
     batches = DataLoader(
         loader.to_torch(),
         batch_size=None,  # the loader batches
         num_workers=workers,
-        collate_fn=functools.partial(_prepare, contract=contract),
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_one_thread if workers else None,
+        **worker_context(workers, options),
     )
     for x, y in batches:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

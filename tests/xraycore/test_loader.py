@@ -435,3 +435,18 @@ def test_an_integer_target_keeps_its_classes_and_a_text_one_is_refused(tmp_path)
     assert by_id == {p.name: i % 3 for i, p in enumerate(paths)}
     with pytest.raises(ValueError, match="target 'note' must be a boolean or integer column"):
         ScanLoader(url, batch_size=2, target="note")
+
+
+def test_workers_start_from_a_fork_server_once_a_prefect_flow_has_run(monkeypatch):
+    import sys
+    import types
+
+    from xraycore._loader_torch import worker_context
+
+    monkeypatch.delitem(sys.modules, "prefect.flow_engine", raising=False)
+    assert worker_context(2, {"pin_memory": True}) == {"pin_memory": True}
+    monkeypatch.setitem(sys.modules, "prefect.flow_engine", types.ModuleType("flow_engine"))
+    assert worker_context(2, {})["multiprocessing_context"] == "forkserver"
+    assert worker_context(0, {}) == {}  # no workers, nothing to start
+    given = {"multiprocessing_context": "spawn"}
+    assert worker_context(2, given) == given  # the caller's choice is kept
