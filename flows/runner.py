@@ -172,7 +172,8 @@ def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
         kwargs.setdefault("threads_per_worker", 1)
         kwargs.setdefault("processes", True)
         kwargs.setdefault("dashboard_address", ":0")
-    _import_class(cls)  # refuse a class that cannot be imported before the run starts
+    if cls != DEFAULT_CLUSTER:  # Dask's own is there; importing it costs a no-op run 0.5 s
+        _import_class(cls)  # refuse a class that cannot be imported before the run starts
     return ClusterSpec(
         cluster_class=cls,
         cluster_kwargs=kwargs,

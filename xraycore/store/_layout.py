@@ -11,12 +11,47 @@ if TYPE_CHECKING:
     from ..pipeline import PipelineSpec
     from ..storage import Storage
 
-__all__ = ["create_arrays", "open_group", "shard_rows", "stored_arrays"]
+__all__ = [
+    "array_rows",
+    "create_arrays",
+    "group_attributes",
+    "open_group",
+    "shard_rows",
+    "stored_arrays",
+]
 
 
 def shard_rows(batch_size: int) -> int:
     """The largest divisor of ``batch_size`` not above :data:`schema.SHARD_SIZE`."""
     return max(d for d in range(1, min(batch_size, schema.SHARD_SIZE) + 1) if batch_size % d == 0)
+
+
+def _metadata(storage: Storage, *path: str) -> dict[str, Any] | None:
+    """A node's Zarr v3 metadata document (``zarr.json``), or None when absent.
+
+    Read as JSON, without Zarr: a run with nothing to do never imports it.
+    """
+    import json
+    import posixpath
+
+    try:
+        return json.loads(storage.read_bytes(posixpath.join(schema.IMAGES, *path, "zarr.json")))
+    except FileNotFoundError:
+        return None
+
+
+def group_attributes(storage: Storage) -> dict[str, Any] | None:
+    """The group's attributes (format, pipeline, sizes), or None without a group."""
+    found = _metadata(storage)
+    return None if found is None else dict(found.get("attributes") or {})
+
+
+def array_rows(storage: Storage, name: str) -> int:
+    """Rows (the first dimension) of the array ``name``."""
+    found = _metadata(storage, name)
+    if found is None:
+        raise ValueError(f"store {storage.url} has no array {name!r}")
+    return int(found["shape"][0])
 
 
 def open_group(storage: Storage, mode: str = "r"):

@@ -11,7 +11,7 @@ from .. import schema
 from ..schema import ArraySpec
 from ..storage import Storage
 from ._codec import ShardDecoder
-from ._layout import create_arrays, open_group, stored_arrays
+from ._layout import array_rows, create_arrays, group_attributes, open_group, stored_arrays
 from ._table import PartsTable
 from ._writer import ShardWriter
 
@@ -60,9 +60,9 @@ class ScanStore:
 
         Raises :class:`~xraycore.schema.StoreFormatError` for a store of another format.
         """
-        if not self.storage.exists(schema.IMAGES, "zarr.json"):
+        attrs = group_attributes(self.storage)
+        if attrs is None:
             return None
-        attrs = dict(self.group("r").attrs)
         schema.check_format(attrs, self.storage.url)
         return attrs
 
@@ -132,12 +132,16 @@ class ScanStore:
         return self.group("r")[name]
 
     def capacity(self) -> int:
-        return int(self.group("r")["preprocessed"].shape[0])
+        """Rows the arrays hold (written or not)."""
+        return array_rows(self.storage, "preprocessed")
 
     def ensure_capacity(self, rows: int) -> None:
         """Grow every array to hold ``rows`` rows (metadata-only for Zarr)."""
+        names = self.info_or_raise()["arrays"]
+        if all(array_rows(self.storage, name) >= rows for name in names):
+            return  # nothing to grow: Zarr is not even imported
         group = self.group("a")
-        for name in group.attrs["arrays"]:
+        for name in names:
             arr = group[name]
             if arr.shape[0] < rows:
                 arr.resize((rows, *arr.shape[1:]))
