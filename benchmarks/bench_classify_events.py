@@ -1,13 +1,13 @@
 """Classification triggered by events, against a real ``prefect server``.
 
-A preprocessing run writes a store of ``--shards`` shards of small scans and emits
+A preprocessing run writes a store of ``--batches`` batches of small scans and emits
 as many ``xray.batch.committed`` events (and one ``xray.run.committed``); the
 deployment ``classify-store/on-commit`` of ``deploy/prefect.yaml`` runs on a
 process worker. Reported: how many classification flow runs the events started,
 how long until every row had a prediction, and how many rows each run scored
 (each row once: total work linear in rows).
 
-    .venv/bin/python benchmarks/bench_classify_events.py [--shards 200] [--shard-size 4]
+    .venv/bin/python benchmarks/bench_classify_events.py [--batches 200] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def prefect(env, *args) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shards", type=int, default=200)
-    ap.add_argument("--shard-size", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=4)
     args = ap.parse_args()
     from onnx_models import mean_model
 
@@ -56,7 +56,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-classify-"))
     src = tmp / "scans"
     src.mkdir()
-    n = args.shards * args.shard_size
+    n = args.batches * args.batch_size
     for i in range(n):
         cv2.imwrite(str(src / f"p{i:05d}.png"), phantom_chest(64, seed=i % 50))
     store = tmp / "store"
@@ -120,7 +120,7 @@ def main() -> None:
             source=str(src),
             store=str(store),
             size=32,
-            batch_size=args.shard_size,
+            batch_size=args.batch_size,
             cluster=local_cluster(2),
             sheet=False,
         )
@@ -144,8 +144,8 @@ def main() -> None:
             time.sleep(10)  # anything still to be triggered by late events
             runs = client.read_flow_runs(deployment_filter=only)
             print(
-                f"# {n} scans in {args.shards} shards of {args.shard_size}: "
-                f"{args.shards} xray.batch.committed events + 1 xray.run.committed"
+                f"# {n} scans in {args.batches} batches of {args.batch_size}: "
+                f"{args.batches} xray.batch.committed events + 1 xray.run.committed"
             )
             print(f"preprocessing run: {t_pre:.1f} s")
             print(
