@@ -413,10 +413,15 @@ def local_server(*, timeout_s: float = 180.0) -> str:
     state = home / "xray-server.json"
     with open(home / "xray-server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once start one server
+        import prefect
+
         if state.is_file():
-            url = json.loads(state.read_text()).get("url", "")
+            found = json.loads(state.read_text())
+            url = found.get("url", "")
             if url and _healthy(url):
-                return url
+                if found.get("version") == prefect.__version__:
+                    return url
+                stop_local_server()  # started by another Prefect version: start this one's
         port = LOCAL_SERVER_PORT
         with socket.socket() as s:
             try:
@@ -449,7 +454,7 @@ def local_server(*, timeout_s: float = 180.0) -> str:
                     "or set PREFECT_API_URL to a server you run"
                 )
             time.sleep(0.25)
-        state.write_text(json.dumps({"url": url, "pid": proc.pid}))
+        state.write_text(json.dumps({"url": url, "pid": proc.pid, "version": prefect.__version__}))
         _STARTED.append(proc)  # it outlives this run: never reaped (or warned about) here
         return url
 

@@ -57,6 +57,14 @@ def test_the_local_server_is_started_once_reused_and_stopped(monkeypatch, tmp_pa
         )
         assert out.stdout.strip() == url, out.stderr
         assert json.loads((tmp_path / "home" / "xray-server.json").read_text()) == state
+        # A server another Prefect version started is replaced (after an upgrade).
+        import prefect
+
+        older = {**state, "version": "0.0.1"}
+        (tmp_path / "home" / "xray-server.json").write_text(json.dumps(older))
+        url = local_server()
+        state = json.loads((tmp_path / "home" / "xray-server.json").read_text())
+        assert state["version"] == prefect.__version__ and state["pid"] != older["pid"]
     finally:
         os.environ.pop("PREFECT_API_URL", None)  # prefect_api leaves the local URL exported
         stopped = stop_local_server()
