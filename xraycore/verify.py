@@ -160,7 +160,8 @@ def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: 
                 Problem("leftover_part", "part not merged by a compaction (killed run?)", path=path)
             )
         try:
-            table = pq.read_table(io.BytesIO(store.storage.read_bytes(path)))
+            data = io.BytesIO(store.storage.read_bytes(path))
+            table = pq.read_table(data, use_threads=False)  # see store._table
         except FileNotFoundError:  # compacted away by a live writer since the listing
             continue
         except Exception as exc:

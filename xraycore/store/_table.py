@@ -20,6 +20,9 @@ from ..storage import Storage
 __all__ = ["PartsTable"]
 
 _READ_ATTEMPTS = 5
+# Parts are read from Python file objects with Arrow's thread pool off: parts are
+# small, and a pool used that way can abort the interpreter at exit ("terminate
+# called without an active exception", seen once in CI; apache/arrow#50482).
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class PartsTable:
             paths, tables = self.parts(), []
             try:
                 for path in paths:
-                    tables.append(pq.read_table(io.BytesIO(self.storage.read_bytes(path))))
+                    data = io.BytesIO(self.storage.read_bytes(path))
+                    tables.append(pq.read_table(data, use_threads=False))
                 break
             except FileNotFoundError:
                 # Compacted away since the listing: its rows are now in a file the
