@@ -13,6 +13,12 @@ import pytest
 from real_data import CHESTXRAY8, DAMAGED
 from servers import AWS_ENV, free_port
 
+# A flow run without PREFECT_API_URL (an `xray` subprocess of a test) gets a
+# temporary Prefect API that ends with it, never the background server that
+# `xray run` leaves for a user's later runs (tests/flows/test_prefect_api.py
+# tests that one on its own, in a temporary PREFECT_HOME).
+os.environ["XRAY_PREFECT_SERVER"] = "temporary"
+
 
 def _need(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("*") if p.suffix in (".png", ".jpg"))

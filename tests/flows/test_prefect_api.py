@@ -41,6 +41,7 @@ def test_the_local_server_is_started_once_reused_and_stopped(monkeypatch, tmp_pa
     import sys
 
     monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.delenv("XRAY_PREFECT_SERVER")
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     try:
         with prefect_api() as url:
