@@ -88,6 +88,21 @@ def test_hosts_that_share_nothing(network, servers, tmp_path, capsys):
     hosts, env, scheduler = servers
     folder = tmp_path / "source"  # on the test's disk only: uploaded, then S3 is the source
     write_phantoms(folder, N, size=SOURCE_SIZE)
+    # moto listens some time after its process starts (once, in a clone without
+    # ../shared, the upload came first and was refused): wait for its port.
+    s3 = env["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    wait = (
+        "import socket, sys, time\n"
+        "deadline = time.monotonic() + 60\n"
+        "while True:\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close(); break\n"
+        "    except OSError:\n"
+        "        assert time.monotonic() < deadline, 'S3 server never listened'\n"
+        "        time.sleep(0.2)\n"
+    )
+    res = network.in_hub(PY, "-c", wait, s3[0], s3[1], env=env, timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
     hub(network, env, "upload", str(folder), "s3://drill/source")
     hub(network, env, "health", f"{env['PREFECT_API_URL']}/health")
     seen = hub(network, env, "probe", scheduler, str(folder))
