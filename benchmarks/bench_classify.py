@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xraycore.classify import ModelContract, prepare_batch
-from xraycore.io import read_image
-from xraycore.pipeline import PipelineSpec, run_pipeline
-from xraycore.training import train_logistic
+from xraycore.image.pipeline import PipelineSpec, run_pipeline
+from xraycore.predict.contract import ModelContract, prepare_batch
+from xraycore.store.catalog import read_image
+from xraycore.train.baseline import train_logistic
 
 DAMAGED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "damaged"
 

@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     from onnx_models import mean_model
 
-    from xraycore.synth import phantom_chest
+    from xraycore.image.synth import phantom_chest
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-classify-"))
     src = tmp / "scans"

@@ -35,7 +35,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest
 
 
 def make_source(folder: Path, n: int) -> str:
-    from xraycore.synth import phantom_chest
+    from xraycore.image.synth import phantom_chest
 
     real = sorted(SHARED.glob("*.png"))
     folder.mkdir(parents=True)
@@ -59,10 +59,10 @@ def split(total_s: float, marks: list[tuple[float, int]], images: int) -> tuple[
 
 def bare_loop(source: str, out: str, workers: int, batch_size: int):
     from xraycore.batch import plan_batches, process_batch
-    from xraycore.catalog import list_sources
-    from xraycore.pipeline import PipelineSpec
-    from xraycore.storage import Storage
+    from xraycore.image.pipeline import PipelineSpec
     from xraycore.store import ScanStore
+    from xraycore.store.catalog import list_sources
+    from xraycore.store.storage import Storage
 
     start = time.perf_counter()
     spec = PipelineSpec()

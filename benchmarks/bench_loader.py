@@ -43,10 +43,10 @@ def build_store(folder: Path, url: str, rows: int, size: int, scans: Path) -> st
     import cv2
 
     from xraycore.batch import Batch, process_batch
-    from xraycore.catalog import SourceFile
-    from xraycore.pipeline import PipelineSpec
+    from xraycore.image.pipeline import PipelineSpec
+    from xraycore.image.synth import phantom_chest
     from xraycore.store import ScanStore
-    from xraycore.synth import phantom_chest
+    from xraycore.store.catalog import SourceFile
 
     real = sorted(scans.glob("*.png"))
     source = folder / f"source{size}"
@@ -72,7 +72,7 @@ def build_store(folder: Path, url: str, rows: int, size: int, scans: Path) -> st
 
 
 def copy_store(local: str, url: str) -> None:
-    from xraycore.storage import Storage
+    from xraycore.store.storage import Storage
 
     src, dst = Storage.from_url(local), Storage.from_url(url)
     dst.makedirs()
@@ -102,7 +102,7 @@ def _best(run, images: int, repeat: int) -> tuple[float, float, int]:
 def _dataset(url: str, epochs: int, repeat: int) -> tuple[float, float, int]:
     import numpy as np
 
-    from xraycore.training import ScanDataset
+    from xraycore.train.baseline import ScanDataset
 
     ds = ScanDataset(url)
     ds[0]  # opens the array
@@ -117,7 +117,7 @@ def _dataset(url: str, epochs: int, repeat: int) -> tuple[float, float, int]:
 
 
 def _loader(url: str, epochs: int, tuning: dict, repeat: int) -> tuple[float, float, int]:
-    from xraycore.loader import ScanLoader
+    from xraycore.train.loader import ScanLoader
 
     loader = ScanLoader(url, batch_size=BATCH, **tuning)
 
@@ -136,7 +136,7 @@ def _ceiling(url: str, epochs: int, repeat: int) -> tuple[float, float, int]:
 
     import numpy as np
 
-    from xraycore.loader import ScanLoader, _cores
+    from xraycore.train.loader import ScanLoader, _cores
 
     loader = ScanLoader(url, batch_size=BATCH)
     store = loader._store
@@ -177,7 +177,7 @@ def _training(url: str) -> tuple[float, float, float] | str:
         import torch
     except ImportError:
         return "torch is not installed: training-step line skipped"
-    from xraycore.loader import ScanLoader
+    from xraycore.train.loader import ScanLoader
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -18,8 +18,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from xraycore import edges, exposure, restore  # noqa: E402
-from xraycore.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
+from xraycore import restore  # noqa: E402
+from xraycore.image import edges, exposure, measure
+from xraycore.image.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
 
 cv2.setNumThreads(1)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8"
@@ -48,7 +49,7 @@ def ours_default_set(x):
     edges.gaussian_gradient_magnitude(x)
     edges.sobel(x)
     edges.canny(x)
-    edges.histogram(x)
+    measure.histogram(x)
 
 
 def main() -> None:
@@ -84,7 +85,7 @@ def main() -> None:
         (
             "histogram 256",
             lambda x: ndimage.histogram(x, min=0, max=255, bins=256),
-            edges.histogram,
+            measure.histogram,
         ),
         ("Canny (ours only; the seed's is Prewitt)", None, edges.canny),
         (
@@ -94,7 +95,7 @@ def main() -> None:
             ),
             edges.prewitt,
         ),
-        ("threshold mask", lambda x: np.where(x > 150, 1, 0), edges.threshold_mask),
+        ("threshold mask", lambda x: np.where(x > 150, 1, 0), measure.threshold_mask),
         ("white balance", None, exposure.white_balance),
         ("CLAHE", None, exposure.clahe),
     ]

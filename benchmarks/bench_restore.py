@@ -1,6 +1,6 @@
 """Restoration quality and cost per damage family, and the pictures in docs/restoration.md.
 
-Every family of ``xraycore.synth.DAMAGE_FAMILIES`` is applied to each clean scan
+Every family of ``xraycore.image.synth.DAMAGE_FAMILIES`` is applied to each clean scan
 (scan i with seed i), restored with ``restore_scan`` and compared with the clean
 scan by SSIM; ``clean`` restores the undamaged scans and compares them with
 themselves. One thread.
@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xraycore.metrics import ssim  # noqa: E402
-from xraycore.restore import restore_scan  # noqa: E402
-from xraycore.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
+from xraycore.image.metrics import ssim  # noqa: E402
+from xraycore.image.restore import restore_scan  # noqa: E402
+from xraycore.image.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
 
 cv2.setNumThreads(1)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8"

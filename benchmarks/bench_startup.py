@@ -46,7 +46,7 @@ def _source(folder: Path) -> Path:
         return REAL
     import cv2
 
-    from xraycore.synth import phantom_chest
+    from xraycore.image.synth import phantom_chest
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(9):

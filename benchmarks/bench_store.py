@@ -39,8 +39,8 @@ MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "2684
 
 
 def _limit_chunk(paths: list[str]) -> tuple[int, float]:
-    from xraycore.io import decode_image
-    from xraycore.pipeline import PipelineSpec, run_pipeline
+    from xraycore.image.decode import decode_image
+    from xraycore.image.pipeline import PipelineSpec, run_pipeline
 
     cv2.setNumThreads(1)
     spec = PipelineSpec()
@@ -90,10 +90,10 @@ def limit(pool, source: Path, batch_size: int) -> tuple[float, float]:
 def bare(pool, source: Path, out: str, batch_size: int, outputs=None):
     """Scans/s, CPU s per scan and the peak worker RSS of the bare batch loop."""
     from xraycore.batch import plan_batches
-    from xraycore.catalog import list_sources
-    from xraycore.pipeline import PipelineSpec
-    from xraycore.storage import Storage
+    from xraycore.image.pipeline import PipelineSpec
     from xraycore.store import ScanStore
+    from xraycore.store.catalog import list_sources
+    from xraycore.store.storage import Storage
 
     spec = PipelineSpec() if outputs is None else PipelineSpec(outputs=outputs)
     store = ScanStore.open(out)
@@ -124,7 +124,7 @@ def bytes_per_array(out: Path, n: int) -> dict[str, float]:
 
 
 def read_rate(url: str, seconds: float, storage_options=None) -> float:
-    from xraycore.training import ScanDataset
+    from xraycore.train.baseline import ScanDataset
 
     ds = ScanDataset(url, storage_options=storage_options)
     order = list(range(len(ds)))

@@ -15,12 +15,12 @@ from flows.credentials import with_block_credentials
 from flows.progress import notify
 from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
-from xraycore.classify import ModelContract
-from xraycore.evaluation import REPORT, evaluate_store, model_sha256
-from xraycore.report import report_markdown
-from xraycore.schema import IMAGES
-from xraycore.scoring import batch_groups, unscored_rows
+from xraycore.predict.contract import ModelContract
+from xraycore.predict.evaluation import REPORT, evaluate_store, model_sha256
+from xraycore.predict.report import report_markdown
+from xraycore.predict.scoring import batch_groups, unscored_rows
 from xraycore.store import ScanStore
+from xraycore.store.schema import IMAGES
 
 # Scoring tasks in flight at once when no Dask cluster is asked for: a batch's
 # ONNX session uses one thread, so a few overlap reading with scoring.

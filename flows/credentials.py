@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xraycore.storage import refuse_credentials
+from xraycore.store.storage import refuse_credentials
 
 __all__ = ["with_block_credentials"]
 

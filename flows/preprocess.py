@@ -23,15 +23,15 @@ from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
 from tasks.preprocess import commit_metadata, preprocess_batch
 from xraycore.batch import Batch, Plan, plan_batches
-from xraycore.catalog import list_sources, read_labels
-from xraycore.classify import ModelContract
-from xraycore.evaluation import evaluate_store
-from xraycore.lease import DEFAULT_TTL_S, StoreLease
-from xraycore.pipeline import PipelineSpec
-from xraycore.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
-from xraycore.schema import SHEET
-from xraycore.storage import Storage
+from xraycore.image.pipeline import PipelineSpec
+from xraycore.predict.contract import ModelContract
+from xraycore.predict.evaluation import evaluate_store
+from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
 from xraycore.store import ScanStore
+from xraycore.store.catalog import list_sources, read_labels
+from xraycore.store.lease import DEFAULT_TTL_S, StoreLease
+from xraycore.store.schema import SHEET
+from xraycore.store.storage import Storage
 
 SHEET_ROWS = 3
 
@@ -58,7 +58,7 @@ def preprocess_dataset(
     """List the source, plan shard-aligned batches, process them on a Dask
     cluster, commit the metadata and publish a summary.
 
-    First the run takes the store's lease (:mod:`xraycore.lease`): a store held
+    First the run takes the store's lease (:mod:`xraycore.store.lease`): a store held
     by another run is refused (a ``LeaseHeldError`` naming it) unless
     ``wait_for_lease``; ``break_lease`` removes a lease whose holder is known to
     be dead. The lease is renewed while the run lasts and released when it ends.

@@ -486,7 +486,7 @@ def run_flow(flow, **params: Any) -> Any:
     """Call ``flow(**params)`` against one Prefect API (see :func:`prefect_api`),
     after refusing credentials in ``storage_options`` (flow parameters are
     recorded by Prefect)."""
-    from xraycore.storage import refuse_credentials
+    from xraycore.store.storage import refuse_credentials
 
     refuse_credentials(params.get("storage_options"), "storage_options")
     with prefect_api():

@@ -146,7 +146,7 @@ def dask_processes_on_loopback(folder: Path, env: dict | None = None, workers: i
 
 # Tests that fork DataLoader workers run first: workers forked from a process that
 # has run a Prefect flow (the flow tests run flows in this process) exit with code 1
-# as they finish (xraycore._loader_torch.worker_context). The library's own
+# as they finish (xraycore.train._torch.worker_context). The library's own
 # DataLoaders start their workers from a fork server in such a process; these tests
 # also check plain forked workers, which a training script (no flow) gets.
 _FORKS_WORKERS = ("test_loader.py", "test_cnn.py", "test_train.py")

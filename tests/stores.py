@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from xraycore.batch import plan_batches, process_batch
-from xraycore.catalog import SourceFile, list_sources
-from xraycore.pipeline import PipelineSpec
-from xraycore.storage import Storage
+from xraycore.image.pipeline import PipelineSpec
 from xraycore.store import ScanStore
+from xraycore.store.catalog import SourceFile, list_sources
+from xraycore.store.storage import Storage
 
 
 def source_files(paths: list[Path]) -> list[SourceFile]:
@@ -34,7 +34,7 @@ def build_store(
     """Initialise (or reopen) the store at ``url``, plan ``sources`` against the
     metadata already there, grow the arrays, process every batch and compact.
 
-    ``sources`` is a folder (listed by :func:`xraycore.catalog.list_sources`),
+    ``sources`` is a folder (listed by :func:`xraycore.store.catalog.list_sources`),
     a list of local paths, or a list of :class:`SourceFile`. ``compact=False``
     leaves the batches' metadata parts uncompacted, as a run killed before its
     commit does.
@@ -78,8 +78,8 @@ def labelled_store(root: Path, *, n: int, size: int) -> str:
     """A store of ``n`` phantoms, the odd ones brightened ("finding_pneumonia"),
     stored as they are (no enhancement, which would undo the brightness); scans
     6 and 7 of every 8 in the validation split, the rest in train. For training."""
-    from xraycore.synth import phantom_chest
-    from xraycore.training import write_splits
+    from xraycore.image.synth import phantom_chest
+    from xraycore.train.baseline import write_splits
 
     src = Path(root) / "scans"
     src.mkdir(parents=True)

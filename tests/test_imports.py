@@ -14,6 +14,9 @@ LAYERS = {"xraycore": 0, "tasks": 1, "flows": 2, "xray_cli": 3}
 NOT_IN_XRAYCORE = ("prefect", "prefect_dask", "dask", "distributed")
 
 
+_FROM = "from:"  # marks a ``from X import a, b`` in what _imports returns
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -38,20 +41,30 @@ def _imports(path: Path, module: str) -> set[str]:
             found.add(name)
             # ``from package import module`` imports the module
             found.update(f"{name}.{alias.name}" for alias in node.names)
+            found.add(f"{_FROM}{name}:" + ",".join(alias.name for alias in node.names))
     return found
 
 
 def _graph() -> dict[str, set[str]]:
+    """Module -> the project's modules it imports. ``from package import module``
+    counts as an import of the module only: the package's ``__init__`` runs first, but
+    what a package re-exports from its own modules is not a dependency of theirs."""
     modules = {_module_name(p): p for layer in LAYERS for p in sorted((ROOT / layer).rglob("*.py"))}
     graph = {}
     for module, path in modules.items():
-        graph[module] = {m for m in _imports(path, module) if m in modules and m != module}
+        found = _imports(path, module)
+        only_modules = set()
+        for mark in (m for m in found if m.startswith(_FROM)):
+            package, _, names = mark[len(_FROM) :].partition(":")
+            if all(f"{package}.{n}" in modules for n in names.split(",")):
+                only_modules.add(package)
+        graph[module] = {m for m in found - only_modules if m in modules and m != module}
     return graph
 
 
 def _raw_imports() -> dict[str, set[str]]:
     return {
-        _module_name(p): _imports(p, _module_name(p))
+        _module_name(p): {m for m in _imports(p, _module_name(p)) if not m.startswith(_FROM)}
         for layer in LAYERS
         for p in sorted((ROOT / layer).rglob("*.py"))
     }
@@ -74,6 +87,59 @@ def test_imports_only_go_down():
         if LAYERS[target.split(".")[0]] > LAYERS[module.split(".")[0]]
     ]
     assert not wrong, wrong
+
+
+#: Inside xraycore: image <- store <- train, predict. A package may import only the
+#: packages named here (and the shared checks, ``xraycore._validate``); the modules
+#: directly in xraycore (``batch``, the glue of a batch job) may import them all.
+PACKAGE_IMPORTS = {
+    "xraycore.image": set(),
+    "xraycore.store": {"xraycore.image"},
+    "xraycore.predict": {"xraycore.image", "xraycore.store"},
+    # A trained model writes the contract that prediction reads.
+    "xraycore.train": {"xraycore.image", "xraycore.store", "xraycore.predict"},
+}
+
+
+def _package(module: str) -> str | None:
+    return next((p for p in PACKAGE_IMPORTS if module == p or module.startswith(p + ".")), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import inside xraycore that runs against its packages' layers."""
+    wrong = []
+    for module, targets in graph.items():
+        own = _package(module)
+        if own is None:
+            continue
+        for target in targets:
+            other = _package(target)
+            if other is not None and other != own and other not in PACKAGE_IMPORTS[own]:
+                wrong.append(f"{module} imports {target}")
+            elif (
+                other is None and target.startswith("xraycore.") and target != "xraycore._validate"
+            ):
+                wrong.append(f"{module} imports {target} (a module above the packages)")
+    return wrong
+
+
+def test_xraycore_packages_import_only_downwards():
+    assert not layer_violations(_graph()), layer_violations(_graph())
+
+
+def test_an_import_against_the_layers_is_caught():
+    graph = _graph()
+    planted = {
+        "xraycore.image.edges": {"xraycore.store.schema"},
+        "xraycore.store.schema": {"xraycore.train.loader"},
+        "xraycore.store.verify": {"xraycore.predict.evaluation"},
+        "xraycore.predict.scoring": {"xraycore.train.loader"},
+        "xraycore.image.decode": {"xraycore.batch"},
+    }
+    for module, targets in planted.items():
+        broken = {**graph, module: graph[module] | targets}
+        found = layer_violations(broken)
+        assert [f"{module} imports {t}" for t in targets][0] in " ".join(found), (module, found)
 
 
 def test_no_import_circle():
@@ -137,7 +203,7 @@ def test_importing_xraycore_never_imports_torch():
         "heavy = ('torch', 'monai', 'onnxscript')\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & set(heavy))\n"
         "assert not loaded, loaded\n"
-        "assert 'xraycore.cnn' in sys.modules\n"
+        "assert 'xraycore.train.cnn' in sys.modules\n"
     )
     res = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120

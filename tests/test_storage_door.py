@@ -1,4 +1,4 @@
-"""xraycore/storage.py is the only door to fsspec and s3fs (STYLE.md: a class that
+"""xraycore/store/storage.py is the only door to fsspec and s3fs (STYLE.md: a class that
 wraps a library hides it): no other module of the pipeline imports them, reaches
 a Storage's filesystem, or calls an s3fs private method."""
 
@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("xraycore", "tasks", "flows", "xray_cli")
-DOOR = ROOT / "xraycore" / "storage.py"
+DOOR = ROOT / "xraycore" / "store" / "storage.py"
 #: Libraries that only the door imports.
 WRAPPED = ("fsspec", "s3fs")
 #: Attributes that reach behind the door: a Storage's filesystem, and the s3fs
@@ -65,7 +65,7 @@ def test_only_the_storage_module_touches_fsspec_and_s3fs():
         if path != DOOR
         for v in door_violations(path.read_text(), str(path.relative_to(ROOT)))
     ]
-    assert found == [], "go through xraycore.storage.Storage instead:\n" + "\n".join(found)
+    assert found == [], "go through xraycore.store.storage.Storage instead:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_the_check_finds_a_planted_violation(planted, what):
 
 def test_the_check_leaves_ordinary_code_alone():
     clean = (
-        "from xraycore.storage import Storage\n"
+        "from xraycore.store.storage import Storage\n"
         "from . import fsspec_notes\n"  # a relative module that only shares the prefix
         "def f(url):\n"
         "    st = Storage.from_url(url)\n"

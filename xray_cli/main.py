@@ -97,8 +97,8 @@ def _cluster(
 def _open_store(store: str, storage_options: str | None):
     """The store at ``store`` and its attributes; exit 2 when there is none, or
     when it is of another format or cannot be opened (one ``error:`` line)."""
-    from xraycore.schema import IMAGES
     from xraycore.store import ScanStore
+    from xraycore.store.schema import IMAGES
 
     try:
         st = ScanStore.open(store, _options(storage_options))
@@ -120,9 +120,9 @@ def _refused(exc: BaseException) -> bool:
     options, a store held by another run or of another pipeline or format, a
     missing input, or a bad parameter (the project's own checks raise a plain
     ValueError; a library's error while reading a file subclasses it: exit 1)."""
-    from xraycore.lease import LeaseHeldError
-    from xraycore.storage import CredentialsRefusedError
     from xraycore.store import StoreConflictError, StoreFormatError
+    from xraycore.store.lease import LeaseHeldError
+    from xraycore.store.storage import CredentialsRefusedError
 
     refusals = (
         CredentialsRefusedError,
@@ -287,7 +287,7 @@ def _print_summary(console, s: dict[str, Any]) -> None:
 
 
 def _print_report(console, report: dict) -> None:
-    from xraycore.report import report_text
+    from xraycore.predict.report import report_text
 
     console.line(report_text(report).rstrip("\n"))
 
@@ -348,8 +348,8 @@ def verify(
     lease left by a killed run. Exit 1 when anything is wrong."""
     import uuid
 
-    from xraycore.lease import LeaseHeldError
-    from xraycore.verify import repair_store, verify_store
+    from xraycore.store.lease import LeaseHeldError
+    from xraycore.store.verify import repair_store, verify_store
 
     st, _ = _open_store(store, storage_options)
     try:
@@ -389,7 +389,7 @@ def sheet(
     storage_options: StorageOptions = None,
 ) -> None:
     """Write the comparison picture (original + filters) for a few rows."""
-    from xraycore.report import comparison_sheet
+    from xraycore.predict.report import comparison_sheet
 
     st, _ = _open_store(store, storage_options)
     if rows is None:
@@ -424,7 +424,7 @@ def demo(
 
     import cv2
 
-    from xraycore.synth import phantom_chest
+    from xraycore.image.synth import phantom_chest
 
     out.mkdir(parents=True, exist_ok=True)
     if source is None:
@@ -495,7 +495,7 @@ def split(
     """Write patient-grouped train/validation/test splits into the metadata."""
     import uuid
 
-    from xraycore.training import assign_splits, write_splits
+    from xraycore.train.baseline import assign_splits, write_splits
 
     try:
         parts = tuple(float(f) for f in fractions.split(","))
@@ -517,13 +517,16 @@ def split(
 def _finding(target: str) -> tuple[str, tuple[str, str]]:
     """The metadata column of ``--target`` (Pneumonia or finding_pneumonia) and the
     labels of the model's contract (no pneumonia, pneumonia)."""
-    name = target.lower().removeprefix("finding_")
-    return "finding_" + name, (f"no {name}", name)
+    from xraycore.store.schema import FINDING_PREFIX, finding_column
+
+    column = finding_column(target)
+    name = column.removeprefix(FINDING_PREFIX)
+    return column, (f"no {name}", name)
 
 
 def _train_logistic(store, column, labels, *, size, split, out, storage_options) -> None:
-    from xraycore.classify import ModelContract
-    from xraycore.training import ScanDataset, export_logistic_onnx, train_logistic
+    from xraycore.predict.contract import ModelContract
+    from xraycore.train.baseline import ScanDataset, export_logistic_onnx, train_logistic
 
     try:
         data = ScanDataset(store, split=split, target=column, storage_options=storage_options)
@@ -552,7 +555,7 @@ def _epoch_line(result) -> str:
 
 
 def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options, **options):
-    from xraycore import cnn
+    from xraycore.train import cnn
 
     if arch not in cnn.ARCHITECTURES:
         _fail(f"--arch must be logistic or one of {', '.join(cnn.ARCHITECTURES)}, got {arch!r}", 2)
@@ -594,7 +597,7 @@ def train(
         str, typer.Option(help="Finding to predict: Pneumonia or its column finding_pneumonia.")
     ],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
-    # Plain strings: xraycore.cnn owns the names it accepts and refuses others (exit 2).
+    # Plain strings: xraycore.train.cnn owns the names it accepts and refuses others (exit 2).
     arch: Annotated[
         str, typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI).")
     ] = "logistic",

@@ -6,6 +6,15 @@ import numbers
 
 import numpy as np
 
+__all__ = [
+    "channels_equal",
+    "check_image",
+    "check_int",
+    "check_odd_ksize",
+    "check_positive",
+    "to_uint8",
+]
+
 _SUPPORTED = (np.uint8, np.uint16, np.float32, np.float64)
 
 
@@ -46,6 +55,15 @@ def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
     return v
 
 
+def check_int(value, name: str, *, minimum: int = 0) -> int:
+    """Return ``value`` as int after checking it is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_odd_ksize(value, name: str) -> int:
     """Return ``value`` as an odd int >= 3."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -71,3 +89,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros(image.shape, np.uint8)
     return cv2.convertScaleAbs(image, alpha=255.0 / (hi - lo), beta=-lo * 255.0 / (hi - lo))
+
+
+def channels_equal(image: np.ndarray) -> bool:
+    """True when the three channels of an (H, W, 3) image are identical (a gray scan
+    saved as colour)."""
+    import cv2
+
+    b, g, r = cv2.split(image)
+    return bool(np.array_equal(b, g) and np.array_equal(g, r))

@@ -18,12 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import edges, schema
-from .catalog import SourceFile
-from .io import decode_image
-from .pipeline import PipelineSpec, run_pipeline
-from .storage import Storage
-from .store import ScanStore
+from xraycore.image import measure
+from xraycore.image.decode import decode_image
+from xraycore.image.pipeline import PipelineSpec, run_pipeline
+from xraycore.store import ScanStore, schema
+from xraycore.store.catalog import SourceFile
+from xraycore.store.storage import Storage
 
 __all__ = ["Batch", "Plan", "plan_batches", "process_batch"]
 
@@ -148,7 +148,7 @@ def process_batch(
                 row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
                 row["source_dtype"] = str(image.dtype)
                 outputs = run_pipeline(image, spec)
-                row.update(edges.statistics(outputs["preprocessed"]))
+                row.update(measure.statistics(outputs["preprocessed"]))
                 row["checksum"] = schema.checksum(outputs["preprocessed"])
             except Exception as exc:  # one bad input is a failed row, never a failed batch
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -192,7 +192,7 @@ def classify_rows(
     it already holds. Reads ``preprocessed`` for those rows from the store (no
     pixels travel through the caller) and returns counts only.
     """
-    from .classify import ModelContract, OnnxClassifier
+    from xraycore.predict.contract import ModelContract, OnnxClassifier
 
     target = ScanStore.open(store, storage_options)
     c = ModelContract.from_dict(contract) if contract else None

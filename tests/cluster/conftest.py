@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "drills"))
 
 from servers import free_port  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 SLURM_BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
 
 
@@ -194,7 +195,14 @@ class Host:
         """Run ``command`` as this host's first process (its PID namespace's init),
         with cwd and TMPDIR its private /tmp; output to the network's log unless
         ``stdout`` is given."""
-        boot = 'hostname "$0" && mount --bind "$1" /tmp && cd /tmp && shift && exec "$@"'
+        # The private folder goes over /tmp; what the host must still run from (the
+        # project and its interpreter, when a clone lives under /tmp) is bound back
+        # at its own path inside that folder first, in this host's mounts only.
+        back = "".join(
+            f'mkdir -p "$1/{rel}" && mount --bind "/tmp/{rel}" "$1/{rel}" && '
+            for rel in _under_tmp(ROOT, Path(sys.prefix), Path(sys.base_prefix))
+        )
+        boot = f'hostname "$0" && {back}mount --rbind "$1" /tmp && cd /tmp && shift && exec "$@"'
         unshare = ["unshare", "--uts", "--mount", "--propagation", "private"]
         unshare += ["--pid", "--fork", "--mount-proc"]
         proc = subprocess.Popen(
@@ -227,6 +235,15 @@ class Host:
                 if pipe is not None:
                     pipe.close()
         self.procs.clear()
+
+
+def _under_tmp(*paths: Path) -> list[str]:
+    """The paths under /tmp (outermost only, relative to /tmp): a host that binds its
+    own folder over /tmp would not see them."""
+    tmp = Path("/tmp").resolve()
+    inside = sorted({p.resolve() for p in paths if p.resolve().is_relative_to(tmp)})
+    outer = [p for p in inside if not any(p != q and p.is_relative_to(q) for q in inside)]
+    return [str(p.relative_to(tmp)) for p in outer]
 
 
 def _children(pid: int) -> list[int]:

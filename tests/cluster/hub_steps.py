@@ -108,8 +108,8 @@ def probe(scheduler: str, path: str) -> dict:
 
 
 def lease(store: str) -> dict | None:
-    from xraycore.lease import read_lease
-    from xraycore.storage import Storage
+    from xraycore.store.lease import read_lease
+    from xraycore.store.storage import Storage
 
     info = read_lease(Storage.from_url(store, {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}))
     return None if info is None else json.loads(info.to_bytes())

@@ -19,8 +19,8 @@ from onnx_models import mean_model
 from servers import free_port
 
 from flows.runner import load_cluster_spec, local_cluster, resolve_cluster
+from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore
-from xraycore.synth import phantom_chest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -19,10 +19,10 @@ import numpy as np
 from servers import AWS_ENV  # noqa: F401 (the S3 drill imports it from here)
 from stores import build_store
 
-from xraycore.pipeline import PipelineSpec
+from xraycore.image.pipeline import PipelineSpec
+from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore
-from xraycore.synth import phantom_chest
-from xraycore.verify import verify_store
+from xraycore.store.verify import verify_store
 
 #: Every drill runs this pipeline (``xray run --size 64``) with batches of 16.
 SIZE = 64

@@ -21,8 +21,8 @@ N = 64
 
 
 def test_run_killed_then_rerun_completes_without_loss_or_duplicates(tmp_path, capsys):
-    from xraycore.lease import read_lease
-    from xraycore.storage import Storage
+    from xraycore.store.lease import read_lease
+    from xraycore.store.storage import Storage
 
     t0 = time.monotonic()
     source, store = tmp_path / "source", tmp_path / "store"

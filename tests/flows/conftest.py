@@ -13,7 +13,7 @@ import pytest
 from dicom_files import make_dicom
 from real_data import CHESTXRAY8
 
-from xraycore.synth import damage_scan, phantom_chest
+from xraycore.image.synth import damage_scan, phantom_chest
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from real_data import DAMAGED
 
+from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore
-from xraycore.synth import phantom_chest
 
 
 def _labels_csv(path: Path, entries: list[tuple[str, bool, str]]) -> Path:

@@ -16,9 +16,9 @@ import pytest
 
 from flows.preprocess import preprocess_dataset
 from flows.runner import local_cluster, run_flow
-from xraycore.io import read_image
-from xraycore.pipeline import PipelineSpec, run_pipeline
+from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, StoreConflictError
+from xraycore.store.catalog import read_image
 
 SIZE = 128
 

@@ -17,8 +17,8 @@ import pytest
 
 from flows.preprocess import preprocess_dataset
 from flows.runner import run_flow
-from xraycore.storage import CredentialsRefusedError, refuse_credentials
-from xraycore.synth import phantom_chest
+from xraycore.image.synth import phantom_chest
+from xraycore.store.storage import CredentialsRefusedError, refuse_credentials
 
 
 def _xray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

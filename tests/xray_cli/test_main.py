@@ -9,9 +9,9 @@ import pytest
 import typer
 
 from xray_cli.main import _cluster, _refused
-from xraycore.lease import LeaseHeldError, LeaseLostError
-from xraycore.storage import CredentialsRefusedError
 from xraycore.store import ShardFormatError, StoreConflictError, StoreFormatError
+from xraycore.store.lease import LeaseHeldError, LeaseLostError
+from xraycore.store.storage import CredentialsRefusedError
 
 LOCAL = "distributed.LocalCluster"
 

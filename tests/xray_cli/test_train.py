@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from stores import labelled_store
 
-from xraycore.classify import ModelContract
+from xraycore.predict.contract import ModelContract
 from xraycore.store import ScanStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def store(tmp_path_factory) -> str:
 def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("monai")
-    from xraycore.cnn import build_network, cnn_scores, load_checkpoint
+    from xraycore.train.cnn import build_network, cnn_scores, load_checkpoint
 
     model = tmp_path / "densenet.onnx"
     res = _xray(
@@ -172,3 +172,40 @@ def test_unknown_names_are_refused_before_any_work(store, tmp_path, flags, match
     (line,) = res.stderr.splitlines()
     assert match in line, line
     assert res.stdout == ""
+
+
+def test_a_two_word_finding_names_its_column(tmp_path):
+    """The labels catalog and ``--target`` name a finding's column with one function:
+    "Pleural Thickening" is ``finding_pleural_thickening`` on both sides."""
+    from stores import build_store, png_files
+
+    from xraycore.image.pipeline import PipelineSpec
+    from xraycore.image.synth import phantom_chest
+    from xraycore.store.catalog import read_labels
+    from xraycore.train.baseline import write_splits
+
+    images = [phantom_chest(64, seed=i) // 2 + (128 if i % 2 else 0) for i in range(16)]
+    (tmp_path / "scans").mkdir()
+    paths = png_files(tmp_path / "scans", [image.astype(np.uint8) for image in images])
+    csv = tmp_path / "Data_Entry_2017.csv"
+    lines = ["Image Index,Finding Labels,Patient ID"]
+    lines += [
+        f"{p.name},{'Pleural Thickening|Effusion' if i % 2 else 'No Finding'},{i}"
+        for i, p in enumerate(paths)
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    labels = read_labels(str(csv))
+    assert labels[paths[1].name]["finding_pleural_thickening"] is True
+    assert labels[paths[0].name]["finding_no_finding"] is True
+    url = str(tmp_path / "store")
+    store = build_store(url, paths, PipelineSpec(size=64, enhance=(), outputs=()), batch_size=16,
+                        labels=labels)  # fmt: skip
+    write_splits(store, ["train"] * 16, "split")
+    for target, column in (("Pleural Thickening", "pleural_thickening"),
+                           ("No Finding", "no_finding")):  # fmt: skip
+        out = tmp_path / f"{column}.onnx"
+        res = _xray("train", url, "--target", target, "--size", "64", "--out", str(out))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "trained on 16 scans (8 positive)" in res.stdout
+        contract = json.loads(out.with_name(out.name + ".json").read_text())
+        assert contract["labels"] == [f"no {column}", column]

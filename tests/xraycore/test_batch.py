@@ -11,11 +11,11 @@ import pytest
 from stores import build_store
 
 from xraycore.batch import Plan, plan_batches
-from xraycore.catalog import SourceFile, list_sources, read_labels
-from xraycore.pipeline import PipelineSpec
-from xraycore.storage import Storage
+from xraycore.image.pipeline import PipelineSpec
+from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore
-from xraycore.synth import phantom_chest
+from xraycore.store.catalog import SourceFile, list_sources, read_labels
+from xraycore.store.storage import Storage
 
 SPEC = PipelineSpec(size=32)
 BATCH = 4

@@ -1,6 +1,6 @@
 """The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
 
-What is stored, and how, is :mod:`xraycore.schema`; this package reads and
+What is stored, and how, is :mod:`xraycore.store.schema`; this package reads and
 writes it.
 
 - One array per output, one image per chunk, ``shard_size`` images per shard
@@ -18,10 +18,11 @@ writes it.
   of another format always.
 """
 
-from ..schema import StoreFormatError
-from ._codec import ShardDecoder, ShardFormatError
-from ._scans import ScanStore, StoreConflictError
-from ._writer import ShardWriter
+from xraycore.store._codec import ShardDecoder, ShardFormatError
+from xraycore.store._scans import ScanStore, StoreConflictError
+from xraycore.store._select import select_rows
+from xraycore.store._writer import ShardWriter
+from xraycore.store.schema import StoreFormatError
 
 __all__ = [
     "ScanStore",
@@ -30,4 +31,5 @@ __all__ = [
     "ShardWriter",
     "StoreConflictError",
     "StoreFormatError",
+    "select_rows",
 ]

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from ..schema import ArraySpec
+from xraycore.store.schema import ArraySpec
 
 __all__ = ["SHARD_BUFFERS", "BufferPool", "ShardDecoder", "ShardEncoder", "ShardFormatError"]
 

@@ -1,15 +1,15 @@
 """The Zarr layout of a store's images: one array per output, one image per
-chunk, ``shard_size`` images per shard, Blosc as :mod:`xraycore.schema` says."""
+chunk, ``shard_size`` images per shard, Blosc as :mod:`xraycore.store.schema` says."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import schema
+from xraycore.store import schema
 
 if TYPE_CHECKING:
-    from ..pipeline import PipelineSpec
-    from ..storage import Storage
+    from xraycore.image.pipeline import PipelineSpec
+    from xraycore.store.storage import Storage
 
 __all__ = [
     "array_rows",
@@ -62,7 +62,7 @@ def open_group(storage: Storage, mode: str = "r"):
 
 
 def stored_arrays(group) -> dict[str, tuple[Any, schema.ArraySpec]]:
-    """Name -> (``zarr.Array``, its :class:`~xraycore.schema.ArraySpec`) of
+    """Name -> (``zarr.Array``, its :class:`~xraycore.store.schema.ArraySpec`) of
     every array the group's attributes list, in their order."""
     out = {}
     for name in group.attrs["arrays"]:

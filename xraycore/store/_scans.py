@@ -7,13 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from .. import schema
-from ..schema import ArraySpec
-from ..storage import Storage
-from ._codec import ShardDecoder
-from ._layout import array_rows, create_arrays, group_attributes, open_group, stored_arrays
-from ._table import PartsTable
-from ._writer import ShardWriter
+from xraycore.store import schema
+from xraycore.store._codec import ShardDecoder
+from xraycore.store._layout import (
+    array_rows,
+    create_arrays,
+    group_attributes,
+    open_group,
+    stored_arrays,
+)
+from xraycore.store._select import select_rows
+from xraycore.store._table import PartsTable
+from xraycore.store._writer import ShardWriter
+from xraycore.store.schema import ArraySpec
+from xraycore.store.storage import Storage
 
 __all__ = ["ScanStore", "StoreConflictError"]
 
@@ -25,9 +32,9 @@ class StoreConflictError(ValueError):
 class ScanStore:
     """A store of processed scans under one URL (local path or ``s3://``).
 
-    Pixels are the Zarr arrays of :data:`~xraycore.schema.IMAGES`, one row per
+    Pixels are the Zarr arrays of :data:`~xraycore.store.schema.IMAGES`, one row per
     scan; what each row is lives in the metadata table
-    (:data:`~xraycore.schema.METADATA`), predictions in their own table.
+    (:data:`~xraycore.store.schema.METADATA`), predictions in their own table.
     """
 
     def __init__(self, storage: Storage):
@@ -58,7 +65,7 @@ class ScanStore:
     def info(self) -> dict[str, Any] | None:
         """The store's recorded attributes, or None when there is no store yet.
 
-        Raises :class:`~xraycore.schema.StoreFormatError` for a store of another format.
+        Raises :class:`~xraycore.store.schema.StoreFormatError` for a store of another format.
         """
         attrs = group_attributes(self.storage)
         if attrs is None:
@@ -88,8 +95,8 @@ class ScanStore:
         returns the store's batch size.
 
         ``batch_size`` rows go to one writer; Zarr shards hold the largest
-        divisor of it up to :data:`xraycore.schema.SHARD_SIZE` images. None: the
-        existing store's own, or :data:`xraycore.schema.BATCH_SIZE` for a new one.
+        divisor of it up to :data:`xraycore.store.schema.SHARD_SIZE` images. None: the
+        existing store's own, or :data:`xraycore.store.schema.BATCH_SIZE` for a new one.
         """
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
@@ -121,7 +128,7 @@ class ScanStore:
         return batch_size
 
     def arrays(self) -> dict[str, ArraySpec]:
-        """Name -> :class:`~xraycore.schema.ArraySpec` of every stored array."""
+        """Name -> :class:`~xraycore.store.schema.ArraySpec` of every stored array."""
         self.info_or_raise()
         return {name: spec for name, (_, spec) in stored_arrays(self.group("r")).items()}
 
@@ -208,6 +215,27 @@ class ScanStore:
         table = self.metadata.read()
         return None if table is None else table.sort_by([("image_id", "ascending")])
 
+    def select(
+        self,
+        *,
+        split: str | None = None,
+        where: dict[str, Any] | None = None,
+        target: str | None = None,
+        status: str | None = "ok",
+        empty_ok: bool = False,
+    ):
+        """The metadata rows of a selection (the ok rows by default), in row order;
+        see :func:`xraycore.store._select.select_rows`."""
+        return select_rows(
+            self.read_metadata(),
+            url=self.storage.url,
+            split=split,
+            where=where,
+            target=target,
+            status=status,
+            empty_ok=empty_ok,
+        )
+
     def compact_metadata(self, run_id: str, *, transform=None) -> int:
         """Replace the metadata parts by one deduplicated file (``transform``
         applied to the table first, if given); returns its row count. A table
@@ -260,7 +288,7 @@ class ScanStore:
         """Delete the temporary files of :meth:`temporary_files` (shards, parts,
         the lease, pictures) and return their paths.
 
-        Only for the holder of the store's lease (:mod:`xraycore.lease`) once its
+        Only for the holder of the store's lease (:mod:`xraycore.store.lease`) once its
         own batches are done: a temporary file is then nobody's work in progress
         (a classification run's, which takes no lease, is younger than the grace).
         """

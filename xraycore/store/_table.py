@@ -1,6 +1,6 @@
 """A Parquet dataset of a store (metadata, predictions) as a directory of parts.
 
-One part file per committed batch, named by :func:`xraycore.schema.part_name`;
+One part file per committed batch, named by :func:`xraycore.store.schema.part_name`;
 a compaction merges the parts into one file and deletes exactly the parts it
 merged, so a part committed meanwhile (a batch still running, another process)
 is kept, never dropped unread. Readers take the latest row per key.
@@ -14,8 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from .. import schema
-from ..storage import Storage
+from xraycore.store import schema
+from xraycore.store.storage import Storage
 
 __all__ = ["PartsTable"]
 

@@ -7,10 +7,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .. import schema
-from ..storage import Storage
-from ._codec import SHARD_BUFFERS, ShardEncoder
-from ._layout import open_group, stored_arrays
+from xraycore.store import schema
+from xraycore.store._codec import SHARD_BUFFERS, ShardEncoder
+from xraycore.store._layout import open_group, stored_arrays
+from xraycore.store.storage import Storage
 
 __all__ = ["ShardWriter"]
 

@@ -1,0 +1,245 @@
+"""Synthetic chest radiographs and a damage simulator, for tests with ground truth.
+
+The damage mimics seed 000: a perspective warp with black margins or a
+rotation whose corners leave the frame, a boosted (and clipping) green channel
+or a jet pseudo-colour rendering, impulse noise and a black circle.
+:data:`DAMAGE_FAMILIES` names the combinations the tests measure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from xraycore._validate import check_image
+
+__all__ = ["DAMAGE_FAMILIES", "Damage", "damage_scan", "phantom_chest"]
+
+
+def phantom_chest(
+    size: int = 512, *, seed: int | None = 0, opacity: bool = False, marker: bool = True
+) -> np.ndarray:
+    """A left-right and up-down asymmetric phantom of a PA chest radiograph.
+
+    Parameters
+    ----------
+    size : int, optional
+        Height and width in pixels. Default 512.
+    seed : int, optional
+        Seeds the anatomy jitter and the film texture.
+    opacity : bool, optional
+        Add a bright consolidation in the right lung (image left), a learnable
+        "pneumonia" signal.
+    marker : bool, optional
+        Put a bright "L"-shaped marker in the top-left corner, so that flips and
+        rotations are detectable.
+
+    Returns
+    -------
+    scan : (size, size) ndarray of uint8
+        Body bright, lungs dark, spine and ribs bright; heart on the image right.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    rng = np.random.default_rng(seed)
+    s = size / 512.0
+    img = np.full((size, size), 18, np.float32)
+
+    def ell(cx, cy, ax, ay, value, angle=0.0):
+        cv2.ellipse(
+            img,
+            (int(cx * s), int(cy * s)),
+            (int(ax * s), int(ay * s)),
+            angle,
+            0,
+            360,
+            float(value),
+            -1,
+            cv2.LINE_AA,
+        )
+
+    j = rng.uniform(-8, 8, size=8)
+    ell(256, 300, 220 + j[0], 250, 170)  # body
+    ell(170 + j[1], 250, 72, 150 + j[2], 60, 8)  # right lung (image left)
+    ell(345 + j[3], 250, 68, 140 + j[4], 60, -8)  # left lung (image right)
+    ell(300 + j[5], 340, 70, 60, 150)  # heart, image right
+    cv2.rectangle(img, (int(240 * s), int(60 * s)), (int(272 * s), int(500 * s)), 210, -1)
+    for k in range(7):  # ribs
+        y = (150 + 38 * k + j[6]) * s
+        for side in (-1, 1):
+            cv2.ellipse(
+                img,
+                (int((256 + side * 20) * s), int(y)),
+                (int(110 * s), int(22 * s)),
+                0,
+                180 if side < 0 else 270,
+                270 if side < 0 else 360,
+                150,
+                max(1, int(6 * s)),
+                cv2.LINE_AA,
+            )
+    if opacity:
+        ell(165 + j[7], 280, 38, 48, 140)
+    if marker:
+        cv2.rectangle(img, (int(20 * s), int(20 * s)), (int(32 * s), int(70 * s)), 250, -1)
+        cv2.rectangle(img, (int(20 * s), int(58 * s)), (int(55 * s), int(70 * s)), 250, -1)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0 * s + 0.5)
+    texture = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 1.5)
+    img += 12.0 * texture / (texture.std() + 1e-6)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Ground truth of :func:`damage_scan`: where the frame and the hole went."""
+
+    corners: np.ndarray  # (4, 2) x, y of the scan's corners in the damaged image: tl, tr, br, bl
+    circle: tuple[int, int, int]  # cx, cy, radius in the damaged image; radius 0: no hole
+    angle: float  # degrees, counter-clockwise; 0 when the geometry is untouched
+
+
+_COLOURS = ("green", "jet", "gray")
+_GEOMETRIES = ("warp", "rotate", "none")
+_CIRCLES = ("upper", "lung", "none")
+
+#: Named damage families for tests and benchmarks: keyword arguments of
+#: :func:`damage_scan`. "warp" and "jet" are the family of the real damaged
+#: scans of seed 000; "rotate-crop" is seed 000's own description (a gray scan,
+#: green channel brighter and noisier, impulse noise, a hole anywhere in the
+#: lung field, a rotation whose corners leave the frame); the rest isolate one
+#: kind of damage each, or combine them differently.
+DAMAGE_FAMILIES: dict[str, dict] = {
+    "warp": {},
+    "jet": {"colour": "jet"},
+    "rotate-crop": {"geometry": "rotate", "circle": "lung", "green_noise": 20.0},
+    "imbalance": {"geometry": "none", "circle": "none", "noise": 0.0, "green_noise": 20.0},
+    "dark-circle": {"colour": "gray", "geometry": "none", "circle": "lung", "noise": 0.0},
+    "rotation": {"colour": "gray", "geometry": "rotate", "circle": "none", "noise": 0.0},
+    "impulse": {"colour": "gray", "geometry": "none", "circle": "none"},
+    "jet-rotate": {"colour": "jet", "geometry": "rotate", "circle": "lung"},
+}
+
+
+def damage_scan(
+    scan: np.ndarray,
+    *,
+    seed: int | None = 0,
+    colour: str = "green",
+    geometry: str = "warp",
+    circle: str = "upper",
+    angle: float | None = None,
+    margin: float = 0.06,
+    perspective: float = 0.02,
+    noise: float = 0.04,
+    green_gain: float = 1.5,
+    green_bias: float = 30.0,
+    green_noise: float = 0.0,
+    circle_radius: float | None = None,
+) -> tuple[np.ndarray, Damage]:
+    """Damage a clean scan the way seed 000 describes its damaged scans.
+
+    Parameters
+    ----------
+    scan : (H, W) ndarray of uint8
+    seed : int, optional
+    colour : {"green", "jet", "gray"}, optional
+        "green" (default): the green channel becomes ``clip(gain * scan + bias
+        + N(0, green_noise))`` and red 0.8x, blue is the scan. "jet": the
+        scan rendered with OpenCV's jet colour map, as the real damaged scans.
+        "gray": three equal channels.
+    geometry : {"warp", "rotate", "none"}, optional
+        "warp" (default): rotation plus perspective inside a black margin, the
+        whole frame visible. "rotate": rotation about the centre at the same
+        size, so the scan's corners leave the image and black wedges fill the
+        image corners. "none": untouched.
+    circle : {"upper", "lung", "none"}, optional
+        Where the black hole goes: "upper" (default) the upper image-right
+        lung, where the real damaged scans have it; "lung" anywhere in either
+        lung field, over dark lung as often as not; "none": no hole.
+    angle : float, optional
+        Rotation in degrees; default uniform in +-(2..6).
+    margin : float, optional
+        Black margin around the warped frame, as a fraction of the size.
+    perspective : float, optional
+        Random corner displacement, as a fraction of the size.
+    noise : float, optional
+        Fraction of pixels hit by impulse noise, per channel.
+    green_gain, green_bias, green_noise : float, optional
+        Brightness, offset and Gaussian noise (sigma, grey levels) of the green
+        channel for ``colour="green"``.
+    circle_radius : float, optional
+        Radius of the black hole as a fraction of the size; default 4-7%.
+
+    Returns
+    -------
+    damaged : (H, W, 3) ndarray of uint8, BGR
+    truth : Damage
+    """
+    check_image(scan)
+    if scan.dtype != np.uint8:
+        raise ValueError(f"scan must be uint8, got {scan.dtype}")
+    if not 0 <= noise < 1:
+        raise ValueError(f"noise must be in [0, 1), got {noise!r}")
+    for value, name, allowed in (
+        (colour, "colour", _COLOURS),
+        (geometry, "geometry", _GEOMETRIES),
+        (circle, "circle", _CIRCLES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    rng = np.random.default_rng(seed)
+    h, w = scan.shape
+    if angle is None:
+        angle = float(rng.uniform(2, 6) * rng.choice([-1, 1]))
+    if geometry == "none":
+        angle = 0.0
+    src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2], np.float32)
+    shrink = 1.0 - 2 * margin if geometry == "warp" else 1.0
+    theta = np.radians(angle)
+    rot = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]], np.float32)
+    dst = (src - centre) * shrink @ rot.T + centre
+    if geometry == "warp":
+        dst += rng.uniform(-perspective, perspective, size=(4, 2)).astype(np.float32) * [w, h]
+    matrix = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    warped = cv2.warpPerspective(
+        scan, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    # Bilinear, not nearest: OpenCV's nearest-neighbour warp rounds in fixed
+    # point and bends a long frame edge by most of a pixel.
+    inside = (
+        cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, (w, h), flags=cv2.INTER_LINEAR)
+        > 127
+    )
+    if colour == "jet":
+        damaged = cv2.applyColorMap(warped, cv2.COLORMAP_JET)
+        damaged[~inside] = 0
+    elif colour == "gray":
+        damaged = cv2.merge([warped, warped, warped])
+    else:
+        base = warped.astype(np.float32)
+        green = base * green_gain + green_bias * inside
+        if green_noise > 0:
+            green += rng.normal(0.0, green_noise, (h, w)).astype(np.float32) * inside
+        bgr = np.stack([base, green, base * 0.8], axis=-1)
+        damaged = np.clip(bgr, 0, 255).astype(np.uint8)
+    if circle == "none":
+        cx = cy = r = 0
+    else:
+        r = int((circle_radius if circle_radius is not None else rng.uniform(0.04, 0.07)) * w)
+        if circle == "upper":
+            cx = int(rng.uniform(0.55, 0.75) * w)
+            cy = int(rng.uniform(0.2, 0.35) * h)
+        else:  # either lung field of a PA chest film
+            side = rng.choice([-1, 1])
+            cx = int((0.5 + side * rng.uniform(0.12, 0.25)) * w)
+            cy = int(rng.uniform(0.3, 0.65) * h)
+        cv2.circle(damaged, (cx, cy), r, (0, 0, 0), -1, cv2.LINE_AA)
+    for c in range(3):
+        hit = rng.random((h, w)) < noise
+        salt = rng.random((h, w)) < 0.5
+        damaged[:, :, c][hit & salt] = 255
+        damaged[:, :, c][hit & ~salt] = 0
+    return damaged, Damage(corners=dst, circle=(cx, cy, r), angle=angle)

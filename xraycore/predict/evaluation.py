@@ -1,0 +1,91 @@
+"""A model's predictions against the labels in a store's metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from xraycore.predict.contract import ModelContract, classification_report, confusion_matrix_figure
+from xraycore.store import ScanStore
+from xraycore.store.storage import Storage
+
+__all__ = ["CONFUSION", "REPORT", "evaluate_store", "model_sha256"]
+
+from xraycore.store.schema import CONFUSION, REPORT, finding_column
+
+
+def model_sha256(model: str, storage_options: dict[str, Any] | None = None) -> str:
+    """SHA-256 of the model file: predictions are keyed by it, not by its URL."""
+    storage = Storage.from_url(model, storage_options)
+    try:
+        return hashlib.sha256(storage.read_bytes()).hexdigest()
+    except FileNotFoundError as exc:
+        raise ValueError(f"model {model} does not exist") from exc
+
+
+def evaluate_store(
+    store: ScanStore,
+    model: str,
+    contract: ModelContract,
+    *,
+    target: str | None = None,
+    split: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict | None:
+    """Compare a model's predictions with the labels in the metadata.
+
+    Writes ``classification_report.json`` and ``confusion_matrix.png`` into the
+    store.
+
+    Parameters
+    ----------
+    store : ScanStore
+    model : str
+        The model's URL; its predictions are found by the file's SHA-256.
+    contract : ModelContract
+        Gives the label names; the default target is ``finding_<positive label>``.
+    target : str, optional
+        Boolean metadata column holding the truth.
+    split : str, optional
+        Only rows of this split (``train``, ``validation``, ``test``).
+
+    Returns
+    -------
+    report : dict or None
+        None when the metadata has no target column or no labelled prediction.
+    """
+    meta = store.read_metadata()
+    preds = store.read_predictions()
+    target = target or finding_column(contract.labels[1])
+    if meta is None or preds is None or target not in meta.column_names:
+        return None
+    sha = model_sha256(model, storage_options)
+    truth = {r["image_id"]: r for r in meta.to_pylist()}
+    y_true, y_pred = [], []
+    for p in preds.to_pylist():
+        if p["model_sha256"] != sha:
+            continue
+        t = truth.get(p["image_id"])
+        # A prediction counts only for the image's current pixels: an image since
+        # failed, or processed again into another row, has a stale one.
+        if t is None or t["status"] != "ok" or t["row"] != p["row"]:
+            continue
+        if t.get(target) is None or (split and t.get("split") != split):
+            continue
+        y_true.append(contract.labels[1] if t[target] else contract.labels[0])
+        y_pred.append(p["label"])
+    if not y_true:
+        return None
+    report = classification_report(y_true, y_pred, tuple(contract.labels))
+    report["target"] = target
+    report["model"] = model
+    report["split"] = split
+    store.storage.write_bytes_atomic(REPORT, json.dumps(report, indent=2).encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / CONFUSION
+        confusion_matrix_figure(report, png)
+        store.storage.write_bytes_atomic(CONFUSION, png.read_bytes())
+    return report

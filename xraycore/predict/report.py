@@ -1,0 +1,184 @@
+"""What a run shows a person: the classification report as text, the comparison
+sheet, the run's summary in markdown with a thumbnail of the sheet.
+
+Data in, text or bytes out: where the result is written is the caller's business.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from xraycore.store import ScanStore, schema
+
+__all__ = [
+    "comparison_sheet",
+    "report_markdown",
+    "report_text",
+    "sheet_png",
+    "sheet_thumbnail",
+    "summary_markdown",
+]
+
+#: Rows of failed inputs listed in a run summary; the failures table holds them all.
+FAILURES_LISTED = 200
+
+
+def report_text(report: dict) -> str:
+    """The report as seed 004 prints it (scikit-learn's layout)."""
+    buf = io.StringIO()
+    buf.write(f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n\n")
+    for label in report["labels"]:
+        r = report[label]
+        buf.write(
+            f"{label:>14}{r['precision']:>10.2f}{r['recall']:>10.2f}"
+            f"{r['f1-score']:>10.2f}{r['support']:>10}\n"
+        )
+    total = report["macro avg"]["support"]
+    buf.write(f"\n{'accuracy':>14}{'':>20}{report['accuracy']:>10.2f}{total:>10}\n")
+    for avg in ("macro avg", "weighted avg"):
+        r = report[avg]
+        buf.write(
+            f"{avg:>14}{r['precision']:>10.2f}{r['recall']:>10.2f}"
+            f"{r['f1-score']:>10.2f}{r['support']:>10}\n"
+        )
+    return buf.getvalue()
+
+
+def report_markdown(report: dict) -> str:
+    """:func:`report_text` in a markdown document with the confusion matrix."""
+    return (
+        f"# Classification report ({report['target']})\n\n```\n{report_text(report)}```\n\n"
+        f"Confusion matrix (rows true, columns predicted): {report['confusion_matrix']}\n"
+    )
+
+
+def comparison_sheet(
+    store: ScanStore,
+    rows: list[int],
+    path: str | Path,
+    *,
+    source_options: dict[str, Any] | None = None,
+) -> Path:
+    """The comparison picture (original + each stored output) of some ok rows.
+
+    Parameters
+    ----------
+    store : ScanStore
+    rows : list of int
+        Array rows to show, each an ``ok`` row of the metadata.
+    path : str or Path
+        PNG to write.
+    source_options : dict, optional
+        fsspec options for reading the original scans.
+
+    Returns
+    -------
+    path : Path
+    """
+    from xraycore.image import viz
+    from xraycore.image.pipeline import fit_to_size
+    from xraycore.image.restore import fuse_channels
+    from xraycore.store.catalog import read_image
+
+    info = store.info()
+    if info is None:
+        raise ValueError(f"{store.storage.url} is not a store (no {schema.IMAGES})")
+    meta = store.read_metadata()
+    ok = {r["row"]: r for r in (meta.to_pylist() if meta else []) if r["status"] == "ok"}
+    panels, titles = [], []
+    for row in rows:
+        if row not in ok:
+            raise ValueError(f"row {row} is not an ok row of {store.storage.url}")
+        entry = {name: store.read(name, row) for name in info["arrays"] if name != "histogram"}
+        original = read_image(
+            ok[row]["source"], frame=ok[row].get("frame"), **(source_options or {})
+        )
+        entry["original"] = fit_to_size(fuse_channels(original), info["size"])
+        panels.append(entry)
+        titles.append(ok[row]["image_id"])
+    return viz.comparison_figure(panels, path, titles=titles)
+
+
+def sheet_png(
+    store: ScanStore, rows: list[int], *, source_options: dict[str, Any] | None = None
+) -> bytes:
+    """:func:`comparison_sheet` of ``rows`` as PNG bytes, written nowhere."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = comparison_sheet(
+            store, rows, Path(tmp) / schema.SHEET, source_options=source_options
+        )
+        return path.read_bytes()
+
+
+def sheet_thumbnail(png: bytes, *, width: int = 960) -> str | None:
+    """A picture as a data URI of a small JPEG (a markdown artifact holds no files).
+
+    Parameters
+    ----------
+    png : bytes
+        An encoded image (the comparison sheet).
+    width : int, optional
+        Largest width in pixels; narrower pictures keep their size.
+
+    Returns
+    -------
+    uri : str or None
+        ``data:image/jpeg;base64,...``, or None when ``png`` is not a picture.
+    """
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    if image.shape[1] > width:
+        height = round(image.shape[0] * width / image.shape[1])
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+
+
+def summary_markdown(summary: dict[str, Any], *, thumbnail: str | None = None) -> str:
+    """A run's summary as markdown: headed by the flow run's name, linking the store.
+
+    Parameters
+    ----------
+    summary : dict
+        What ``preprocess_dataset`` returns.
+    thumbnail : str, optional
+        The sample sheet as an image URI (:func:`sheet_thumbnail`), shown inline.
+
+    Returns
+    -------
+    markdown : str
+    """
+    s = summary
+    store = s["store"]
+    link = store if "://" in store else f"file://{os.path.abspath(store)}"
+    lines = [
+        f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
+        "",
+        f"Store: [{store}]({link}) (pipeline `{s['pipeline_hash']}`, "
+        f"{s['rows_in_store']} rows; run id `{s['run_id']}`)",
+        "",
+        "| inputs | ok | failed | skipped | batches | seconds | images/s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['inputs']} | {s['ok']} | {s['failed']} | {s['skipped']} | {s['batches']} | "
+        f"{s['seconds']:.1f} | {s['images_per_s']:.1f} |",
+    ]
+    if s.get("dashboard"):
+        lines += ["", f"Dask dashboard (while the run's cluster was up): {s['dashboard']}"]
+    if s.get("sheet"):
+        lines += ["", "## Sample of this run's outputs", ""]
+        if thumbnail:
+            lines.append(f"![comparison sheet]({thumbnail})")
+        lines += ["", f"Full-size picture: `{s['sheet']}`"]
+    if s["failures"]:
+        lines += ["", "## Failed inputs", "", "| image | error |", "|---|---|"]
+        lines += [f"| {i} | {e} |" for i, e in s["failures"][:FAILURES_LISTED]]
+    return "\n".join(lines)

@@ -1,0 +1,430 @@
+"""Check a store after the fact, and mark what is wrong for the next run to redo.
+
+:func:`verify_store` re-reads a store and reports, per row and per file:
+
+- ``missing``: an ``ok`` row whose shard object is absent (or empty) in any array;
+- ``unreadable``: an ``ok`` row whose pixels cannot be decoded (a corrupt or
+  half-written shard);
+- ``different``: an ``ok`` row whose stored ``preprocessed`` pixels do not match
+  the CRC-32 committed with it (:func:`xraycore.store.schema.checksum`);
+- ``no_checksum``: an ``ok`` row committed without one (never written by format 2);
+- ``orphaned``: an ``ok`` row pointing outside the arrays (no row, or past their end);
+- ``shared_row``: two sources whose latest ``ok`` rows point at one array row (mixed);
+- ``duplicate_source``: a source twice in one metadata part;
+- ``leftover_part``: a metadata (or predictions) part not merged by a compaction,
+  or a stray file among the parts: what a run killed before its commit leaves;
+- ``temporary_file``: a file a writer never renamed into place (a shard, a
+  part, the lease, a picture: :func:`xraycore.store.schema.is_temporary`), left by a
+  writer killed mid-write; not reported while a live run holds the store;
+- ``bad_part``: a metadata part that cannot be read;
+- ``stale_lease``: a lease whose holder is gone.
+
+The shard objects of a row follow from its row number and the array's Zarr
+metadata (``c/<row // shard>/0/0``), so they are checked by listing each array
+once rather than recorded per row. The pixel reads are independent per shard:
+give ``executor`` (any ``concurrent.futures.Executor``, e.g. a Dask client's
+``get_executor()``) to spread them over a cluster; :func:`check_shard` is the
+unit of work and opens the store itself.
+
+:func:`repair_store` marks the rows of row-level problems ``failed`` (so the next
+run redoes them) and compacts what a killed run left behind, under the store's
+lease.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import time
+import uuid
+from collections import Counter, defaultdict
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from xraycore.store import ScanStore, schema
+from xraycore.store.lease import StoreLease, read_lease
+from xraycore.store.schema import IMAGES, METADATA, PREDICTIONS
+
+__all__ = ["ROW_KINDS", "Problem", "VerifyReport", "check_shard", "repair_store", "verify_store"]
+
+#: Problems of a row's pixels or place: repaired by marking the row failed.
+ROW_KINDS = ("missing", "unreadable", "different", "no_checksum", "orphaned", "shared_row")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a store."""
+
+    kind: str
+    detail: str
+    source: str | None = None
+    image_id: str | None = None
+    row: int | None = None
+    path: str | None = None
+    frame: int | None = None
+
+    def __str__(self) -> str:
+        where = self.image_id or self.path or ""
+        at = f" (row {self.row})" if self.row is not None else ""
+        return f"{self.kind}: {where}{at}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found."""
+
+    store: str
+    rows: int = 0
+    ok_rows: int = 0
+    checked: int = 0
+    shards: int = 0
+    parts: int = 0
+    seconds: float = 0.0
+    writer: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    #: The latest metadata row of each (source, frame) that has a row-level problem.
+    bad_rows: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for p in self.problems:
+            out[p.kind] += 1
+        return dict(out)
+
+    def summary(self) -> str:
+        head = (
+            f"store {self.store}: {self.rows} rows ({self.ok_rows} ok), {self.checked} checked "
+            f"in {self.shards} shards, {self.parts} metadata parts, {self.seconds:.1f} s"
+        )
+        if self.clean:
+            return head + ": clean"
+        what = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items()))
+        return f"{head}: {len(self.problems)} problems ({what})"
+
+
+def _latest(table):
+    """The latest row per (source, frame) (the store's own rule), as a list of dicts."""
+    import pyarrow.compute as pc
+
+    keys = [(k, "ascending") for k in schema.METADATA_KEY]
+    order = pc.sort_indices(table, [*keys, (schema.METADATA_TIME, "descending")])
+    rows, seen = [], set()
+    for r in table.take(order).to_pylist():
+        key = _key(r)
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
+    return rows
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    """The metadata key of a row: (source, frame)."""
+    return tuple(row.get(k) for k in schema.METADATA_KEY)
+
+
+def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: list[Problem]):
+    """The tables of ``dataset``'s parts; leftover, unreadable and temporary files
+    become problems (the parts of a live writer ``live_run`` are expected)."""
+    import pyarrow.parquet as pq
+
+    table_of = store.metadata if dataset == METADATA else store.predictions
+    files = table_of.files()
+    compacted = [p for p in files if schema.is_compacted_part(p)]
+    tables = []
+    for path in files:
+        if schema.is_temporary(path):  # reported with the store's other temporaries
+            continue
+        if not schema.is_part(path):
+            problems.append(Problem("leftover_part", "not a part of the dataset", path=path))
+            continue
+        live = live_run is not None and schema.part_of_run(path, live_run)
+        if schema.is_compacted_part(path):
+            if len(compacted) > 1 and not live:
+                problems.append(
+                    Problem(
+                        "leftover_part",
+                        f"one of {len(compacted)} compacted parts (a compaction was interrupted)",
+                        path=path,
+                    )
+                )
+        elif not live:
+            problems.append(
+                Problem("leftover_part", "part not merged by a compaction (killed run?)", path=path)
+            )
+        try:
+            data = io.BytesIO(store.storage.read_bytes(path))
+            table = pq.read_table(data, use_threads=False)  # see store._table
+        except FileNotFoundError:  # compacted away by a live writer since the listing
+            continue
+        except Exception as exc:
+            problems.append(Problem("bad_part", f"{type(exc).__name__}: {exc}", path=path))
+            continue
+        tables.append((path, table))
+    return tables
+
+
+def _shard_objects(store: ScanStore, name: str) -> dict[str, int]:
+    """Object key (relative to the array) -> size, for every stored chunk of ``name``."""
+    base = posixpath.join(IMAGES, name)
+    try:
+        found = store.storage.find(posixpath.join(base, "c"))
+    except FileNotFoundError:
+        return {}
+    return {posixpath.relpath(p, base): int(info.get("size") or 0) for p, info in found.items()}
+
+
+def _outer(arr) -> int:
+    """Rows per stored object of ``arr`` (its shard, or its chunk when unsharded)."""
+    return int((arr.shards or arr.chunks)[0])
+
+
+# The arrays opened by this process for the current verification (one per
+# session: a later verification reopens them, the store may have grown).
+_OPEN: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def _arrays(url: str, storage_options: dict[str, Any] | None, session: str) -> dict[str, Any]:
+    key = (url, json.dumps(storage_options or {}, sort_keys=True), session)
+    opened = _OPEN.get(key)
+    if opened is None:
+        _OPEN.clear()
+        store = ScanStore.open(url, storage_options)
+        opened = _OPEN[key] = {name: store.zarr_array(name) for name in store.arrays()}
+    return opened
+
+
+def check_shard(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    rows: list[tuple[int, str | None]],
+    arrays: tuple[str, ...] = ("preprocessed",),
+    session: str = "",
+) -> list[tuple[int, str, str]]:
+    """Read the ``rows`` of one shard from ``arrays`` and compare ``preprocessed``
+    with each row's recorded checksum; returns ``(row, kind, detail)`` per problem.
+
+    Runs anywhere the store can be read (a thread, a Dask worker): it opens the
+    store itself and keeps it open for the next shard of the same ``session``.
+    """
+    opened = _arrays(url, storage_options, session)
+    lo, hi = min(r for r, _ in rows), max(r for r, _ in rows) + 1
+    out = []
+    for name in arrays:
+        arr = opened[name]
+        # An I/O error (a network hiccup, a disk error) says nothing about the
+        # pixels: it fails the verification instead of condemning the rows.
+        try:
+            block = arr[lo:hi]
+        except OSError:
+            raise
+        except Exception:  # find which rows: a corrupt inner chunk spoils only its own
+            block = None
+        for r, recorded in rows:
+            try:
+                value = block[r - lo] if block is not None else arr[r]
+            except OSError:
+                raise
+            except Exception as exc:
+                out.append((r, "unreadable", f"{name}: {type(exc).__name__}: {exc}"))
+                continue
+            if name == "preprocessed" and recorded is not None:
+                got = schema.checksum(value)
+                if got != recorded:
+                    out.append((r, "different", f"preprocessed {got}, committed {recorded}"))
+    return out
+
+
+def verify_store(
+    store: ScanStore | str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    executor: Executor | None = None,
+    deep: bool = False,
+) -> VerifyReport:
+    """Re-read a store and report every row and file that is wrong.
+
+    Parameters
+    ----------
+    store : ScanStore or str
+        The store, or its URL (with ``storage_options``).
+    executor : concurrent.futures.Executor, optional
+        Runs :func:`check_shard` per shard; default 4 threads here. A Dask
+        client's ``get_executor()`` spreads a big store over the cluster.
+    deep : bool, optional
+        Also read every other array (they are otherwise checked for presence);
+        ``preprocessed`` is always read and compared with its checksum.
+
+    Returns
+    -------
+    report : VerifyReport
+    """
+    t0 = time.perf_counter()
+    if isinstance(store, str):
+        store = ScanStore.open(store, storage_options)
+    info = store.info()
+    if info is None:
+        raise ValueError(f"{store.storage.url} is not a store (no {IMAGES})")
+    report = VerifyReport(store=store.storage.url)
+    problems = report.problems
+
+    lease = read_lease(store.storage)
+    live_run = None
+    if lease is not None:
+        why = lease.stale()
+        if why:
+            problems.append(
+                Problem(
+                    "stale_lease", f"run {lease.run_id} ({lease.holder}): {why}", path=schema.LEASE
+                )
+            )
+        else:
+            live_run = lease.run_id
+            report.writer = f"run {lease.run_id} ({lease.holder}) is writing this store"
+
+    if live_run is None:  # a live writer's temporaries are its work in progress
+        for path in store.temporary_files():
+            problems.append(
+                Problem("temporary_file", "left by a writer killed mid-write", path=path)
+            )
+    parts = _read_parts(store, METADATA, live_run, problems)
+    _read_parts(store, PREDICTIONS, live_run, problems)
+    report.parts = len(parts)
+    for path, table in parts:
+        counts = Counter(_key(r) for r in table.select(list(schema.METADATA_KEY)).to_pylist())
+        for (s, frame), n in sorted(
+            ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
+        ):
+            problems.append(
+                Problem("duplicate_source", f"{n} rows in one part", s, path=path, frame=frame)
+            )
+    if not parts:
+        report.seconds = time.perf_counter() - t0
+        return report
+    import pyarrow as pa
+
+    latest = _latest(pa.concat_tables([t for _, t in parts], promote_options="default"))
+    report.rows = len(latest)
+    ok = [r for r in latest if r["status"] == "ok"]
+    report.ok_rows = len(ok)
+
+    arrays = {name: store.zarr_array(name) for name in info["arrays"]}
+    capacity = min(a.shape[0] for a in arrays.values())
+
+    def bad(row: dict, kind: str, detail: str) -> None:
+        problems.append(
+            Problem(kind, detail, row["source"], row["image_id"], row["row"], frame=row["frame"])
+        )
+        report.bad_rows.setdefault(_key(row), row)
+
+    by_row: dict[int, list[dict]] = defaultdict(list)
+    placed = []
+    for r in ok:
+        if r["row"] is None or not 0 <= r["row"] < capacity:
+            bad(r, "orphaned", f"points outside the arrays' {capacity} rows")
+            continue
+        by_row[r["row"]].append(r)
+        placed.append(r)
+        if r.get("checksum") is None:
+            bad(r, "no_checksum", "committed without a checksum of its pixels")
+    for row, claimants in by_row.items():
+        if len(claimants) > 1:
+            names = ", ".join(c["image_id"] for c in claimants)
+            for c in claimants:
+                bad(c, "shared_row", f"array row {row} is claimed by {names}")
+
+    # Presence: one listing per array, then each shard a row needs.
+    objects = {name: _shard_objects(store, name) for name in arrays}
+    by_shard: dict[int, list[dict]] = defaultdict(list)
+    outer = _outer(arrays["preprocessed"])
+    for r in placed:
+        by_shard[r["row"] // outer].append(r)
+    to_read = []
+    for shard, rows in sorted(by_shard.items()):
+        absent = []
+        for name, arr in arrays.items():
+            n = _outer(arr)
+            lo, hi = shard * outer // n, ((shard + 1) * outer - 1) // n
+            for k in range(lo, hi + 1):
+                key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+                if objects[name].get(key, 0) == 0:
+                    absent.append(f"{name}/{key}")
+        if absent:
+            for r in rows:
+                bad(r, "missing", f"shard object(s) absent or empty: {', '.join(absent)}")
+        else:
+            to_read.append(rows)
+    report.shards = len(by_shard)
+
+    names = tuple(arrays) if deep else ("preprocessed",)
+    rows_of = {r["row"]: r for rows in to_read for r in rows}
+    jobs = [[(r["row"], r.get("checksum")) for r in rows] for rows in to_read]
+    url, options = store.storage.url, store.storage.storage_options
+    own = executor is None
+    pool = ThreadPoolExecutor(4, thread_name_prefix="verify") if own else executor
+    try:
+        n, session = len(jobs), uuid.uuid4().hex
+        results = pool.map(check_shard, [url] * n, [options] * n, jobs, [names] * n, [session] * n)
+        for found in results:
+            for row, kind, detail in found:
+                bad(rows_of[row], kind, detail)
+    finally:
+        if own:
+            pool.shutdown()
+    report.checked = sum(len(j) for j in jobs)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def repair_store(
+    store: ScanStore | str,
+    report: VerifyReport,
+    *,
+    run_id: str,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Mark the rows of ``report``'s row-level problems failed, so the next run
+    redoes them, and merge what a killed run left; under the store's lease.
+
+    Raises :class:`~xraycore.store.lease.LeaseHeldError` while a run writes the store.
+    Returns counts: ``rows`` marked failed, ``parts`` merged, ``files`` removed.
+    """
+    if isinstance(store, str):
+        store = ScanStore.open(store, storage_options)
+    leftovers = [p for p in report.problems if p.kind == "leftover_part"]
+    with StoreLease.acquire(store.storage, run_id, description="xray verify --repair"):
+        now = datetime.now(UTC)
+        kinds: dict[tuple, list[str]] = defaultdict(list)
+        for p in report.problems:
+            if p.kind in ROW_KINDS and p.source is not None:
+                kinds[(p.source, p.frame)].append(f"{p.kind}: {p.detail}")
+        marked = []
+        for key, row in report.bad_rows.items():
+            marked.append(
+                {
+                    **row,
+                    "status": "failed",
+                    "error": "verify: " + "; ".join(dict.fromkeys(kinds[key])),
+                    "row": None,
+                    "checksum": None,
+                    "run_id": run_id,
+                    "processed_at": now,
+                }
+            )
+        if marked:
+            store.write_metadata_part(marked, f"verify-{run_id}")
+        removed = len(store.remove_temporary_files())
+        merged = 0
+        if marked or any(p.path and METADATA in p.path for p in leftovers):
+            store.compact_metadata(run_id)
+            merged += 1
+        if any(p.path and PREDICTIONS in p.path for p in leftovers):
+            store.compact_predictions(run_id)
+            merged += 1
+    return {"rows": len(marked), "parts": merged, "files": removed}
