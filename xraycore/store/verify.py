@@ -20,11 +20,12 @@
 - ``stale_lease``: a lease whose holder is gone.
 
 The shard objects of a row follow from its row number and the array's Zarr
-metadata (``c/<row // shard>/0/0``), so they are checked by listing each array
-once rather than recorded per row. The pixel reads are independent per shard:
-give ``executor`` (any ``concurrent.futures.Executor``, e.g. a Dask client's
-``get_executor()``) to spread them over a cluster; :func:`check_shard` is the
-unit of work and opens the store itself.
+metadata (:meth:`ScanStore.shard_key`, ``c/<row // shard>/0/0``), so they are
+checked by listing each array once rather than recorded per row. The pixel
+reads are independent per shard: give ``executor`` (any
+``concurrent.futures.Executor``, e.g. a Dask client's ``get_executor()``) to
+spread them over a cluster; :func:`check_shard` is the unit of work and opens
+the store itself.
 
 :func:`repair_store` marks the rows of row-level problems ``failed`` (so the next
 run redoes them) and compacts what a killed run left behind, under the store's
