@@ -204,16 +204,16 @@ def classify_rows(
     labels = classifier.labels(scores)
     now = datetime.now(UTC)
     records = [
-        {
-            "image_id": ids[r],
-            "row": r,
-            "score": float(s),
-            "label": lab,
-            "model": model,
-            "model_sha256": classifier.sha256,
-            "run_id": run_id,
-            "classified_at": now,
-        }
+        schema.prediction_row(
+            image_id=ids[r],
+            row=r,
+            score=s,
+            label=lab,
+            model=model,
+            model_sha256=classifier.sha256,
+            run_id=run_id,
+            classified_at=now,
+        )
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]
     if records:

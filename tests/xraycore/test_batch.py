@@ -4,16 +4,19 @@ where its rows start, and the labels that reach the metadata."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import pytest
+from onnx_models import mean_model
 from stores import build_store
 
-from xraycore.batch import Plan, plan_batches
+from xraycore.batch import Plan, classify_rows, plan_batches
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
-from xraycore.store import ScanStore
+from xraycore.predict.contract import ModelContract, model_sha256
+from xraycore.store import ScanStore, schema
 from xraycore.store.catalog import SourceFile, list_sources, read_labels
 from xraycore.store.storage import Storage
 
@@ -179,3 +182,32 @@ def test_labels_keyed_by_file_name_reach_the_metadata_rows(tmp_path):
     assert rows["sub/p2.png"]["patient_gender"] == "F"
     assert not rows["p1.png"]["finding_labels"]  # no label row: nothing joined
     assert all(r["status"] == "ok" for r in rows.values())
+
+
+def test_a_prediction_row_has_every_column_of_the_schema():
+    row = schema.prediction_row(
+        image_id="p0.png", row=3, score=0.75, label="pneumonia", model="m.onnx",
+        model_sha256="a" * 64, run_id="r",
+    )  # fmt: skip
+    assert list(row) == list(schema.PREDICTION_COLUMNS)
+    assert (row["row"], row["score"], row["label"]) == (3, 0.75, "pneumonia")
+    assert row["classified_at"].tzinfo is not None
+    then = datetime(2026, 1, 1, tzinfo=UTC)
+    assert schema.prediction_row(**{**row, "classified_at": then})["classified_at"] == then
+
+
+def test_classify_rows_commits_schema_rows_keyed_by_the_model_file(done, tmp_path):
+    _, store = done
+    model = mean_model(tmp_path / "m.onnx", channels=1, size=32)
+    contract = ModelContract(channels=1, size=32, mean=(0.0,), std=(1.0,), threshold=0.0)
+    items = [(r["row"], r["image_id"]) for r in store.select().to_pylist()]
+    counts = classify_rows(
+        items, store=store.storage.url, model=model, contract=contract.to_dict(), run_id="c1"
+    )
+    assert counts == {"rows": 6, "positive": 6}  # every mean is above a threshold of 0
+    preds = store.read_predictions()
+    assert preds.column_names == list(schema.PREDICTION_COLUMNS)
+    scored = zip(preds["row"].to_pylist(), preds["image_id"].to_pylist(), strict=True)
+    assert sorted(scored) == sorted(items)
+    assert set(preds["model_sha256"].to_pylist()) == {model_sha256(model)}
+    assert set(preds["label"].to_pylist()) == {"pneumonia"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["comparison_figure", "histogram_plot", "stack_gif"]
+__all__ = ["comparison_figure", "histogram_plot", "pyplot", "stack_gif"]
 
 # Panel title and colour map of each output, as the tutorial's final figure.
 _PANELS = {
@@ -23,7 +23,9 @@ _PANELS = {
 }
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), or an
+    ImportError saying which extra installs it."""
     try:
         import matplotlib
 
@@ -57,7 +59,7 @@ def comparison_figure(
     """
     if not rows:
         raise ValueError("rows must hold at least one scan")
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n in _PANELS if any(n in r and np.ndim(r[n]) == 2 for r in rows)]
     fig, axes = plt.subplots(
         len(rows), len(names), figsize=(2.6 * len(names), 2.8 * len(rows)), squeeze=False
@@ -86,7 +88,7 @@ def histogram_plot(counts: np.ndarray, path: str | Path) -> Path:
     counts = np.asarray(counts)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"counts must be a non-empty 1-D array, got shape {counts.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(counts)
     ax.set_title("Pixel intensity distribution")

@@ -4,7 +4,7 @@ model's evaluation against the labels (:mod:`.evaluation`) and what a run shows 
 person (:mod:`.report`).
 """
 
-from xraycore.predict.contract import ModelContract, OnnxClassifier
-from xraycore.predict.evaluation import evaluate_store, model_sha256
+from xraycore.predict.contract import ModelContract, OnnxClassifier, model_sha256
+from xraycore.predict.evaluation import evaluate_store
 
 __all__ = ["ModelContract", "OnnxClassifier", "evaluate_store", "model_sha256"]

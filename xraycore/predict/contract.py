@@ -25,6 +25,7 @@ __all__ = [
     "OnnxClassifier",
     "classification_report",
     "confusion_matrix_figure",
+    "model_sha256",
     "prepare_batch",
 ]
 
@@ -136,6 +137,35 @@ def prepare_batch(scans: np.ndarray, contract: ModelContract) -> np.ndarray:
     return out if contract.layout == "NCHW" else out.transpose(0, 2, 3, 1).copy()
 
 
+def model_sha256(model: str, storage_options: dict[str, Any] | None = None) -> str:
+    """SHA-256 of the model file: predictions are keyed by it, not by its URL.
+
+    Parameters
+    ----------
+    model : str
+        The model's URL (local path or ``s3://``).
+    storage_options : dict, optional
+        fsspec options for reading it.
+
+    Returns
+    -------
+    sha256 : str
+        Hex digest of the file's bytes.
+    """
+    return _model_file(model, storage_options)[1]
+
+
+def _model_file(model: str, storage_options: dict[str, Any] | None) -> tuple[bytes, str]:
+    """The model file's bytes and their SHA-256 (read once: the classifier loads
+    the same bytes it names its predictions by)."""
+    storage = Storage.from_url(model, storage_options)
+    try:
+        data = storage.read_bytes()
+    except FileNotFoundError as exc:
+        raise ValueError(f"model {model} does not exist") from exc
+    return data, hashlib.sha256(data).hexdigest()
+
+
 @lru_cache(maxsize=4)
 def _session(model_bytes_sha: str, model_bytes: bytes):
     import onnxruntime as ort
@@ -162,13 +192,8 @@ class OnnxClassifier:
             raise ImportError(
                 "classification needs onnxruntime: pip install 'xray-pipeline[classify]'"
             ) from exc
-        storage = Storage.from_url(model_url, storage_options)
-        try:
-            data = storage.read_bytes()
-        except FileNotFoundError as exc:
-            raise ValueError(f"model {model_url} does not exist") from exc
+        data, self.sha256 = _model_file(model_url, storage_options)
         self.model_url = model_url
-        self.sha256 = hashlib.sha256(data).hexdigest()
         self.contract = contract or ModelContract.for_model(model_url, storage_options)
         try:
             self.session = _session(self.sha256, data)
@@ -236,9 +261,9 @@ def classification_report(y_true: list[str], y_pred: list[str], labels: tuple[st
 
 def confusion_matrix_figure(report: dict, path) -> Any:
     """Write the confusion matrix of a :func:`classification_report` as a PNG."""
-    from xraycore.image.viz import _pyplot
+    from xraycore.image.viz import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(report["confusion_matrix"])
     labels = report["labels"]
     fig, ax = plt.subplots(figsize=(4, 4))

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from xraycore.predict.contract import ModelContract, classification_report, confusion_matrix_figure
-from xraycore.store import ScanStore
-from xraycore.store.storage import Storage
-
-__all__ = ["CONFUSION", "REPORT", "evaluate_store", "model_sha256"]
-
+from xraycore.predict.contract import (
+    ModelContract,
+    classification_report,
+    confusion_matrix_figure,
+    model_sha256,
+)
+from xraycore.store import ScanStore, select_rows
 from xraycore.store.schema import CONFUSION, REPORT, finding_column
 
-
-def model_sha256(model: str, storage_options: dict[str, Any] | None = None) -> str:
-    """SHA-256 of the model file: predictions are keyed by it, not by its URL."""
-    storage = Storage.from_url(model, storage_options)
-    try:
-        return hashlib.sha256(storage.read_bytes()).hexdigest()
-    except FileNotFoundError as exc:
-        raise ValueError(f"model {model} does not exist") from exc
+# model_sha256 is the contract's (where the model is read), named here too for the
+# callers that evaluate: predictions are found by it.
+__all__ = ["CONFUSION", "REPORT", "evaluate_store", "model_sha256"]
 
 
 def evaluate_store(
@@ -62,8 +57,13 @@ def evaluate_store(
     target = target or finding_column(contract.labels[1])
     if meta is None or preds is None or target not in meta.column_names:
         return None
+    if split and "split" not in meta.column_names:
+        return None  # no row is of a split yet: nothing labelled to compare
     sha = model_sha256(model, storage_options)
-    truth = {r["image_id"]: r for r in meta.to_pylist()}
+    labelled = select_rows(
+        meta, url=store.storage.url, split=split or None, target=target, empty_ok=True
+    )
+    truth = {r["image_id"]: r for r in labelled.to_pylist()}
     y_true, y_pred = [], []
     for p in preds.to_pylist():
         if p["model_sha256"] != sha:
@@ -71,9 +71,7 @@ def evaluate_store(
         t = truth.get(p["image_id"])
         # A prediction counts only for the image's current pixels: an image since
         # failed, or processed again into another row, has a stale one.
-        if t is None or t["status"] != "ok" or t["row"] != p["row"]:
-            continue
-        if t.get(target) is None or (split and t.get("split") != split):
+        if t is None or t["row"] != p["row"]:
             continue
         y_true.append(contract.labels[1] if t[target] else contract.labels[0])
         y_pred.append(p["label"])

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xraycore.store import ScanStore, schema
+from xraycore.store import ScanStore, schema, select_rows
 
 __all__ = [
     "comparison_sheet",
@@ -89,7 +89,11 @@ def comparison_sheet(
     if info is None:
         raise ValueError(f"{store.storage.url} is not a store (no {schema.IMAGES})")
     meta = store.read_metadata()
-    ok = {r["row"]: r for r in (meta.to_pylist() if meta else []) if r["status"] == "ok"}
+    ok: dict[int, dict[str, Any]] = {}
+    if meta is not None:  # a store with no rows yet: no row asked for is ok
+        ok = {
+            r["row"]: r for r in select_rows(meta, url=store.storage.url, empty_ok=True).to_pylist()
+        }
     panels, titles = [], []
     for row in rows:
         if row not in ok:

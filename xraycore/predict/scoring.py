@@ -10,7 +10,7 @@ costs time, never correctness.
 
 from __future__ import annotations
 
-from xraycore.store import ScanStore
+from xraycore.store import ScanStore, select_rows
 
 __all__ = ["batch_groups", "unscored_rows"]
 
@@ -58,7 +58,7 @@ def unscored_rows(
     meta = store.read_metadata()
     if meta is None:
         return []
-    ok = meta.filter(pc.equal(meta.column("status"), "ok")).select(["row", "image_id"])
+    ok = select_rows(meta, url=store.storage.url, empty_ok=True).select(["row", "image_id"])
     preds = store.read_predictions()
     done: set[tuple[int, str]] = set()
     if preds is not None:

@@ -186,12 +186,17 @@ class ScanStore:
         arr, _ = self._reader(name, 0)
         return ShardDecoder.for_array(arr)
 
-    def shard_key(self, name: str, shard_index: int) -> str | None:
-        """The object of shard ``shard_index`` of ``name``, relative to the store."""
-        decoder = self.shard_decoder(name)
-        if decoder is None:
-            return None
-        return posixpath.join(schema.IMAGES, name, decoder.key(shard_index))
+    def shard_key(self, name: str, shard_index: int) -> str:
+        """The object of shard ``shard_index`` of ``name``, relative to the store.
+
+        The array's own Zarr metadata names it, so it is the same key for an array
+        stored unsharded (the histogram: one chunk of a shard's rows per object).
+        """
+        arr, _ = self._reader(name, 0)
+        zeros = (0,) * (arr.ndim - 1)
+        return posixpath.join(
+            schema.IMAGES, name, arr.metadata.encode_chunk_key((shard_index, *zeros))
+        )
 
     def read_shard(self, name: str, shard_index: int, *, decode: bool = True) -> np.ndarray:
         """All images of one shard of ``name``, read with one request."""
@@ -225,7 +230,7 @@ class ScanStore:
         empty_ok: bool = False,
     ):
         """The metadata rows of a selection (the ok rows by default), in row order;
-        see :func:`xraycore.store._select.select_rows`."""
+        see :func:`xraycore.store.select_rows`."""
         return select_rows(
             self.read_metadata(),
             url=self.storage.url,

@@ -17,12 +17,39 @@ from typing import Any
 from xraycore.store import schema
 from xraycore.store.storage import Storage
 
-__all__ = ["PartsTable"]
+__all__ = ["PartsTable", "latest_rows"]
 
 _READ_ATTEMPTS = 5
 # Parts are read from Python file objects with Arrow's thread pool off: parts are
 # small, and a pool used that way can abort the interpreter at exit ("terminate
 # called without an active exception", seen once in CI; apache/arrow#50482).
+
+
+def latest_rows(table, key: tuple[str, ...], time_column: str):
+    """The latest row of each ``key`` in ``table``, the store's rule for every dataset.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Rows of one dataset, from any number of parts.
+    key : tuple of str
+        The columns that name a row (:data:`~xraycore.store.schema.METADATA_KEY`).
+    time_column : str
+        The row with the greatest value here wins; of equal times, the first read.
+
+    Returns
+    -------
+    latest : pyarrow.Table
+        One row per key, sorted by ``key``.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(table, [*((k, "ascending") for k in key), (time_column, "descending")])
+    table = table.take(order)
+    keys = list(zip(*(table.column(k).to_pylist() for k in key), strict=True))
+    keep = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+    return table.take(pa.array(keep, pa.int64()))
 
 
 @dataclass(frozen=True)
@@ -64,18 +91,30 @@ class PartsTable:
         """The committed part files (relative to the store), sorted."""
         return [f for f in self.files() if schema.is_part(f)]
 
+    def read_part(self, path: str):
+        """One part file (relative to the store) as a pyarrow Table, every row of it.
+
+        Raises FileNotFoundError when it is gone (compacted away since a listing).
+        """
+        import pyarrow.parquet as pq
+
+        data = io.BytesIO(self.storage.read_bytes(path))
+        return pq.read_table(data, use_threads=False)
+
+    def latest(self, table):
+        """The latest row per key of ``table`` (rows of this dataset), see
+        :func:`latest_rows`."""
+        return latest_rows(table, self.key, self.time_column)
+
     def _read_parts(self):
         """(latest row per key as a Table or None, the part paths it was read from)."""
         import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         for _ in range(_READ_ATTEMPTS):
             paths, tables = self.parts(), []
             try:
                 for path in paths:
-                    data = io.BytesIO(self.storage.read_bytes(path))
-                    tables.append(pq.read_table(data, use_threads=False))
+                    tables.append(self.read_part(path))
                 break
             except FileNotFoundError:
                 # Compacted away since the listing: its rows are now in a file the
@@ -88,14 +127,7 @@ class PartsTable:
             )
         if not tables:
             return None, paths
-        table = pa.concat_tables(tables, promote_options="default")
-        order = pc.sort_indices(
-            table, [*((k, "ascending") for k in self.key), (self.time_column, "descending")]
-        )
-        table = table.take(order)
-        keys = list(zip(*(table.column(k).to_pylist() for k in self.key), strict=True))
-        keep = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
-        return table.take(pa.array(keep, pa.int64())), paths
+        return self.latest(pa.concat_tables(tables, promote_options="default")), paths
 
     def read(self):
         """All rows, the latest per key, as a pyarrow Table (or None)."""

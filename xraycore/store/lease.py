@@ -144,6 +144,25 @@ class LeaseInfo:
     description: str = ""
     pid_namespace: str | None = None
 
+    @classmethod
+    def of_this_process(cls, run_id: str, *, ttl_s: float, description: str = "") -> LeaseInfo:
+        """A new lease for ``run_id`` held by this process, acquired now."""
+        now = datetime.now(UTC)
+        pid = os.getpid()
+        return cls(
+            run_id=run_id,
+            nonce=uuid.uuid4().hex,
+            host=socket.gethostname(),
+            pid=pid,
+            pid_started=_process_start(pid),
+            boot_id=_boot_id(),
+            pid_namespace=_pid_namespace(),
+            acquired_at=now,
+            renewed_at=now,
+            ttl_s=float(ttl_s),
+            description=description,
+        )
+
     @property
     def holder(self) -> str:
         what = f"{self.description}, " if self.description else ""
@@ -299,21 +318,7 @@ class StoreLease:
         backend = _backend(storage)
         if break_existing:
             break_lease(storage)
-        now = datetime.now(UTC)
-        pid = os.getpid()
-        mine = LeaseInfo(
-            run_id=run_id,
-            nonce=uuid.uuid4().hex,
-            host=socket.gethostname(),
-            pid=pid,
-            pid_started=_process_start(pid),
-            boot_id=_boot_id(),
-            pid_namespace=_pid_namespace(),
-            acquired_at=now,
-            renewed_at=now,
-            ttl_s=float(ttl_s),
-            description=description,
-        )
+        mine = LeaseInfo.of_this_process(run_id, ttl_s=ttl_s, description=description)
         started, told = time.monotonic(), False
         while True:
             mine = replace(mine, acquired_at=datetime.now(UTC), renewed_at=datetime.now(UTC))

@@ -68,6 +68,7 @@ __all__ = [
     "is_temporary",
     "metadata_row",
     "part_name",
+    "prediction_row",
     "temporary_path",
 ]
 
@@ -386,7 +387,6 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "classified_at": "timestamp[us, tz=UTC]",
 }
 
-#: How the latest row of each dataset is found: its key, and its time column.
 #: Prefix of the label columns, one per finding (``finding_pneumonia``).
 FINDING_PREFIX = "finding_"
 
@@ -402,6 +402,8 @@ def finding_column(finding: str) -> str:
     return FINDING_PREFIX + re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
+#: How the latest row of each dataset is found: its key, and its time column
+#: (:func:`xraycore.store._table.latest_rows`).
 METADATA_KEY = ("source", "frame")
 METADATA_TIME = "processed_at"
 PREDICTION_KEY = ("image_id", "model_sha256")
@@ -433,6 +435,54 @@ def metadata_row(
         processed_at=datetime.now(UTC),
     )
     return row
+
+
+def prediction_row(
+    *,
+    image_id: str,
+    row: int,
+    score: float,
+    label: str,
+    model: str,
+    model_sha256: str,
+    run_id: str,
+    classified_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A prediction with every column of :data:`PREDICTION_COLUMNS`.
+
+    Parameters
+    ----------
+    image_id : str
+    row : int
+        The array row that was scored: a prediction holds for those pixels only.
+    score : float
+        Probability of the positive label.
+    label : str
+        The label the model's contract gives that score.
+    model : str
+        The model's URL, for people; ``model_sha256`` is the key.
+    model_sha256 : str
+        SHA-256 of the model file (:func:`xraycore.predict.contract.model_sha256`).
+    run_id : str
+    classified_at : datetime, optional
+        Default now; the latest prediction per (image, model) wins.
+
+    Returns
+    -------
+    row : dict
+    """
+    prediction: dict[str, Any] = dict.fromkeys(PREDICTION_COLUMNS)
+    prediction.update(
+        image_id=image_id,
+        row=int(row),
+        score=float(score),
+        label=label,
+        model=model,
+        model_sha256=model_sha256,
+        run_id=run_id,
+        classified_at=classified_at if classified_at is not None else datetime.now(UTC),
+    )
+    return prediction
 
 
 def arrow_schema(rows: list[dict[str, Any]]):

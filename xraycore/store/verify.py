@@ -20,11 +20,12 @@
 - ``stale_lease``: a lease whose holder is gone.
 
 The shard objects of a row follow from its row number and the array's Zarr
-metadata (``c/<row // shard>/0/0``), so they are checked by listing each array
-once rather than recorded per row. The pixel reads are independent per shard:
-give ``executor`` (any ``concurrent.futures.Executor``, e.g. a Dask client's
-``get_executor()``) to spread them over a cluster; :func:`check_shard` is the
-unit of work and opens the store itself.
+metadata (:meth:`ScanStore.shard_key`, ``c/<row // shard>/0/0``), so they are
+checked by listing each array once rather than recorded per row. The pixel
+reads are independent per shard: give ``executor`` (any
+``concurrent.futures.Executor``, e.g. a Dask client's ``get_executor()``) to
+spread them over a cluster; :func:`check_shard` is the unit of work and opens
+the store itself.
 
 :func:`repair_store` marks the rows of row-level problems ``failed`` (so the next
 run redoes them) and compacts what a killed run left behind, under the store's
@@ -33,7 +34,6 @@ lease.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import time
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from xraycore.store import ScanStore, schema
+from xraycore.store import ScanStore, schema, select_rows
 from xraycore.store.lease import StoreLease, read_lease
 from xraycore.store.schema import IMAGES, METADATA, PREDICTIONS
 
@@ -92,6 +92,14 @@ class VerifyReport:
     def clean(self) -> bool:
         return not self.problems
 
+    def add_row_problem(self, row: dict[str, Any], kind: str, detail: str) -> None:
+        """Record a row-level problem of the metadata row ``row`` (one of
+        :data:`ROW_KINDS`), keeping the row for :func:`repair_store`."""
+        self.problems.append(
+            Problem(kind, detail, row["source"], row["image_id"], row["row"], frame=row["frame"])
+        )
+        self.bad_rows.setdefault(_key(row), row)
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for p in self.problems:
@@ -109,21 +117,6 @@ class VerifyReport:
         return f"{head}: {len(self.problems)} problems ({what})"
 
 
-def _latest(table):
-    """The latest row per (source, frame) (the store's own rule), as a list of dicts."""
-    import pyarrow.compute as pc
-
-    keys = [(k, "ascending") for k in schema.METADATA_KEY]
-    order = pc.sort_indices(table, [*keys, (schema.METADATA_TIME, "descending")])
-    rows, seen = [], set()
-    for r in table.take(order).to_pylist():
-        key = _key(r)
-        if key not in seen:
-            seen.add(key)
-            rows.append(r)
-    return rows
-
-
 def _key(row: dict[str, Any]) -> tuple:
     """The metadata key of a row: (source, frame)."""
     return tuple(row.get(k) for k in schema.METADATA_KEY)
@@ -132,8 +125,6 @@ def _key(row: dict[str, Any]) -> tuple:
 def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: list[Problem]):
     """The tables of ``dataset``'s parts; leftover, unreadable and temporary files
     become problems (the parts of a live writer ``live_run`` are expected)."""
-    import pyarrow.parquet as pq
-
     table_of = store.metadata if dataset == METADATA else store.predictions
     files = table_of.files()
     compacted = [p for p in files if schema.is_compacted_part(p)]
@@ -159,8 +150,7 @@ def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: 
                 Problem("leftover_part", "part not merged by a compaction (killed run?)", path=path)
             )
         try:
-            data = io.BytesIO(store.storage.read_bytes(path))
-            table = pq.read_table(data, use_threads=False)  # see store._table
+            table = table_of.read_part(path)
         except FileNotFoundError:  # compacted away by a live writer since the listing
             continue
         except Exception as exc:
@@ -170,14 +160,17 @@ def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: 
     return tables
 
 
-def _shard_objects(store: ScanStore, name: str) -> dict[str, int]:
-    """Object key (relative to the array) -> size, for every stored chunk of ``name``."""
-    base = posixpath.join(IMAGES, name)
-    try:
-        found = store.storage.find(posixpath.join(base, "c"))
-    except FileNotFoundError:
-        return {}
-    return {posixpath.relpath(p, base): int(info.get("size") or 0) for p, info in found.items()}
+def _stored_objects(store: ScanStore, names) -> dict[str, int]:
+    """Object path (relative to the store) -> size, for every stored object of
+    the arrays ``names``: one listing per array."""
+    sizes: dict[str, int] = {}
+    for name in names:
+        try:
+            found = store.storage.find(posixpath.join(IMAGES, name))
+        except FileNotFoundError:
+            continue
+        sizes.update({p: int(info.get("size") or 0) for p, info in found.items()})
+    return sizes
 
 
 def _outer(arr) -> int:
@@ -272,99 +265,128 @@ def verify_store(
     if info is None:
         raise ValueError(f"{store.storage.url} is not a store (no {IMAGES})")
     report = VerifyReport(store=store.storage.url)
-    problems = report.problems
-
-    lease = read_lease(store.storage)
-    live_run = None
-    if lease is not None:
-        why = lease.stale()
-        if why:
-            problems.append(
-                Problem(
-                    "stale_lease", f"run {lease.run_id} ({lease.holder}): {why}", path=schema.LEASE
-                )
-            )
-        else:
-            live_run = lease.run_id
-            report.writer = f"run {lease.run_id} ({lease.holder}) is writing this store"
-
+    live_run = _check_lease(store, report)
     if live_run is None:  # a live writer's temporaries are its work in progress
         for path in store.temporary_files():
-            problems.append(
+            report.problems.append(
                 Problem("temporary_file", "left by a writer killed mid-write", path=path)
             )
-    parts = _read_parts(store, METADATA, live_run, problems)
-    _read_parts(store, PREDICTIONS, live_run, problems)
+    parts = _read_parts(store, METADATA, live_run, report.problems)
+    _read_parts(store, PREDICTIONS, live_run, report.problems)
     report.parts = len(parts)
+    _check_duplicate_sources(parts, report)
+    if parts:
+        ok = _ok_rows(store, [table for _, table in parts], report)
+        arrays = {name: store.zarr_array(name) for name in info["arrays"]}
+        placed = _check_rows(ok, arrays, report)
+        whole = _check_shards(store, arrays, placed, report)
+        _check_pixels(store, whole, tuple(arrays) if deep else ("preprocessed",), executor, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_lease(store: ScanStore, report: VerifyReport) -> str | None:
+    """The run id of the live writer of ``store``, or None; a stale lease is a problem."""
+    lease = read_lease(store.storage)
+    if lease is None:
+        return None
+    why = lease.stale()
+    if why:
+        report.problems.append(
+            Problem("stale_lease", f"run {lease.run_id} ({lease.holder}): {why}", path=schema.LEASE)
+        )
+        return None
+    report.writer = f"run {lease.run_id} ({lease.holder}) is writing this store"
+    return lease.run_id
+
+
+def _check_duplicate_sources(parts, report: VerifyReport) -> None:
+    """A (source, frame) twice in one metadata part is a problem of that part."""
     for path, table in parts:
         counts = Counter(_key(r) for r in table.select(list(schema.METADATA_KEY)).to_pylist())
         for (s, frame), n in sorted(
             ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
         ):
-            problems.append(
+            report.problems.append(
                 Problem("duplicate_source", f"{n} rows in one part", s, path=path, frame=frame)
             )
-    if not parts:
-        report.seconds = time.perf_counter() - t0
-        return report
+
+
+def _ok_rows(store: ScanStore, tables, report: VerifyReport) -> list[dict[str, Any]]:
+    """The latest row per key of the metadata parts ``tables`` (the store's own
+    rule), counted in ``report``; returns the ok ones, in row order."""
     import pyarrow as pa
 
-    latest = _latest(pa.concat_tables([t for _, t in parts], promote_options="default"))
-    report.rows = len(latest)
-    ok = [r for r in latest if r["status"] == "ok"]
+    latest = store.metadata.latest(pa.concat_tables(tables, promote_options="default"))
+    report.rows = latest.num_rows
+    ok = select_rows(latest, url=store.storage.url, empty_ok=True).to_pylist()
     report.ok_rows = len(ok)
+    return ok
 
-    arrays = {name: store.zarr_array(name) for name in info["arrays"]}
+
+def _check_rows(ok: list[dict], arrays: dict[str, Any], report: VerifyReport) -> list[dict]:
+    """Orphaned, shared and checksum-less ok rows become problems; returns the
+    rows inside the arrays."""
     capacity = min(a.shape[0] for a in arrays.values())
-
-    def bad(row: dict, kind: str, detail: str) -> None:
-        problems.append(
-            Problem(kind, detail, row["source"], row["image_id"], row["row"], frame=row["frame"])
-        )
-        report.bad_rows.setdefault(_key(row), row)
-
     by_row: dict[int, list[dict]] = defaultdict(list)
     placed = []
     for r in ok:
         if r["row"] is None or not 0 <= r["row"] < capacity:
-            bad(r, "orphaned", f"points outside the arrays' {capacity} rows")
+            report.add_row_problem(r, "orphaned", f"points outside the arrays' {capacity} rows")
             continue
         by_row[r["row"]].append(r)
         placed.append(r)
         if r.get("checksum") is None:
-            bad(r, "no_checksum", "committed without a checksum of its pixels")
+            report.add_row_problem(r, "no_checksum", "committed without a checksum of its pixels")
     for row, claimants in by_row.items():
         if len(claimants) > 1:
             names = ", ".join(c["image_id"] for c in claimants)
             for c in claimants:
-                bad(c, "shared_row", f"array row {row} is claimed by {names}")
+                report.add_row_problem(c, "shared_row", f"array row {row} is claimed by {names}")
+    return placed
 
-    # Presence: one listing per array, then each shard a row needs.
-    objects = {name: _shard_objects(store, name) for name in arrays}
+
+def _check_shards(
+    store: ScanStore, arrays: dict[str, Any], placed: list[dict], report: VerifyReport
+) -> list[list[dict]]:
+    """Presence: one listing per array, then each shard object a row needs
+    (:meth:`ScanStore.shard_key`); rows of an absent or empty one are missing.
+    Returns the rows of each shard whose objects are all there."""
+    objects = _stored_objects(store, arrays)
     by_shard: dict[int, list[dict]] = defaultdict(list)
     outer = _outer(arrays["preprocessed"])
     for r in placed:
         by_shard[r["row"] // outer].append(r)
-    to_read = []
+    whole = []
     for shard, rows in sorted(by_shard.items()):
         absent = []
         for name, arr in arrays.items():
             n = _outer(arr)
-            lo, hi = shard * outer // n, ((shard + 1) * outer - 1) // n
-            for k in range(lo, hi + 1):
-                key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-                if objects[name].get(key, 0) == 0:
-                    absent.append(f"{name}/{key}")
+            for k in range(shard * outer // n, ((shard + 1) * outer - 1) // n + 1):
+                key = store.shard_key(name, k)
+                if objects.get(key, 0) == 0:
+                    absent.append(posixpath.relpath(key, IMAGES))
         if absent:
             for r in rows:
-                bad(r, "missing", f"shard object(s) absent or empty: {', '.join(absent)}")
+                detail = f"shard object(s) absent or empty: {', '.join(absent)}"
+                report.add_row_problem(r, "missing", detail)
         else:
-            to_read.append(rows)
+            whole.append(rows)
     report.shards = len(by_shard)
+    return whole
 
-    names = tuple(arrays) if deep else ("preprocessed",)
-    rows_of = {r["row"]: r for rows in to_read for r in rows}
-    jobs = [[(r["row"], r.get("checksum")) for r in rows] for rows in to_read]
+
+def _check_pixels(
+    store: ScanStore,
+    shards: list[list[dict]],
+    names: tuple[str, ...],
+    executor: Executor | None,
+    report: VerifyReport,
+) -> None:
+    """Read the rows of each of ``shards`` from the arrays ``names`` with
+    :func:`check_shard` on ``executor`` (4 threads of this process by default)."""
+    rows_of = {r["row"]: r for rows in shards for r in rows}
+    jobs = [[(r["row"], r.get("checksum")) for r in rows] for rows in shards]
     url, options = store.storage.url, store.storage.storage_options
     own = executor is None
     pool = ThreadPoolExecutor(4, thread_name_prefix="verify") if own else executor
@@ -373,13 +395,11 @@ def verify_store(
         results = pool.map(check_shard, [url] * n, [options] * n, jobs, [names] * n, [session] * n)
         for found in results:
             for row, kind, detail in found:
-                bad(rows_of[row], kind, detail)
+                report.add_row_problem(rows_of[row], kind, detail)
     finally:
         if own:
             pool.shutdown()
     report.checked = sum(len(j) for j in jobs)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def repair_store(

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -199,3 +200,26 @@ def test_lease_file_name_and_bad_options(tmp_path):
         StoreLease.acquire(st, "r", ttl_s=0)
     with pytest.raises(ValueError, match="leases need a local path or s3://"):
         StoreLease.acquire(Storage.from_url("memory://x"), "r")
+
+
+def test_a_new_lease_records_this_process_and_round_trips(tmp_path):
+    import os
+    import socket
+
+    info = LeaseInfo.of_this_process("r", ttl_s=30, description="a test")
+    other = LeaseInfo.of_this_process("r", ttl_s=30)
+    assert (info.run_id, info.pid, info.host, info.ttl_s) == (
+        "r",
+        os.getpid(),
+        socket.gethostname(),
+        30.0,
+    )
+    assert info.acquired_at == info.renewed_at and info.acquired_at.tzinfo is not None
+    assert info.nonce != other.nonce  # tells a lost create's own lease from another's
+    assert info.stale() is None and info.holder == f"a test, pid {os.getpid()} on {info.host}"
+    assert LeaseInfo.from_bytes(info.to_bytes()) == info
+    with StoreLease.acquire(
+        Storage.from_url(str(tmp_path / "s")), "r", description="a test"
+    ) as held:
+        assert replace(held.info, nonce=info.nonce, acquired_at=info.acquired_at,
+                       renewed_at=info.renewed_at, ttl_s=30.0) == info  # fmt: skip

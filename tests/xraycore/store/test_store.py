@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -419,3 +419,47 @@ def test_a_dataset_with_open_arrays_pickles_for_dataloader_workers(tmp_path):
     got = again[1]
     expected = first[0] if isinstance(first, tuple) else first
     assert np.array_equal(got[0] if isinstance(got, tuple) else got, expected)
+
+
+def test_the_latest_row_per_key_wins_with_a_null_frame_a_key_of_its_own():
+    import pyarrow as pa
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    table = pa.Table.from_pylist(
+        [
+            {"source": "a", "frame": None, "processed_at": t0, "v": 1},
+            {"source": "a", "frame": None, "processed_at": t0 + timedelta(days=1), "v": 2},
+            {"source": "a", "frame": 0, "processed_at": t0, "v": 3},
+            {"source": "b", "frame": None, "processed_at": t0 + timedelta(days=2), "v": 4},
+            {"source": "b", "frame": None, "processed_at": t0, "v": 5},
+        ]
+    )
+    store = ScanStore.open("unused")  # the rule alone: nothing is read or written
+    latest = store.metadata.latest(table)
+    assert latest.column("v").to_pylist() == [3, 2, 4]  # sorted by key, nulls last
+    predictions = pa.Table.from_pylist(
+        [
+            {"image_id": "a", "model_sha256": "m", "classified_at": t0, "v": 1},
+            {"image_id": "a", "model_sha256": "m", "classified_at": t0 + timedelta(1), "v": 2},
+            {"image_id": "a", "model_sha256": "n", "classified_at": t0, "v": 3},
+        ]
+    )
+    assert store.predictions.latest(predictions).column("v").to_pylist() == [2, 3]
+
+
+def test_shard_keys_name_the_stored_objects_of_every_array(tmp_path):
+    store = build_store(
+        tmp_path / "store",
+        png_files(tmp_path, [phantom_chest(64, seed=i) for i in range(20)]),
+        PipelineSpec(size=32),
+        batch_size=16,
+    )
+    for name in store.arrays():
+        for shard in (0, 1):
+            key = store.shard_key(name, shard)
+            assert store.storage.exists(key), key
+            decoder = store.shard_decoder(name)
+            if decoder is not None:  # the decoder's own key, for the arrays it reads
+                assert key == f"images.zarr/{name}/{decoder.key(shard)}"
+    assert store.shard_key("preprocessed", 1) == "images.zarr/preprocessed/c/1/0/0"
+    assert store.shard_key("histogram", 1) == "images.zarr/histogram/c/1/0"

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -216,3 +217,29 @@ def test_a_batch_written_by_process_batch_records_the_checksum_verify_reads(tmp_
     report = verify_store(st)
     assert [p.kind for p in report.problems] == ["leftover_part"]  # not compacted yet
     assert report.checked == 1
+
+
+def test_a_missing_chunk_of_an_unsharded_array_is_missing(store):
+    """The histogram is stored unsharded (one chunk of a shard's rows per object):
+    its objects are named by ScanStore.shard_key like every other array's."""
+    _, st = store
+    key = st.shard_key("histogram", 1)
+    assert key == "images.zarr/histogram/c/1/0"
+    Path(st.storage.path(key)).unlink()
+    report = verify_store(st)
+    assert _kinds(report) == {"missing": set(range(16, N))}
+    assert "histogram/c/1/0" in report.problems[0].detail
+
+
+def test_only_the_latest_ok_row_of_a_source_is_checked(store):
+    """A source processed again and failed is not checked for its old pixels: verify
+    takes the latest row per (source, frame), the table's own rule, then its ok rows."""
+    _, st = store
+    meta = st.read_metadata().to_pylist()
+    failed = {**meta[4], "status": "failed", "row": None, "checksum": None,
+              "error": "ValueError: no", "processed_at": datetime.now(UTC)}  # fmt: skip
+    st.write_metadata_part([failed], "0000000004-later")
+    _shard(st, "preprocessed", 0).unlink()
+    report = verify_store(st)
+    assert (report.rows, report.ok_rows) == (N, N - 1)
+    assert _kinds(report)["missing"] == set(range(16)) - {4}
