@@ -136,16 +136,18 @@ def _ceiling(url: str, epochs: int, repeat: int) -> tuple[float, float, int]:
 
     import numpy as np
 
-    from xraycore.train.loader import ScanLoader, _cores
+    from xraycore.store import ScanStore
+    from xraycore.train._runtime import available_cores
+    from xraycore.train.loader import ScanLoader
 
     loader = ScanLoader(url, batch_size=BATCH)
-    store = loader._store
+    store = ScanStore.open(url)
     decoder = store.shard_decoder("preprocessed")
     shards = sorted(set((loader.rows // loader.shard_size).tolist()))
     data = store.storage.read_many([store.shard_key("preprocessed", s) for s in shards])
     found = {s: decoder.chunk_index(d) for s, d in zip(shards, data, strict=True)}
     rows = loader.order()
-    cores = _cores()
+    cores = available_cores()
     # Each batch's images grouped by shard, one decode call per group, as the
     # loader does; the groups dealt out to the threads.
     groups = []

@@ -177,6 +177,26 @@ def damage_scan(
     damaged : (H, W, 3) ndarray of uint8, BGR
     truth : Damage
     """
+    _check_damage(scan, noise=noise, colour=colour, geometry=geometry, circle=circle)
+    # One generator, drawn in this order (angle, corners, green noise, hole,
+    # impulses): the order is part of what a seed means, so it must not change.
+    rng = np.random.default_rng(seed)
+    if angle is None:
+        angle = float(rng.uniform(2, 6) * rng.choice([-1, 1]))
+    if geometry == "none":
+        angle = 0.0
+    dst, warped, inside = _warp(
+        scan, rng, geometry=geometry, angle=angle, margin=margin, perspective=perspective
+    )
+    damaged = _colourise(
+        warped, inside, rng, colour=colour, gain=green_gain, bias=green_bias, sigma=green_noise
+    )
+    cx, cy, r = _punch_hole(damaged, rng, circle=circle, radius=circle_radius)
+    _salt_and_pepper(damaged, rng, noise=noise)
+    return damaged, Damage(corners=dst, circle=(cx, cy, r), angle=angle)
+
+
+def _check_damage(scan: np.ndarray, *, noise: float, colour: str, geometry: str, circle: str):
     check_image(scan)
     if scan.dtype != np.uint8:
         raise ValueError(f"scan must be uint8, got {scan.dtype}")
@@ -189,12 +209,20 @@ def damage_scan(
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    rng = np.random.default_rng(seed)
+
+
+def _warp(
+    scan: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    geometry: str,
+    angle: float,
+    margin: float,
+    perspective: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frame's corners in the damaged image, the warped scan, and the
+    pixels inside the frame."""
     h, w = scan.shape
-    if angle is None:
-        angle = float(rng.uniform(2, 6) * rng.choice([-1, 1]))
-    if geometry == "none":
-        angle = 0.0
     src = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
     centre = np.array([(w - 1) / 2, (h - 1) / 2], np.float32)
     shrink = 1.0 - 2 * margin if geometry == "warp" else 1.0
@@ -213,33 +241,58 @@ def damage_scan(
         cv2.warpPerspective(np.full((h, w), 255, np.uint8), matrix, (w, h), flags=cv2.INTER_LINEAR)
         > 127
     )
+    return dst, warped, inside
+
+
+def _colourise(
+    warped: np.ndarray,
+    inside: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    colour: str,
+    gain: float,
+    bias: float,
+    sigma: float,
+) -> np.ndarray:
+    """The warped scan as BGR: jet, three equal channels, or a boosted green."""
     if colour == "jet":
         damaged = cv2.applyColorMap(warped, cv2.COLORMAP_JET)
         damaged[~inside] = 0
-    elif colour == "gray":
-        damaged = cv2.merge([warped, warped, warped])
-    else:
-        base = warped.astype(np.float32)
-        green = base * green_gain + green_bias * inside
-        if green_noise > 0:
-            green += rng.normal(0.0, green_noise, (h, w)).astype(np.float32) * inside
-        bgr = np.stack([base, green, base * 0.8], axis=-1)
-        damaged = np.clip(bgr, 0, 255).astype(np.uint8)
+        return damaged
+    if colour == "gray":
+        return cv2.merge([warped, warped, warped])
+    base = warped.astype(np.float32)
+    green = base * gain + bias * inside
+    if sigma > 0:
+        green += rng.normal(0.0, sigma, warped.shape).astype(np.float32) * inside
+    bgr = np.stack([base, green, base * 0.8], axis=-1)
+    return np.clip(bgr, 0, 255).astype(np.uint8)
+
+
+def _punch_hole(
+    damaged: np.ndarray, rng: np.random.Generator, *, circle: str, radius: float | None
+) -> tuple[int, int, int]:
+    """Draw the black hole into ``damaged``; its centre and radius (0: none)."""
     if circle == "none":
-        cx = cy = r = 0
-    else:
-        r = int((circle_radius if circle_radius is not None else rng.uniform(0.04, 0.07)) * w)
-        if circle == "upper":
-            cx = int(rng.uniform(0.55, 0.75) * w)
-            cy = int(rng.uniform(0.2, 0.35) * h)
-        else:  # either lung field of a PA chest film
-            side = rng.choice([-1, 1])
-            cx = int((0.5 + side * rng.uniform(0.12, 0.25)) * w)
-            cy = int(rng.uniform(0.3, 0.65) * h)
-        cv2.circle(damaged, (cx, cy), r, (0, 0, 0), -1, cv2.LINE_AA)
+        return 0, 0, 0
+    h, w = damaged.shape[:2]
+    r = int((radius if radius is not None else rng.uniform(0.04, 0.07)) * w)
+    if circle == "upper":
+        cx = int(rng.uniform(0.55, 0.75) * w)
+        cy = int(rng.uniform(0.2, 0.35) * h)
+    else:  # either lung field of a PA chest film
+        side = rng.choice([-1, 1])
+        cx = int((0.5 + side * rng.uniform(0.12, 0.25)) * w)
+        cy = int(rng.uniform(0.3, 0.65) * h)
+    cv2.circle(damaged, (cx, cy), r, (0, 0, 0), -1, cv2.LINE_AA)
+    return cx, cy, r
+
+
+def _salt_and_pepper(damaged: np.ndarray, rng: np.random.Generator, *, noise: float) -> None:
+    """Impulse noise in place: a ``noise`` fraction of each channel set to 0 or 255."""
+    h, w = damaged.shape[:2]
     for c in range(3):
         hit = rng.random((h, w)) < noise
         salt = rng.random((h, w)) < 0.5
         damaged[:, :, c][hit & salt] = 255
         damaged[:, :, c][hit & ~salt] = 0
-    return damaged, Damage(corners=dst, circle=(cx, cy, r), angle=angle)

@@ -8,7 +8,8 @@ writes it.
   multiple of ``shard_size``); a batch is written by one :class:`ShardWriter`
   that writes each of its shards whole, once, so no shard ever has two
   writers. Shards are encoded and decoded whole with the arrays' own codecs
-  (:mod:`._codec`).
+  (:mod:`._codec`), into buffers reused within a process (:class:`BufferPool`,
+  which the training loader's batches share).
 - ``metadata.parquet`` is a Parquet dataset directory (:mod:`._table`): one part
   file per committed batch, compacted to one file at the end of a run. A part
   is written only after the pixels it describes, so a row that says ``ok`` has
@@ -18,13 +19,14 @@ writes it.
   of another format always.
 """
 
-from xraycore.store._codec import ShardDecoder, ShardFormatError
+from xraycore.store._codec import BufferPool, ShardDecoder, ShardFormatError
 from xraycore.store._scans import ScanStore, StoreConflictError
 from xraycore.store._select import select_rows
 from xraycore.store._writer import ShardWriter
 from xraycore.store.schema import StoreFormatError
 
 __all__ = [
+    "BufferPool",
     "ScanStore",
     "ShardDecoder",
     "ShardFormatError",

@@ -8,17 +8,27 @@ Only the layout :mod:`xraycore.store._layout` creates is accepted
 (:meth:`ShardEncoder.for_array` and :meth:`ShardDecoder.for_array` return None
 otherwise, and the caller goes through Zarr); tests check that the encoder's
 bytes equal Zarr's own and that the decoder's images equal Zarr's reads.
+
+The buffers that shards and training batches are packed into are reused, not
+allocated per shard or batch: :class:`BufferPool`.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+from typing import Any
 
 import numpy as np
 
-from xraycore.store.schema import ArraySpec
-
-__all__ = ["SHARD_BUFFERS", "BufferPool", "ShardDecoder", "ShardEncoder", "ShardFormatError"]
+__all__ = [
+    "SHARD_BUFFERS",
+    "BufferPool",
+    "BufferLayout",
+    "ShardDecoder",
+    "ShardEncoder",
+    "ShardFormatError",
+]
 
 _ABSENT = np.uint64(2**64 - 1)
 
@@ -207,43 +217,96 @@ class ShardDecoder(_ShardCodec):
         return out
 
 
-class BufferPool:
-    """Shard buffers kept for the next batch of the same process.
+#: Named arrays a buffer set holds: name -> (shape, dtype).
+BufferLayout = dict[str, tuple[tuple[int, ...], Any]]
 
-    A batch of 64 at S=1024 packs into two shard buffers of ~110 MB each: freed
-    and allocated again per batch, they came back as fresh pages (transparent
-    huge pages, zeroed by the kernel on first touch), 1-2 ms of system time
-    per scan on the project's VM. A process keeps at most ``keep`` sets; a
-    writer that finds none allocates its own.
+
+class BufferPool:
+    """Sets of large arrays kept for reuse in one process, by layout (name -> shape, dtype).
+
+    A fresh large buffer comes back from the kernel as new pages, zeroed on
+    first touch (transparent huge pages): a shard writer's two ~110 MB sets
+    (a batch of 64 at S=1024) cost 1-2 ms of system time per scan when freed
+    and allocated per batch on the project's VM, a loader's 32 MB batch 15% of
+    the decode time of a 1024 scan (measured). A set comes free in one of two
+    ways:
+
+    - given back (:meth:`take`, then :meth:`give_back`), by a caller that knows
+      when it is done, as the shard writer does once a shard is written; a
+      set is handed to one taker at a time, so two writers never share one;
+    - lent (:meth:`lend`): for a caller that cannot say, as the training
+      loader, whose batches the caller keeps as long as it likes. The pool
+      holds the set and hands it out again only once the pool's references
+      are the last ones to every array of it: a batch the caller keeps, a view
+      of it or a tensor made with ``torch.from_numpy`` all hold a reference, so
+      nothing in use is overwritten.
+
+    At most ``keep`` sets of each layout are kept; a taker that finds none free
+    gets new arrays. A set's contents are whatever its last user left.
     """
 
     def __init__(self, keep: int = 2):
         self._keep = keep
         self._lock = threading.Lock()
         self._free: dict[tuple, list[dict[str, np.ndarray]]] = {}
+        self._lent: dict[tuple, list[dict[str, np.ndarray]]] = {}
+        # What getrefcount says of an array that only a set of the pool holds,
+        # on this interpreter (measured the way _unheld measures).
+        self._unused = _refcounts({"": np.empty(0)})[0]
 
     @staticmethod
-    def _key(shard: int, specs: dict[str, ArraySpec]) -> tuple:
-        return (shard, *((n, a.dtype, a.shape) for n, a in specs.items()))
+    def _key(layout: BufferLayout) -> tuple:
+        return tuple(
+            (n, tuple(int(d) for d in shape), np.dtype(dtype))
+            for n, (shape, dtype) in layout.items()
+        )
 
-    def take(self, shard: int, specs: dict[str, ArraySpec]) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _allocate(layout: BufferLayout) -> dict[str, np.ndarray]:
+        return {n: np.empty(shape, dtype) for n, (shape, dtype) in layout.items()}
+
+    def take(self, layout: BufferLayout) -> dict[str, np.ndarray]:
+        """A set of arrays of ``layout`` nobody else holds, until :meth:`give_back`."""
         with self._lock:
-            free = self._free.get(self._key(shard, specs))
+            free = self._free.get(self._key(layout))
             if free:
                 return free.pop()
-        return {n: np.empty((shard, *a.shape), a.dtype) for n, a in specs.items()}
+        return self._allocate(layout)
 
     def give_back(self, buffers: dict[str, np.ndarray]) -> None:
-        first = next(iter(buffers.values()))
-        specs = {n: ArraySpec(n, str(b.dtype), b.shape[1:]) for n, b in buffers.items()}
-        key = self._key(first.shape[0], specs)
+        """Keep a set from :meth:`take` for the next taker of its layout."""
+        key = self._key({n: (b.shape, b.dtype) for n, b in buffers.items()})
         with self._lock:
             free = self._free.setdefault(key, [])
             if len(free) < self._keep:
                 free.append(buffers)
-            # Buffers of another layout are dropped: one process, one spec, as a rule.
+            # Sets of another layout are dropped: one process, one spec, as a rule.
             for other in [k for k in self._free if k != key]:
                 del self._free[other]
+
+    def lend(self, layout: BufferLayout) -> dict[str, np.ndarray]:
+        """A set of arrays of ``layout`` that the pool hands out again once nobody
+        else holds any of them, nor the dict returned (never given back)."""
+        key = self._key(layout)
+        with self._lock:
+            lent = self._lent.setdefault(key, [])
+            for buffers in lent:
+                if self._unheld(buffers):
+                    # A copy: the pool's own dict stays the pool's, and the
+                    # caller's dict holds the arrays as long as it lives.
+                    return dict(buffers)
+            buffers = self._allocate(layout)
+            if len(lent) < self._keep:
+                lent.append(buffers)
+            return dict(buffers)
+
+    def _unheld(self, buffers: dict[str, np.ndarray]) -> bool:
+        return all(count == self._unused for count in _refcounts(buffers))
+
+
+def _refcounts(buffers: dict[str, np.ndarray]) -> list[int]:
+    """The reference count of each array of ``buffers``, as seen from here."""
+    return [sys.getrefcount(buffers[name]) for name in buffers]
 
 
 SHARD_BUFFERS = BufferPool()

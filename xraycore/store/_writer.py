@@ -82,7 +82,8 @@ class ShardWriter:
 
     def _buffer(self, index: int) -> dict[str, np.ndarray]:
         while len(self._buffers) <= index % 2:
-            self._buffers.append(SHARD_BUFFERS.take(self.shard, self.specs))
+            layout = {n: ((self.shard, *a.shape), a.dtype) for n, a in self.specs.items()}
+            self._buffers.append(SHARD_BUFFERS.take(layout))
         return self._buffers[index % 2]
 
     def _switch_to(self, shard: int) -> dict[str, np.ndarray]:

@@ -26,14 +26,14 @@ class ScanBatches(IterableDataset):
 
     def __len__(self) -> int:
         loader = self.loader
-        return len(loader) - (loader._consumed if loader._consumed < len(loader) else 0)
+        return len(loader) - (loader.consumed if loader.consumed < len(loader) else 0)
 
     def __iter__(self):
         loader = self.loader
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        start = loader._consumed if loader._consumed < len(loader) else 0
-        for batch in loader._batches(loader.epoch, start, worker, workers):
+        start = loader.consumed if loader.consumed < len(loader) else 0
+        for batch in loader.batches(loader.epoch, start, worker, workers):
             yield _tensors(batch)
 
 
@@ -47,9 +47,10 @@ class _CountingDataLoader(DataLoader):
 
     def __iter__(self):
         loader = self.scan_loader
-        loader._start()  # a finished epoch starts again, before the workers copy the loader
+        # A finished epoch starts again before the workers copy the loader.
+        loader.start_iteration()
         for batch in super().__iter__():
-            loader._consumed += 1
+            loader.consumed += 1
             yield batch
 
 

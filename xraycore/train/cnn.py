@@ -12,19 +12,18 @@ Mixed precision on CUDA (bf16 where the GPU has it, else fp16 with a gradient
 scaler), fp32 on the CPU. ``torch``, ``monai`` and ``onnxscript`` (the
 ``torch`` extra) are imported by the functions that use them, never when this
 module is imported.
+
+This module is the fit loop; the network, its device and checkpoints are in
+:mod:`._network`, the scores and the ONNX export in :mod:`._export`, all
+re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
-import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,17 @@ import numpy as np
 
 from xraycore._validate import check_int, check_positive
 from xraycore.predict.contract import ModelContract, prepare_batch
-from xraycore.store.schema import temporary_path
+from xraycore.train._export import cnn_scores, export_cnn_onnx
+from xraycore.train._network import (
+    ARCHITECTURES,
+    EpochResult,
+    TrainedCNN,
+    build_network,
+    cnn_device,
+    import_torch,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -48,30 +57,13 @@ __all__ = [
     "train_cnn",
 ]
 
-ARCHITECTURES = ("densenet121",)
+
 # ImageNet's statistics: what an ImageNet-trained DenseNet-121 (seed 004's
 # starting point, given as ``weights``) was trained to see.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DenseNet-121 halves its input five times: below 32 px nothing is left to pool.
 MIN_SIZE = 32
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-INSTALL_HINT = "pip install 'xray-pipeline[torch]'"
-
-
-def _torch():
-    """torch, after checking that everything training and export need imports."""
-    for name in ("torch", "monai.networks.nets", "onnxscript"):
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise ImportError(
-                f"a CNN needs PyTorch, MONAI and onnxscript ({exc}): {INSTALL_HINT}"
-            ) from exc
-    import torch
-
-    return torch
 
 
 def _check_contract(contract: ModelContract) -> None:
@@ -105,148 +97,6 @@ def cnn_contract(
     contract = ModelContract(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, labels=labels)
     _check_contract(contract)
     return contract
-
-
-def cnn_device(device: str = "auto", precision: str = "auto") -> tuple[str, str]:
-    """Where and in what precision training runs.
-
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda"}
-        "auto" is CUDA when torch sees a GPU, else the CPU.
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        Autocast dtype of the forward pass. "auto" is bf16 on a GPU that has it,
-        fp16 (with a gradient scaler) on one that does not, fp32 on the CPU.
-
-    Returns
-    -------
-    device, precision : str, str
-        Both resolved ("cpu" or "cuda"; "fp32", "bf16" or "fp16").
-    """
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    torch = _torch()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device 'cuda' asked for, but torch {torch.__version__} sees no GPU "
-            "(a CPU build of torch, or no CUDA device)"
-        )
-    if precision == "auto":
-        if device == "cpu":
-            precision = "fp32"
-        else:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return device, precision
-
-
-def build_network(arch: str = "densenet121", *, channels: int = 3, seed: int | None = 0):
-    """A freshly initialised network with one output (a logit).
-
-    Parameters
-    ----------
-    arch : str
-        One of :data:`ARCHITECTURES`.
-    channels : int
-        Input channels (the contract's).
-    seed : int or None
-        Seeds torch's generator before the weights are drawn.
-
-    Returns
-    -------
-    network : torch.nn.Module
-    """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
-    torch = _torch()
-    from monai.networks.nets import DenseNet121
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    return DenseNet121(spatial_dims=2, in_channels=channels, out_channels=1)
-
-
-def load_checkpoint(network, path: str | os.PathLike) -> None:
-    """Load a state_dict file into ``network`` (local files only, never a download).
-
-    A dict holding the state_dict under ``"state_dict"`` is accepted too. Every
-    tensor must fit: a missing, extra or differently shaped one is an error.
-    """
-    torch = _torch()
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"weights file {path} is not a torch state_dict: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"weights file {path} is not a torch state_dict (name -> tensor)")
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or extra or shapes:
-        problems = [
-            f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-            for what, names in (
-                ("missing", missing),
-                ("unexpected", extra),
-                ("of another shape", shapes),
-            )
-            if names
-        ]
-        raise ValueError(
-            f"weights file {path} does not fit the network: tensors {'; '.join(problems)}"
-        )
-    network.load_state_dict(state)
-
-
-def save_checkpoint(network, path: str | os.PathLike) -> Path:
-    """Write ``network``'s state_dict (what :func:`load_checkpoint` reads), atomically."""
-    torch = _torch()
-    path = Path(path)
-    tmp = Path(temporary_path(str(path)))
-    try:
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    """One epoch: mean training loss, and the validation split's loss and accuracy."""
-
-    epoch: int
-    epochs: int
-    steps: int
-    loss: float
-    seconds: float
-    validation_loss: float | None = None
-    validation_accuracy: float | None = None
-    validation_count: int = 0
-
-
-@dataclass
-class TrainedCNN:
-    """A trained network (fp32, on the CPU, in eval mode) and how it was made."""
-
-    network: Any
-    contract: ModelContract
-    arch: str
-    device: str
-    precision: str
-    steps: int = 0
-    scans: int = 0
-    losses: list[float] = field(default_factory=list)
-    epochs: list[EpochResult] = field(default_factory=list)
 
 
 def _prepare(batch: dict, *, contract: ModelContract):
@@ -413,6 +263,43 @@ def train_cnn(
     -------
     model : TrainedCNN
     """
+    numbers = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    contract = _check_training(contract, arch, weights, workers, max_steps, **numbers)
+    torch = import_torch()
+    device, precision = cnn_device(device, precision)
+    rows = {"split": split, "validation": validation, "target": target, "where": where}
+    reading = {"batch_size": batch_size, "seed": seed, "storage_options": storage_options}
+    train, val = _loaders(store, **rows, **reading)
+    dev = torch.device(device)
+    network = _network_on(dev, arch, contract, seed=seed, weights=weights)
+    step = _mixed_precision(torch, dev, precision)  # autocast and scaler
+    step["optimiser"] = torch.optim.Adam(network.parameters(), lr=lr)
+    model = TrainedCNN(network, contract, arch, device, precision)
+    for epoch in range(epochs):
+        if max_steps is not None and model.steps >= max_steps:
+            break
+        result = _train_epoch(model, train, val, epoch, epochs, max_steps, workers, dev, **step)
+        model.epochs.append(result)
+        if on_epoch is not None:
+            on_epoch(result)
+    network.to("cpu").float().eval()
+    return model
+
+
+def _check_training(
+    contract: ModelContract | None,
+    arch: str,
+    weights,
+    workers,
+    max_steps,
+    *,
+    epochs,
+    batch_size,
+    lr,
+    seed,
+) -> ModelContract:
+    """:func:`train_cnn`'s input checks, before anything is loaded; the contract
+    to train under (:func:`cnn_contract`'s default for None)."""
     contract = contract or cnn_contract()
     _check_contract(contract)
     for value, name, minimum in ((epochs, "epochs", 1), (batch_size, "batch_size", 1)):
@@ -426,137 +313,66 @@ def train_cnn(
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
     if weights is not None and not Path(weights).is_file():
         raise ValueError(f"weights file {weights} does not exist")
-    torch = _torch()
-    device, precision = cnn_device(device, precision)
+    return contract
 
-    train, val = _loaders(
-        store,
-        split=split,
-        validation=validation,
-        target=target,
-        where=where,
-        batch_size=batch_size,
-        seed=seed,
-        storage_options=storage_options,
-    )
+
+def _network_on(dev, arch: str, contract: ModelContract, *, seed: int, weights):
+    """A fresh network (``weights`` loaded when given) moved onto ``dev``."""
     network = build_network(arch, channels=contract.channels, seed=seed)
     if weights is not None:
         load_checkpoint(network, weights)
-    dev = torch.device(device)
     network.to(dev)
+    return network
+
+
+def _mixed_precision(torch, dev, precision: str):
+    """``autocast`` (a context factory for the forward pass) and the gradient ``scaler``."""
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     autocast = functools.partial(
         torch.autocast, device_type=dev.type, dtype=dtype, enabled=dtype is not None
     )
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
-    model = TrainedCNN(network, contract, arch, device, precision)
-    for epoch in range(epochs):
-        limit = None if max_steps is None else max_steps - model.steps
-        if limit == 0:
-            break
-        t0 = time.perf_counter()
-        train.set_epoch(epoch)
-        batches = _batches(train, contract, workers=workers, device=dev)
-        losses, scans = _fit(network, batches, optimiser, scaler, autocast=autocast, limit=limit)
-        model.steps += len(losses)
-        model.scans += scans
-        model.losses += losses
-        v_loss, v_acc, v_n = None, None, 0
-        if val is not None:
-            v_loss, v_acc, v_n = _evaluate(
-                network, val, contract, workers=workers, device=dev, autocast=autocast
-            )
-        result = EpochResult(
-            epoch=epoch + 1,
-            epochs=epochs,
-            steps=len(losses),
-            loss=float(np.mean(losses)),
-            seconds=time.perf_counter() - t0,
-            validation_loss=v_loss,
-            validation_accuracy=v_acc,
-            validation_count=v_n,
+    return {"autocast": autocast, "scaler": scaler}
+
+
+def _train_epoch(
+    model: TrainedCNN,
+    train,
+    val,
+    epoch: int,
+    epochs: int,
+    max_steps: int | None,
+    workers: int,
+    device,
+    *,
+    optimiser,
+    scaler,
+    autocast,
+) -> EpochResult:
+    """One epoch of ``train`` (up to ``max_steps`` steps in all) counted into
+    ``model``, then the validation loader ``val`` (None: no validation) scored."""
+    limit = None if max_steps is None else max_steps - model.steps
+    t0 = time.perf_counter()
+    train.set_epoch(epoch)
+    network, contract = model.network, model.contract
+    batches = _batches(train, contract, workers=workers, device=device)
+    losses, scans = _fit(network, batches, optimiser, scaler, autocast=autocast, limit=limit)
+    model.steps += len(losses)
+    model.scans += scans
+    model.losses += losses
+    v_loss, v_acc, v_n = None, None, 0
+    if val is not None:
+        v_loss, v_acc, v_n = _evaluate(
+            network, val, contract, workers=workers, device=device, autocast=autocast
         )
-        model.epochs.append(result)
-        if on_epoch is not None:
-            on_epoch(result)
-    network.to("cpu").float().eval()
-    return model
-
-
-def cnn_scores(network, scans: np.ndarray, contract: ModelContract, *, batch_size: int = 16):
-    """Probability of the positive label for (N, S, S) uint8 scans, by torch in
-    eval mode in fp32 on the network's device: what the exported ONNX model gives."""
-    torch = _torch()
-    network.eval()
-    dev = next(network.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(scans), batch_size):
-            x = torch.from_numpy(prepare_batch(scans[start : start + batch_size], contract))
-            out.append(torch.sigmoid(network(x.to(dev)).float()).squeeze(1).cpu().numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter's notes that are not about this model: torchvision's
-    operators it skips registering, and a deprecation inside torch itself."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
-            )
-            yield
-    finally:
-        registration.setLevel(level)
-
-
-def export_cnn_onnx(model: TrainedCNN, path: str | os.PathLike) -> Path:
-    """Write the network, sigmoid included, as ONNX with its contract as the
-    sidecar ``<path>.json``; input (N, C, S, S) float32 named "input", output
-    (N, 1) "score".
-
-    Notes
-    -----
-    torch's ``torch.export``-based exporter (its default since 2.9; the
-    TorchScript one is deprecated), opset 18 and IR version 8 as the NumPy
-    baseline, one file with its weights inside (``xray classify`` hands
-    onnxruntime the model's bytes, so external weight files would be lost).
-    """
-    import json
-
-    torch = _torch()
-    path = Path(path)
-    c = model.contract
-    wrapped = torch.nn.Sequential(model.network, torch.nn.Sigmoid()).cpu().float().eval()
-    example = torch.zeros(2, c.channels, c.size, c.size)  # 2, not 1: a batch of 1 is specialised
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            wrapped,
-            (example,),
-            dynamo=True,
-            opset_version=18,
-            input_names=["input"],
-            output_names=["score"],
-            dynamic_shapes=({0: torch.export.Dim("N")},),
-            verbose=False,
-        )
-    # The exporter stamps IR version 10; the graph uses nothing newer than IR 8
-    # (plain opset-18 operators, no functions), which onnxruntime 1.17 still loads.
-    program.model.ir_version = 8
-    tmp = Path(temporary_path(str(path)))
-    try:
-        program.save(tmp, external_data=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    sidecar = Path(f"{path}.json")
-    tmp = Path(temporary_path(str(sidecar)))
-    tmp.write_text(json.dumps(c.to_dict(), indent=2))
-    os.replace(tmp, sidecar)
-    return path
+    return EpochResult(
+        epoch=epoch + 1,
+        epochs=epochs,
+        steps=len(losses),
+        loss=float(np.mean(losses)),
+        seconds=time.perf_counter() - t0,
+        validation_loss=v_loss,
+        validation_accuracy=v_acc,
+        validation_count=v_n,
+    )

@@ -87,6 +87,43 @@ def test_a_dropped_batch_buffer_is_used_again(store):
     assert view.shape == (64, 64)
 
 
+def test_one_buffer_pool_lends_only_what_nobody_holds():
+    """The loader's batches and the store's shard writers share one pool class:
+    a lent set comes back only once every array of it is free, a taken set
+    never goes to a second taker before it is given back."""
+    from xraycore.store import BufferPool
+
+    pool = BufferPool(keep=2)
+    layout = {"preprocessed": ((4, 8, 8), "uint8"), "log": ((4, 8, 8), "float32")}
+
+    def address(buffers):
+        return buffers["log"].ctypes.data
+
+    first = pool.lend(layout)
+    assert {n: (a.shape, a.dtype) for n, a in first.items()} == {
+        "preprocessed": ((4, 8, 8), np.dtype("uint8")),
+        "log": ((4, 8, 8), np.dtype("float32")),
+    }
+    seen = address(first)
+    assert address(pool.lend(layout)) != seen  # the returned dict holds the set
+    kept = first["log"][1:]  # a view of one array holds the whole set
+    del first
+    assert address(pool.lend(layout)) != seen
+    del kept
+    assert address(pool.lend(layout)) == seen
+    # ``keep`` sets per layout: past it, sets are lent but not kept.
+    held = [pool.lend(layout) for _ in range(3)]
+    assert len({address(b) for b in held}) == 3
+    assert address(pool.lend(layout)) not in {address(b) for b in held}
+
+    taken = pool.take(layout)
+    other = pool.take(layout)
+    assert taken["log"] is not other["log"]
+    pool.give_back(taken)
+    assert pool.take(layout)["log"] is taken["log"]
+    assert pool.take(layout)["log"] is not taken["log"]  # handed out once per give_back
+
+
 def test_selection_follows_split_where_and_target(store):
     table = store.read_metadata().to_pylist()
     loader = ScanLoader(store, batch_size=5, split="test", where={"status": "ok"})
