@@ -11,9 +11,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.cluster import DaskCluster, resolve_cluster
 from flows.credentials import with_block_credentials
 from flows.progress import notify
-from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
 from xraycore.predict.contract import ModelContract
 from xraycore.predict.evaluation import REPORT, evaluate_store, model_sha256

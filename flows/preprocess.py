@@ -16,10 +16,10 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from flows.cluster import DaskCluster, resolve_cluster
 from flows.credentials import with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
-from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
 from tasks.preprocess import commit_metadata, preprocess_batch
 from xraycore.batch import Batch, Plan, plan_batches

@@ -80,7 +80,7 @@ def _cluster(
         kwargs["n_workers"] = workers
     if not (cluster_class or kwargs) or (cluster and "://" in cluster):
         return cluster  # a spec name, a YAML path, an address, or None
-    from flows.runner import DEFAULT_CLUSTER, load_cluster_spec
+    from flows.cluster import DEFAULT_CLUSTER, load_cluster_spec
 
     if cluster_class or not cluster:
         spec = {"cluster_class": cluster_class or DEFAULT_CLUSTER}
@@ -138,7 +138,7 @@ def _run_flow(flow_name: str, console, *, verbose: bool, **params: Any) -> dict[
     """Run a flow with ``console`` observing it; a refusal exits 2, a failed run 1,
     each with one ``error:`` line (and Prefect's traceback only with ``-v``)."""
     from flows.progress import observe
-    from flows.runner import run_flow
+    from flows.server import run_flow
 
     if flow_name == "preprocess":
         from flows.preprocess import preprocess_dataset as flow
@@ -323,7 +323,7 @@ def _executor(scheduler: str | None, workers: int | None):
     if not (scheduler or workers):
         yield None
         return
-    from flows.runner import DaskCluster, resolve_cluster
+    from flows.cluster import DaskCluster, resolve_cluster
 
     with DaskCluster(resolve_cluster(_cluster(None, scheduler, workers))) as cluster:
         yield cluster.client().get_executor()
@@ -676,10 +676,9 @@ def server(
 ) -> None:
     """The local Prefect server that `xray run` starts once and reuses (when
     PREFECT_API_URL is not set): print where it is, or stop it."""
-    import json
     import os
 
-    from flows.runner import _healthy, _prefect_home, stop_local_server
+    from flows.server import local_server_url, stop_local_server
 
     if action == "stop":
         url = stop_local_server()
@@ -690,9 +689,8 @@ def server(
     if os.environ.get("PREFECT_API_URL"):
         typer.echo(f"PREFECT_API_URL is set: runs go to {os.environ['PREFECT_API_URL']}")
         return
-    state = _prefect_home() / "xray-server.json"
-    url = json.loads(state.read_text()).get("url") if state.is_file() else None
-    if url and _healthy(url):
+    url = local_server_url()
+    if url:
         typer.echo(f"local Prefect server: {url.removesuffix('/api')} (UI), API {url}")
     else:
         typer.echo("no local Prefect server is running: the next `xray run` starts one")
