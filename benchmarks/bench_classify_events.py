@@ -111,8 +111,8 @@ def main() -> None:
             LogFilterFlowRunId,
         )
 
+        from flows.cluster import local_cluster
         from flows.preprocess import preprocess_dataset
-        from flows.runner import local_cluster
         from xraycore.store import ScanStore
 
         t0 = time.perf_counter()

@@ -51,9 +51,10 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="folder for the source (reused if present)")
     ap.add_argument("--stop-after-first", action="store_true")
     args = ap.parse_args()
+    from flows.cluster import local_cluster
     from flows.preprocess import preprocess_dataset
     from flows.progress import observe
-    from flows.runner import local_cluster, prefect_api
+    from flows.server import prefect_api
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)

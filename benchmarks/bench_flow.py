@@ -87,9 +87,9 @@ def bare_loop(source: str, out: str, workers: int, batch_size: int):
 
 
 def flow_run(source: str, out: str, workers: int, batch_size: int):
+    from flows.cluster import local_cluster
     from flows.preprocess import preprocess_dataset
     from flows.progress import observe
-    from flows.runner import local_cluster
 
     marks = []
     phases = {}
@@ -119,7 +119,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
-    from flows.runner import WORKER_MALLOC, prefect_api
+    from flows.cluster import WORKER_MALLOC
+    from flows.server import prefect_api
 
     # The same allocator settings for the bare loop's processes as for the flow's workers.
     os.environ.update(WORKER_MALLOC)

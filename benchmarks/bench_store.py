@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 from bench_flow import make_source  # the same 512 scans as the flow benchmark
 
-# As flows/runner.py sets for LocalCluster workers (see MEASUREMENTS.md).
+# As flows/cluster.py sets for LocalCluster workers (see MEASUREMENTS.md).
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 

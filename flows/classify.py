@@ -11,9 +11,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.cluster import DaskCluster, resolve_cluster
 from flows.credentials import with_block_credentials
+from flows.dispatch import in_waves
 from flows.progress import notify
-from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
 from xraycore.predict.contract import ModelContract
 from xraycore.predict.evaluation import REPORT, evaluate_store, model_sha256
@@ -21,6 +22,8 @@ from xraycore.predict.report import report_markdown
 from xraycore.predict.scoring import batch_groups, unscored_rows
 from xraycore.store import ScanStore
 from xraycore.store.schema import IMAGES
+
+__all__ = ["SCORING_THREADS", "classify_store"]
 
 # Scoring tasks in flight at once when no Dask cluster is asked for: a batch's
 # ONNX session uses one thread, so a few overlap reading with scoring.
@@ -49,64 +52,94 @@ def classify_store(
     spec name or path, or a mapping: see ``preprocess_dataset``). ``rows`` may be
     JSON text, as an event trigger renders a list.
     """
-    if isinstance(rows, str):
-        rows = [int(r) for r in json.loads(rows)] if rows.strip() else None
+    rows = _row_list(rows)
     run_id = uuid.uuid4().hex[:12]
     options = with_block_credentials(storage_options, aws_credentials)
+    target_store, info = _open_store(store, options)
+    c = ModelContract.for_model(model, options, **(contract or {}))
+    batch_size, groups = _plan(target_store, info, model_sha256(model, options), rows)
+    scored = 0
+    if groups:
+        task = dict(store=store, model=model, contract=c.to_dict(), run_id=run_id)
+        scored = _score(groups, batch_size, cluster=cluster, storage_options=options, **task)
+        commit_predictions(store, run_id, options)
+    report = None
+    if scored or not target_store.storage.exists(REPORT):  # unchanged predictions: same report
+        report = _report(target_store, store, model, c, target, options)
+    notify("scored", rows=scored)
+    return {"run_id": run_id, "scored": scored, "batches": len(groups), "report": report}
+
+
+def _row_list(rows: list[int] | str | None) -> list[int] | None:
+    """``rows`` as a list: an event trigger renders a list as JSON text."""
+    if isinstance(rows, str):
+        return [int(r) for r in json.loads(rows)] if rows.strip() else None
+    return rows
+
+
+def _open_store(store: str, options: dict[str, Any] | None) -> tuple[ScanStore, dict]:
+    """The store and its attributes; a ValueError when there is no store."""
     target_store = ScanStore.open(store, options)
     info = target_store.info()
     if info is None:
         raise ValueError(f"{store} is not a store (no {IMAGES})")
-    c = ModelContract.for_model(model, options, **(contract or {}))
-    sha = model_sha256(model, options)
+    return target_store, info
+
+
+def _plan(
+    target_store: ScanStore, info: dict, sha: str, rows: list[int] | None
+) -> tuple[int, list[list[tuple[int, str]]]]:
+    """The store's batch size and the groups of rows the model has not scored."""
     # One task per batch of the store (a whole number of its Zarr shards): a few
     # thousand task runs for ChestX-ray8, not one per 16-image shard.
     batch_size = int(info.get("batch_size") or info["shard_size"])
     groups = batch_groups(unscored_rows(target_store, sha, rows=rows), batch_size)
     todo = sum(len(g) for g in groups)
     notify("planned", new=todo, retried=0, skipped=0, batches=len(groups), images=todo)
-    scored = 0
-    if groups:
-        dask_cluster = DaskCluster(resolve_cluster(cluster)) if cluster else None
-        try:
-            client = dask_cluster.client() if dask_cluster else None
-            futures = [
-                score_batch.submit(
-                    g,
-                    batch=g[0][0] // batch_size,
-                    store=store,
-                    model=model,
-                    contract=c.to_dict(),
-                    run_id=run_id,
-                    storage_options=options,
-                    client=client,
-                )
-                for g in groups
-            ]
-            started = time.perf_counter()
-            for done, f in enumerate(futures, 1):
-                scored += f.result()["rows"]
-                notify(
-                    "batch",
-                    done=scored,
-                    total=todo,
-                    failed=0,
-                    batches_done=done,
-                    batches=len(groups),
-                    rate=scored / max(time.perf_counter() - started, 1e-9),
-                )
-        finally:
-            if dask_cluster:
-                dask_cluster.close()
-        commit_predictions(store, run_id, options)
-    report = None
-    if scored or not target_store.storage.exists(REPORT):  # unchanged predictions: same report
-        report = evaluate_store(target_store, model, c, target=target, storage_options=options)
+    return batch_size, groups
+
+
+def _score(groups: list, batch_size: int, *, cluster, **task: Any) -> int:
+    """Score ``groups`` in waves (a few per worker in flight), here or on the Dask
+    cluster ``cluster`` names; the rows scored. A batch that failed after its
+    retries fails the run, and nothing more is handed out."""
+    dask_cluster = DaskCluster(resolve_cluster(cluster)) if cluster else None
+    try:
+        client = dask_cluster.client() if dask_cluster else None
+        workers = dask_cluster.workers if dask_cluster else 1
+
+        def submit(group):
+            return score_batch.submit(group, batch=group[0][0] // batch_size, client=client, **task)
+
+        todo, scored, started = sum(len(g) for g in groups), 0, time.perf_counter()
+        waves = in_waves(groups, submit, window=max(SCORING_THREADS, 2 * workers))
+        for done, (_, result, error) in enumerate(waves, 1):
+            if error is not None:
+                raise error
+            scored += result["rows"]
+            notify(
+                "batch",
+                done=scored,
+                total=todo,
+                failed=0,
+                batches_done=done,
+                batches=len(groups),
+                rate=scored / max(time.perf_counter() - started, 1e-9),
+            )
+        return scored
+    finally:
+        if dask_cluster:
+            dask_cluster.close()
+
+
+def _report(target_store, store, model, contract, target, options) -> dict | None:
+    """The evaluation report (and its Prefect artifact) when the metadata holds
+    the target labels."""
+    report = evaluate_store(target_store, model, contract, target=target, storage_options=options)
     if report is not None:
         create_markdown_artifact(
             key="classification-report",
             markdown=report_markdown(report),
             description=f"{model} on {store}",
         )
-    notify("scored", rows=scored)
-    return {"run_id": run_id, "scored": scored, "batches": len(groups), "report": report}
+    return report

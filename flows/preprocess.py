@@ -16,10 +16,10 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from flows.cluster import DaskCluster, resolve_cluster
 from flows.credentials import with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
-from flows.runner import DaskCluster, resolve_cluster
 from tasks.classify import commit_predictions, score_batch
 from tasks.preprocess import commit_metadata, preprocess_batch
 from xraycore.batch import Batch, Plan, plan_batches
@@ -32,6 +32,8 @@ from xraycore.store.catalog import list_sources, read_labels
 from xraycore.store.lease import DEFAULT_TTL_S, StoreLease
 from xraycore.store.schema import SHEET
 from xraycore.store.storage import Storage
+
+__all__ = ["SHEET_ROWS", "Batches", "preprocess_dataset", "store_resource"]
 
 SHEET_ROWS = 3
 
@@ -83,71 +85,120 @@ def preprocess_dataset(
     with lease:  # renewed while the run lasts, released however it ends
         batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
-            sources = list_sources(Storage.from_url(source, options))
-            notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
-            plan = plan_batches(
-                sources,
-                target.read_metadata(),
-                pipeline_hash=spec.hash,
-                first_free_row=target.capacity(),
-                batch_size=batch_size,
-                labels=read_labels(labels, options) if labels else None,
-            )
-            target.ensure_capacity(plan.end_row)
-            images = sum(len(b.items) for b in plan.batches)
-            notify(
-                "planned",
-                new=plan.new,
-                retried=plan.retried,
-                skipped=plan.skipped,
-                batches=len(plan.batches),
-                images=images,
-            )
+            sources = _list_sources(source, options, started)
+            plan = _plan(target, sources, spec, batch_size, labels=labels, options=options)
             # read once: every batch's scoring task gets the same contract
             scoring = ModelContract.for_model(model, options, **(contract or {})) if model else None
-            client = dask_cluster.client() if plan.batches else None
-            dashboard = dask_cluster.dashboard_link if client else None
-            if client is not None:
-                notify("cluster", workers=dask_cluster.workers, dashboard=dashboard)
+            client, dashboard = _connect(dask_cluster, plan)
             run = Batches(store=store, spec=spec.to_dict(), run_id=run_id, options=options)
             run.process(
                 plan, client, lease=lease, batch_size=batch_size, model=model, contract=scoring
             )
         lease.check()  # a run that lost its lease (broken, taken over) must not compact
-        rows = commit_metadata(store, run_id, options)
-        target.remove_temporary_files()  # of killed writers: this run's batches are done
-        notify("committed", rows=rows)
-        emit_event(
-            event="xray.run.committed",
-            resource=store_resource(store),
-            payload={"store": store, "run_id": run_id, "rows": rows},
-        )
+        rows = _commit(target, store, run_id, options)
         report = _evaluate(target, run, model, scoring) if model else None
-        elapsed = time.perf_counter() - started
-        summary = {
-            "run_id": run_id,
-            "flow_run": _flow_run("name"),
-            "flow_run_id": _flow_run("id"),
-            "store": store,
-            "pipeline_hash": spec.hash,
-            "inputs": len(sources),
-            "ok": run.ok,
-            "failed": run.failed,
-            "skipped": plan.skipped,
-            "batches": len(plan.batches),
-            "broken_batches": run.broken,
-            "rows_in_store": rows,
-            "seconds": elapsed,
-            "images_per_s": (run.ok + run.failed) / elapsed if elapsed > 0 else 0.0,
-            "failures": run.failures,
-            "dashboard": dashboard,
-            "report": report,
-            "scored": run.scored,
-            "sheet": None,
-        }
+        summary = _summary(run, plan, spec, sources, rows, started, dashboard, report)
         _publish(summary, target, run.sample(SHEET_ROWS) if sheet else [], options)
         run.raise_for_broken()
         return summary
+
+
+def _list_sources(source: str, options: dict[str, Any] | None, started: float) -> list:
+    """The scans under ``source``, announced with the seconds since the run started."""
+    sources = list_sources(Storage.from_url(source, options))
+    notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
+    return sources
+
+
+def _plan(
+    target: ScanStore,
+    sources: list,
+    spec: PipelineSpec,
+    batch_size: int,
+    *,
+    labels: str | None,
+    options: dict[str, Any] | None,
+) -> Plan:
+    """The shard-aligned batches of the scans the store does not hold yet (or
+    failed before), with room for them in the store's arrays."""
+    plan = plan_batches(
+        sources,
+        target.read_metadata(),
+        pipeline_hash=spec.hash,
+        first_free_row=target.capacity(),
+        batch_size=batch_size,
+        labels=read_labels(labels, options) if labels else None,
+    )
+    target.ensure_capacity(plan.end_row)
+    images = sum(len(b.items) for b in plan.batches)
+    notify(
+        "planned",
+        new=plan.new,
+        retried=plan.retried,
+        skipped=plan.skipped,
+        batches=len(plan.batches),
+        images=images,
+    )
+    return plan
+
+
+def _connect(dask_cluster: DaskCluster, plan: Plan) -> tuple[Any, str | None]:
+    """The cluster's client and dashboard once it has a worker; (None, None) for a
+    plan with nothing to do (its workers never start)."""
+    if not plan.batches:
+        return None, None
+    client = dask_cluster.client()
+    dashboard = dask_cluster.dashboard_link
+    notify("cluster", workers=dask_cluster.workers, dashboard=dashboard)
+    return client, dashboard
+
+
+def _commit(target: ScanStore, store: str, run_id: str, options: dict[str, Any] | None) -> int:
+    """Compact the run's metadata and announce it (a Prefect event); the store's rows."""
+    rows = commit_metadata(store, run_id, options)
+    target.remove_temporary_files()  # of killed writers: this run's batches are done
+    notify("committed", rows=rows)
+    emit_event(
+        event="xray.run.committed",
+        resource=store_resource(store),
+        payload={"store": store, "run_id": run_id, "rows": rows},
+    )
+    return rows
+
+
+def _summary(
+    run: Batches,
+    plan: Plan,
+    spec: PipelineSpec,
+    sources: list,
+    rows: int,
+    started: float,
+    dashboard: str | None,
+    report: dict | None,
+) -> dict[str, Any]:
+    """What the run did, as the flow returns it (and the CLI prints)."""
+    elapsed = time.perf_counter() - started
+    return {
+        "run_id": run.run_id,
+        "flow_run": _flow_run("name"),
+        "flow_run_id": _flow_run("id"),
+        "store": run.store,
+        "pipeline_hash": spec.hash,
+        "inputs": len(sources),
+        "ok": run.ok,
+        "failed": run.failed,
+        "skipped": plan.skipped,
+        "batches": len(plan.batches),
+        "broken_batches": run.broken,
+        "rows_in_store": rows,
+        "seconds": elapsed,
+        "images_per_s": (run.ok + run.failed) / elapsed if elapsed > 0 else 0.0,
+        "failures": run.failures,
+        "dashboard": dashboard,
+        "report": report,
+        "scored": run.scored,
+        "sheet": None,
+    }
 
 
 def store_resource(store: str) -> dict[str, str]:
@@ -258,15 +309,8 @@ class Batches:
                 )
                 if model and result["items"]:
                     scoring.append(
-                        score_batch.submit(
-                            result["items"],
-                            batch=batch.start // batch_size,
-                            store=self.store,
-                            model=model,
-                            contract=contract.to_dict(),
-                            run_id=self.run_id,
-                            storage_options=self.options,
-                            client=client,
+                        self._score(
+                            result["items"], batch.start // batch_size, model, contract, client
                         )
                     )
             done += len(batch.items)
@@ -288,6 +332,21 @@ class Batches:
                 self.scored += future.result()["rows"]
             except Exception as exc:  # unscored rows are picked up by the next scoring run
                 get_run_logger().error("scoring failed: %s", exc)
+
+    def _score(
+        self, items: list, batch: int, model: str, contract: ModelContract, client: Any
+    ) -> Any:
+        """Submit the scoring of a committed batch's rows (on the same cluster)."""
+        return score_batch.submit(
+            items,
+            batch=batch,
+            store=self.store,
+            model=model,
+            contract=contract.to_dict(),
+            run_id=self.run_id,
+            storage_options=self.options,
+            client=client,
+        )
 
     def raise_for_broken(self) -> None:
         """Fail the run when a batch failed after its retries: a rerun resumes it."""

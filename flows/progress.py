@@ -15,7 +15,7 @@ lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs,
 seconds), ``planned`` (new, retried, skipped, batches, images), ``cluster``
 (workers, dashboard), ``workers_pending`` (pending, waited_s: no Dask worker
 yet), ``batch`` (done, total, failed, batches_done, batches, rate),
-``committed`` (rows), ``scored`` (rows); and, from :mod:`flows.runner`,
+``committed`` (rows), ``scored`` (rows); and, from :mod:`flows.server`,
 ``prefect_server`` (url: the local Prefect server being started).
 """
 

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["RunConsole", "quiet_libraries"]
+__all__ = ["RunConsole", "one_line_errors", "print_report", "quiet_libraries", "run_console"]
 
 LINE_EVERY_S = 10.0
 LINE_EVERY_FRACTION = 0.1
@@ -74,6 +74,19 @@ def one_line_errors() -> None:
             isinstance(f, _OneLineErrors) for f in handler.filters
         ):
             handler.addFilter(_OneLineErrors())
+
+
+def run_console(*, verbose: bool, log_format: str) -> RunConsole:
+    """The console of one run, once the libraries are quieted (before they are imported)."""
+    quiet_libraries(verbose=verbose, log_format=log_format)
+    return RunConsole(log_format=log_format)
+
+
+def print_report(console: RunConsole, report: dict) -> None:
+    """The classification report, as text, on ``console``."""
+    from xraycore.predict.report import report_text
+
+    console.line(report_text(report).rstrip("\n"))
 
 
 class RunConsole:

@@ -11,7 +11,7 @@ from servers import free_port
 
 
 def test_worker_timeout_from_spec_and_environment(tmp_path, monkeypatch):
-    from flows.runner import resolve_cluster
+    from flows.cluster import resolve_cluster
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("address: tcp://127.0.0.1:8786\nworker_timeout_s: 30\n")
@@ -29,7 +29,7 @@ def test_worker_timeout_from_spec_and_environment(tmp_path, monkeypatch):
 
 
 def test_waiting_for_a_scheduler_without_workers_times_out(tmp_path, monkeypatch):
-    from flows.runner import DaskCluster, resolve_cluster
+    from flows.cluster import DaskCluster, resolve_cluster
 
     port = free_port()
     command = [str(Path(sys.executable).parent / "dask"), "scheduler", "--host", "127.0.0.1"]

@@ -7,10 +7,10 @@ a drill that kills a flow's host needs the lease to go stale in seconds.
 import os
 import sys
 
-import flows.runner
+import flows.server
 import xray_cli.main
 
-_run_flow = flows.runner.run_flow
+_run_flow = flows.server.run_flow
 
 
 def run_flow(flow, **params):
@@ -19,6 +19,6 @@ def run_flow(flow, **params):
 
 
 if __name__ == "__main__":
-    flows.runner.run_flow = run_flow
+    flows.server.run_flow = run_flow
     sys.argv = ["xray", *sys.argv[1:]]
     sys.exit(xray_cli.main.main())

@@ -18,7 +18,7 @@ import pytest
 from onnx_models import mean_model
 from servers import free_port
 
-from flows.runner import load_cluster_spec, local_cluster, resolve_cluster
+from flows.cluster import load_cluster_spec, local_cluster, resolve_cluster
 from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore
 

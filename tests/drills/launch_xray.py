@@ -12,8 +12,9 @@ import sys
 # store within milliseconds of each other once released.
 import distributed  # noqa: F401
 
+import flows.cluster  # noqa: F401
 import flows.preprocess  # noqa: F401
-import flows.runner  # noqa: F401
+import flows.server  # noqa: F401
 import xray_cli.console  # noqa: F401
 import xray_cli.main
 

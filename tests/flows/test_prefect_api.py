@@ -1,4 +1,4 @@
-"""``flows.runner.prefect_api``: one API per run, and no heartbeat against a
+"""``flows.server.prefect_api``: one API per run, and no heartbeat against a
 temporary one (its thread is joined at the end of every flow run)."""
 
 from __future__ import annotations
@@ -6,7 +6,13 @@ from __future__ import annotations
 from prefect import flow
 from prefect.settings import get_current_settings
 
-from flows.runner import local_server, prefect_api, stop_local_server
+from flows.server import (
+    local_server,
+    local_server_url,
+    prefect_api,
+    server_state_file,
+    stop_local_server,
+)
 
 
 @flow
@@ -50,8 +56,11 @@ def test_the_local_server_is_started_once_reused_and_stopped(monkeypatch, tmp_pa
             assert _echo(4) == {"x": 4, "heartbeat": None}
         state = json.loads((tmp_path / "home" / "xray-server.json").read_text())
         assert state["url"] == url
+        # What `xray server` reads: the one state file, and the server answering there.
+        assert server_state_file() == tmp_path / "home" / "xray-server.json"
+        assert local_server_url() == url
         # Another process asks for the server: the same one, nothing started.
-        code = "from flows.runner import local_server; print(local_server())"
+        code = "from flows.server import local_server; print(local_server())"
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
@@ -71,4 +80,5 @@ def test_the_local_server_is_started_once_reused_and_stopped(monkeypatch, tmp_pa
         stopped = stop_local_server()
     assert stopped == url
     assert not (tmp_path / "home" / "xray-server.json").exists()
+    assert local_server_url() is None
     assert local_server.__doc__  # documented for `xray server`

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from flows.cluster import local_cluster
 from flows.preprocess import preprocess_dataset
-from flows.runner import local_cluster, run_flow
+from flows.server import run_flow
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, StoreConflictError
 from xraycore.store.catalog import read_image

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from flows.preprocess import preprocess_dataset
-from flows.runner import run_flow
+from flows.server import run_flow
 from xraycore.image.synth import phantom_chest
 from xraycore.store.storage import CredentialsRefusedError, refuse_credentials
 

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 import typer
 
-from xray_cli.main import _cluster, _refused
+from xray_cli.exits import refused
+from xray_cli.options import cluster_value
 from xraycore.store import ShardFormatError, StoreConflictError, StoreFormatError
 from xraycore.store.lease import LeaseHeldError, LeaseLostError
 from xraycore.store.storage import CredentialsRefusedError
@@ -17,19 +18,22 @@ LOCAL = "distributed.LocalCluster"
 
 
 def test_the_cluster_flags_become_one_value():
-    assert _cluster(None) is None
-    assert _cluster("slurm") == "slurm"
-    assert _cluster("tcp://h:8786", workers=3) == "tcp://h:8786"
-    assert _cluster("local", scheduler="tcp://h:1", workers=2) == {"address": "tcp://h:1"}
-    assert _cluster(None, workers=2) == {"cluster_class": LOCAL, "cluster_kwargs": {"n_workers": 2}}
-    assert _cluster(None, cluster_class="x.Cluster", cluster_kwargs='{"cores": 4}') == {
+    assert cluster_value(None) is None
+    assert cluster_value("slurm") == "slurm"
+    assert cluster_value("tcp://h:8786", workers=3) == "tcp://h:8786"
+    assert cluster_value("local", scheduler="tcp://h:1", workers=2) == {"address": "tcp://h:1"}
+    assert cluster_value(None, workers=2) == {
+        "cluster_class": LOCAL,
+        "cluster_kwargs": {"n_workers": 2},
+    }
+    assert cluster_value(None, cluster_class="x.Cluster", cluster_kwargs='{"cores": 4}') == {
         "cluster_class": "x.Cluster",
         "cluster_kwargs": {"cores": 4},
     }
-    local = _cluster("local", workers=3)  # the named spec, with --workers on top
+    local = cluster_value("local", workers=3)  # the named spec, with --workers on top
     assert local["cluster_class"] == LOCAL and local["cluster_kwargs"]["n_workers"] == 3
     assert local["cluster_kwargs"]["threads_per_worker"] == 1
-    assert _cluster("existing", workers=3) == {"address": "tcp://127.0.0.1:8786"}
+    assert cluster_value("existing", workers=3) == {"address": "tcp://127.0.0.1:8786"}
 
 
 @pytest.mark.parametrize(
@@ -42,7 +46,7 @@ def test_the_cluster_flags_become_one_value():
 )
 def test_bad_cluster_flags(kwargs, message):
     with pytest.raises(typer.BadParameter, match=message):
-        _cluster(None, **kwargs)
+        cluster_value(None, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +61,7 @@ def test_bad_cluster_flags(kwargs, message):
     ],
 )
 def test_refusals_exit_2(exc):
-    assert _refused(exc)
+    assert refused(exc)
 
 
 @pytest.mark.parametrize(
@@ -71,4 +75,4 @@ def test_refusals_exit_2(exc):
     ],
 )
 def test_a_failed_run_exits_1(exc):
-    assert not _refused(exc)
+    assert not refused(exc)
