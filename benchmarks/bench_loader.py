@@ -137,8 +137,7 @@ def _ceiling(url: str, epochs: int, repeat: int) -> tuple[float, float, int]:
     import numpy as np
 
     from xraycore.store import ScanStore
-    from xraycore.train._runtime import available_cores
-    from xraycore.train.loader import ScanLoader
+    from xraycore.train.loader import ScanLoader, available_cores
 
     loader = ScanLoader(url, batch_size=BATCH)
     store = ScanStore.open(url)

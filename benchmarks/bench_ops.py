@@ -18,8 +18,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from xraycore import restore  # noqa: E402
-from xraycore.image import edges, exposure, measure
+from xraycore.image import (
+    edges,
+    exposure,
+    measure,
+    restore,  # noqa: E402
+)
 from xraycore.image.synth import DAMAGE_FAMILIES, damage_scan, phantom_chest  # noqa: E402
 
 cv2.setNumThreads(1)

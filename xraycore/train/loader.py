@@ -31,9 +31,9 @@ from xraycore._validate import check_int
 from xraycore.store import ScanStore, select_rows
 from xraycore.train._order import epoch_order, rank_batches
 from xraycore.train._read import Selection, read_batches
-from xraycore.train._runtime import ReadRuntime
+from xraycore.train._runtime import ReadRuntime, available_cores
 
-__all__ = ["TUNING", "ScanLoader", "epoch_order", "rank_batches"]
+__all__ = ["TUNING", "ScanLoader", "available_cores", "epoch_order", "rank_batches"]
 
 #: The tuning keywords of :class:`ScanLoader` and their defaults.
 #:
