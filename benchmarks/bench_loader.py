@@ -29,10 +29,13 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import free_port  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chestxray8"
 BATCH = 32
@@ -233,12 +236,6 @@ def in_process(fn, *args):
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def report(label: str, result: tuple[float, float, int]) -> float:
     rate, cpu, peak = result
     print(
@@ -276,7 +273,7 @@ def main() -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        port = _free_port()
+        port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:

@@ -24,7 +24,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +33,10 @@ from pathlib import Path
 import cv2
 from bench_flow import make_source  # the same 512 scans as the flow benchmark
 
-# As flows/cluster.py sets for LocalCluster workers (see MEASUREMENTS.md).
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+from flows.cluster import WORKER_MALLOC
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import free_port  # noqa: E402
 
 
 def _limit_chunk(paths: list[str]) -> tuple[int, float]:
@@ -71,7 +72,8 @@ def _warm(path: str) -> None:
 
 
 def _pool(workers: int, sample: Path):
-    os.environ.update(MALLOC)  # inherited by the spawned workers
+    # As flows/cluster.py sets for LocalCluster workers (see MEASUREMENTS.md).
+    os.environ.update(WORKER_MALLOC)  # inherited by the spawned workers
     pool = mp.get_context("spawn").Pool(workers)
     pool.map(_warm, [str(sample)] * workers)  # imports are a fixed cost, not a per-scan one
     return pool
@@ -137,18 +139,12 @@ def read_rate(url: str, seconds: float, storage_options=None) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def s3_read_rate(local_store: Path, seconds: float) -> float | None:
     """Upload the store to a moto S3 server (its own process) and read it back."""
     moto = Path(sys.executable).with_name("moto_server")
     if not moto.exists():
         return None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import pytest
 from onnx_models import mean_model
-from servers import free_port
+from servers import free_port, prefect_env, prefect_server_process
 
 from flows.cluster import load_cluster_spec, local_cluster, resolve_cluster
 from xraycore.image.synth import phantom_chest
@@ -30,39 +29,10 @@ BIN = Path(sys.executable).parent
 def server_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-    }
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.terminate()
-        pytest.fail("prefect server did not become healthy: " + (home / "server.log").read_text())
-    yield env
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    env = prefect_env(home, port)
+    # Not healthy in 180 s: a setup error with the server's log.
+    with prefect_server_process(env, port, home / "server.log"):
+        yield env
 
 
 def _prefect(env, *args, timeout=300) -> str:
