@@ -26,7 +26,13 @@ __all__ = ["demo", "preprocess", "run"]
 def run(
     source: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix of scans.")],
     store: Annotated[str, typer.Option("--store", "--out", help="Store URL (path or s3://...).")],
-    labels: Annotated[str | None, typer.Option(help="Data_Entry_2017.csv-style labels.")] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Labels CSV: ChestX-ray8 Data_Entry_2017.csv, CheXpert train.csv/valid.csv, or "
+            "MIMIC-CXR mimic-cxr-2.0.0-chexpert.csv (its -metadata.csv next to it)."
+        ),
+    ] = None,
     size: Annotated[int | None, typer.Option(help="Output size S (default 1024).")] = None,
     pipeline: Annotated[Path | None, typer.Option(help="Pipeline spec (.json/.toml).")] = None,
     batch_size: Annotated[

@@ -22,7 +22,8 @@ from xraycore.image import measure
 from xraycore.image.decode import decode_image
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import SourceFile
+from xraycore.store.catalog import SourceFile, label_for
+from xraycore.store.labels import LAYOUTS
 from xraycore.store.storage import Storage
 
 __all__ = ["Batch", "Plan", "plan_batches", "process_batch"]
@@ -64,6 +65,8 @@ def plan_batches(
     new ones; group the work into batches of ``batch_size`` starting at
     ``first_free_row`` rounded up to a batch boundary (the store's batch size:
     its shards divide it, so a shard is only ever written by one task)."""
+    if labels and sources and not any(label_for(labels, s.image_id) for s in sources):
+        _no_labelled_input(labels, sources)
     done: dict[str, dict] = {}
     failed: set[str] = set()
     if previous is not None:
@@ -88,7 +91,7 @@ def plan_batches(
     batches = []
     for i in range(0, len(todo), batch_size):
         chunk = tuple(todo[i : i + batch_size])
-        lab = tuple((labels or {}).get(_label_key(s)) for s in chunk) if labels else ()
+        lab = tuple(label_for(labels, s.image_id) for s in chunk) if labels else ()
         batches.append(Batch(start=start + i, items=chunk, labels=lab))
     end = start + len(batches) * batch_size if batches else first_free_row
     return Plan(
@@ -96,10 +99,15 @@ def plan_batches(
     )
 
 
-def _label_key(source: SourceFile) -> str:
-    # Labels name files: every frame of a multi-frame file gets the file's labels.
-    name = source.image_id.rsplit("/", 1)[-1]
-    return name if source.frame is None else name[: -len(f"#{source.frame}")]
+def _no_labelled_input(labels: dict[str, dict], sources: list[SourceFile]) -> None:
+    """The one-line error of a labels file that names none of the inputs."""
+    layout = getattr(labels, "layout", None)
+    what = f"{getattr(labels, 'url', '')} ({LAYOUTS[layout]})" if layout else "labels"
+    example = next(iter(labels), None)
+    raise ValueError(
+        f"labels file {what} names none of the {len(sources)} inputs: it names images like "
+        f"{example!r}, the inputs are like {sources[0].image_id!r}"
+    )
 
 
 def process_batch(

@@ -1,4 +1,5 @@
-"""Listing a source (folder or bucket prefix) and joining ChestX-ray8 labels."""
+"""Listing a source (folder or bucket prefix); reading a labels file (:mod:`.labels`)
+or one image by URL."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from typing import Any
 import numpy as np
 
 from xraycore.image.decode import ImageDecodeError, decode_image, dicom_frames, image_format
-from xraycore.store.schema import finding_column
+from xraycore.store.labels import label_for, read_labels
 from xraycore.store.storage import Storage
 
-__all__ = ["IMAGE_EXTENSIONS", "SourceFile", "list_sources", "read_image", "read_labels"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SourceFile",
+    "label_for",
+    "list_sources",
+    "read_image",
+    "read_labels",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -110,66 +118,6 @@ def _frames(source: Storage, rel: str) -> int:
         return dicom_frames(source.read_bytes(rel))
     except ImageDecodeError:
         return 1
-
-
-# Data_Entry_2017.csv columns and the store's names for them.
-_LABEL_COLUMNS = {
-    "Follow-up #": "follow_up",
-    "Patient ID": "patient_id",
-    "Patient Age": "patient_age",
-    "Patient Gender": "patient_gender",
-    "View Position": "view_position",
-}
-
-
-def read_labels(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict]:
-    """Read a labels CSV in ChestX-ray8's ``Data_Entry_2017.csv`` format.
-
-    Returns
-    -------
-    labels : dict
-        Image file name (``Image Index``) -> columns: ``finding_labels`` (list
-        of str, "No Finding" kept as its own label), one bool ``finding_<name>``
-        per finding seen in the file, and ``follow_up``, ``patient_id``,
-        ``patient_age``, ``patient_gender``, ``view_position`` when present.
-    """
-    import io as _io
-
-    import pyarrow.csv as pacsv
-
-    storage = Storage.from_url(url, storage_options)
-    try:
-        raw = storage.read_bytes()
-    except FileNotFoundError as exc:
-        raise ValueError(f"labels file {url} does not exist") from exc
-    try:
-        table = pacsv.read_csv(_io.BytesIO(raw))
-    except Exception as exc:
-        raise ValueError(f"labels file {url} is not a readable CSV: {exc}") from exc
-    names = table.column_names
-    for required in ("Image Index", "Finding Labels"):
-        if required not in names:
-            raise ValueError(
-                f"labels file {url} has no {required!r} column (Data_Entry_2017.csv format); "
-                f"columns are {names}"
-            )
-    rows = table.to_pylist()
-    findings = sorted(
-        {f.strip() for r in rows for f in str(r["Finding Labels"]).split("|") if f.strip()}
-    )
-    labels: dict[str, dict] = {}
-    for r in rows:
-        found = [f.strip() for f in str(r["Finding Labels"]).split("|") if f.strip()]
-        entry: dict[str, Any] = {"finding_labels": found}
-        for f in findings:
-            entry[finding_column(f)] = f in found
-        for src, dst in _LABEL_COLUMNS.items():
-            if src in names:
-                value = r[src]
-                numeric = dst in ("follow_up", "patient_age")
-                entry[dst] = value if value is None or numeric else str(value)
-        labels[str(r["Image Index"])] = entry
-    return labels
 
 
 def read_image(

@@ -63,7 +63,11 @@ __all__ = [
     "array_specs",
     "check_format",
     "checksum",
+    "FINDING_TYPE",
+    "FINDING_UNCERTAIN",
+    "FINDING_LABELS",
     "finding_column",
+    "finding_columns",
     "is_part",
     "is_temporary",
     "metadata_row",
@@ -402,6 +406,24 @@ def finding_column(finding: str) -> str:
     return FINDING_PREFIX + re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
+#: The list of a scan's findings as ChestX-ray8 writes them ("Effusion|Mass"): a
+#: column with the finding prefix that is not a finding.
+FINDING_LABELS = "finding_labels"
+
+
+def finding_columns(columns) -> list[str]:
+    """The finding columns among ``columns`` (one label per finding), sorted."""
+    return sorted(c for c in columns if c.startswith(FINDING_PREFIX) and c != FINDING_LABELS)
+
+
+#: A finding column's value for an uncertain label (CheXpert's and MIMIC-CXR's
+#: labellers write -1); 1 is present, 0 absent, null not mentioned.
+FINDING_UNCERTAIN = -1
+#: The type of a finding column that can hold an uncertain label (ChestX-ray8's,
+#: which cannot, are boolean).
+FINDING_TYPE = "int8"
+
+
 #: How the latest row of each dataset is found: its key, and its time column
 #: (:func:`xraycore.store._table.latest_rows`).
 METADATA_KEY = ("source", "frame")
@@ -494,8 +516,19 @@ def arrow_schema(rows: list[dict[str, Any]]):
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in METADATA_COLUMNS))
     if extra:
         inferred = pa.Table.from_pylist([{k: r.get(k) for k in extra} for r in rows]).schema
-        fields += list(inferred)
+        fields += [_finding_field(f) for f in inferred]
     return pa.schema(fields)
+
+
+def _finding_field(field):
+    """An integer (or all-null) finding column as :data:`FINDING_TYPE`: 1, 0, -1
+    or null, whichever part it was written in (a boolean one stays boolean)."""
+    import pyarrow as pa
+
+    finding = field.name.startswith(FINDING_PREFIX) and field.name != FINDING_LABELS
+    if finding and (pa.types.is_integer(field.type) or pa.types.is_null(field.type)):
+        return pa.field(field.name, pa.type_for_alias(FINDING_TYPE))
+    return field
 
 
 def prediction_schema():
