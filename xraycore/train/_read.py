@@ -26,8 +26,8 @@ __all__ = ["Selection", "read_batches"]
 class Selection:
     """The rows a loader selected, and what reading their batches needs.
 
-    ``rows``, ``shards``, ``image_ids`` and ``targets`` (or None) are per selected
-    row; ``cache_keys`` names each selected shard in the shard cache (None
+    ``rows``, ``shards``, ``image_ids``, ``targets`` and ``target_mask`` (or
+    None) are per selected row; ``cache_keys`` names each selected shard in the shard cache (None
     without a cache).
     """
 
@@ -38,6 +38,7 @@ class Selection:
     shard_size: int
     image_ids: np.ndarray
     targets: np.ndarray | None
+    target_mask: np.ndarray | None
     cache_keys: dict[int, str] | None
 
 
@@ -60,7 +61,7 @@ def read_batches(
     ------
     batch : dict
         One array per name in ``selection.arrays``, ``row``, ``image_id`` and,
-        with targets, ``target``.
+        with targets, ``target`` (and ``target_mask`` with several).
     """
     reads = _BatchReads(selection, rt, plan, prefetch)
     # With decode threads, batch t + 1 is decoding while batch t is finished
@@ -218,6 +219,8 @@ class _BatchReads:
         batch["image_id"] = sel.image_ids[idx]
         if sel.targets is not None:
             batch["target"] = sel.targets[idx]
+        if sel.target_mask is not None:
+            batch["target_mask"] = sel.target_mask[idx]
         return batch
 
     def cancel(self) -> None:

@@ -32,6 +32,7 @@ from xraycore.store import ScanStore, select_rows
 from xraycore.train._order import epoch_order, rank_batches
 from xraycore.train._read import Selection, read_batches
 from xraycore.train._runtime import ReadRuntime, available_cores
+from xraycore.train._targets import UNCERTAIN, LabelMatrix, label_matrix, target_columns
 
 __all__ = ["TUNING", "ScanLoader", "available_cores", "epoch_order", "rank_batches"]
 
@@ -69,6 +70,14 @@ class ScanLoader:
     target : str, optional
         Metadata column returned as ``"target"`` (int64, 0/1 for a boolean
         label); rows where it is null are left out.
+    targets : list of str or "findings", optional
+        Several label columns (findings or column names; ``"findings"``: every
+        ``finding_*`` column) returned as ``"target"`` (float32, ``(B, K)``) with
+        ``"target_mask"`` (bool, ``(B, K)``: False where the label is missing or,
+        under ``uncertain="ignore"``, uncertain). Rows with no counted label are
+        left out. Not with ``target``.
+    uncertain : {"ignore", "zeros", "ones"}
+        With ``targets``: what an uncertain label (-1) becomes. Default "ignore".
     where : dict, optional
         Column -> required value.
     arrays : tuple of str
@@ -87,6 +96,10 @@ class ScanLoader:
 
     Attributes
     ----------
+    target_names : tuple of str
+        With ``targets``: the K columns, in the order of ``"target"``'s columns.
+    positives, negatives : (K,) ndarray of int64
+        With ``targets``: per column, the selected rows whose counted label is 1 / 0.
     consumed : int
         Batches of the current epoch yielded so far: what :meth:`state_dict`
         saves, and what iterating the loader or its :meth:`dataloader` advances.
@@ -95,7 +108,9 @@ class ScanLoader:
     -----
     Each batch is a dict: one ``(B, *image_shape)`` array per name in
     ``arrays`` (exactly what ``ScanStore.read(name, rows)`` returns), ``row``
-    (int64), ``image_id`` (str) and, with ``target``, ``target`` (int64). The
+    (int64), ``image_id`` (str) and, with ``target``, ``target`` (int64), or
+    with ``targets``, ``target`` and ``target_mask``. Labels are read once from
+    the metadata, not per image. The
     shuffle is WebDataset's (shards in a random order, a buffer of samples
     from several shards) with the buffer replaced by a permutation of whole
     windows, so that every epoch is exactly once and can be resumed at any
@@ -109,6 +124,8 @@ class ScanLoader:
         batch_size: int,
         split: str | None = None,
         target: str | None = None,
+        targets: list[str] | str | None = None,
+        uncertain: str = "ignore",
         where: dict[str, Any] | None = None,
         arrays=("preprocessed",),
         shuffle: bool = True,
@@ -162,28 +179,58 @@ class ScanLoader:
         self._specs = {name: stored[name] for name in arrays}
         self.shard_size = store.shard_size
         self.target = target
-        self._select(split=split, target=target, where=where)
+        if target is not None and targets is not None:
+            raise ValueError("give target (one column) or targets (several), not both")
+        if uncertain not in UNCERTAIN:
+            raise ValueError(f"uncertain must be one of {UNCERTAIN}, got {uncertain!r}")
+        self.uncertain = uncertain
+        self._select(split=split, target=target, targets=targets, where=where)
         self.epoch = 0
         self.consumed = 0
 
     # -- the selection ------------------------------------------------------
-    def _select(self, *, split, target, where) -> None:
+    def _select(self, *, split, target, targets, where) -> None:
         table = self._store.read_metadata()
         chosen = select_rows(
             table, url=self._store.storage.url, split=split, where=where, target=target
         )
+        self.targets = self.target_mask = None
+        self.target_names: tuple[str, ...] = ()
+        if targets is not None:
+            chosen = self._select_labels(chosen, targets, split=split, where=where)
         self.rows = chosen["row"].to_numpy().astype(np.int64)
         self.image_ids = np.array(chosen["image_id"].to_pylist(), dtype=str)
-        self.targets = None if target is None else _targets(chosen[target], target)
+        if target is not None:
+            self.targets = _targets(chosen[target], target)
         self._shards = self.rows // self.shard_size
         digest = hashlib.sha256()
         digest.update(self.rows.tobytes())
         digest.update("\0".join(self.image_ids.tolist()).encode())
-        digest.update(repr((target, self.targets is not None and self.targets.tobytes())).encode())
+        labels = self.targets is not None and self.targets.tobytes()
+        mask = self.target_mask is not None and self.target_mask.tobytes()
+        digest.update(repr((target, self.target_names, labels, mask)).encode())
         self.fingerprint = digest.hexdigest()[:16]
         self._cache_keys: dict[int, str] | None = None
         if self.tuning["cache_dir"] is not None:
             self._cache_keys = self._shard_cache_keys(table)
+
+    def _select_labels(self, chosen, targets, *, split, where):
+        """The rows of ``chosen`` with a counted label in one of ``targets``'
+        columns; sets the targets, mask, names and counts."""
+        import pyarrow as pa
+
+        names = target_columns(targets, chosen.column_names)
+        labels = label_matrix(chosen, names, uncertain=self.uncertain)
+        keep = labels.mask.any(axis=1)
+        if not keep.any():
+            raise ValueError(
+                f"no rows selected from store {self._store.storage.url} with a label in "
+                f"{list(names)} (split={split!r}, where={where!r}, uncertain={self.uncertain!r})"
+            )
+        labels = LabelMatrix(names, labels.targets[keep], labels.mask[keep])
+        self.target_names, self.targets, self.target_mask = names, labels.targets, labels.mask
+        self.positives, self.negatives = labels.positives, labels.negatives
+        return chosen.filter(pa.array(keep))
 
     def _shard_cache_keys(self, table) -> dict[int, str]:
         """A key per selected shard that changes whenever the shard's content may
@@ -324,6 +371,7 @@ class ScanLoader:
             shard_size=self.shard_size,
             image_ids=self.image_ids,
             targets=self.targets,
+            target_mask=self.target_mask,
             cache_keys=self._cache_keys,
         )
         runtime = self._runtime_for(workers)

@@ -491,3 +491,98 @@ def test_workers_start_from_a_fork_server_once_a_prefect_flow_has_run(monkeypatc
     assert worker_context(0, {}) == {}  # no workers, nothing to start
     given = {"multiprocessing_context": "spawn"}
     assert worker_context(2, given) == given  # the caller's choice is kept
+
+
+# -- several targets ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chexpert(tmp_path_factory):
+    from labels_files import chexpert_store
+
+    return chexpert_store(tmp_path_factory.mktemp("chexpert"), n=21, size=32)
+
+
+def _policy(value: str, uncertain: str) -> tuple[float, bool]:
+    """What the CSV's ``value`` must become under ``uncertain``: (target, counted)."""
+    if value == "":
+        return 0.0, False
+    v = int(float(value))
+    if v == -1:
+        return ({"ignore": 0.0, "zeros": 0.0, "ones": 1.0}[uncertain], uncertain != "ignore")
+    return float(v), True
+
+
+@pytest.mark.parametrize("uncertain", ["ignore", "zeros", "ones"])
+def test_targets_and_masks_equal_the_labels_file(chexpert, uncertain):
+    from labels_files import CHEXPERT_HEADER
+
+    url, rows = chexpert
+    loader = ScanLoader(url, batch_size=4, targets="findings", uncertain=uncertain, seed=1)
+    observations = CHEXPERT_HEADER[5:]
+    columns = {"finding_" + o.lower().replace(" ", "_"): o for o in observations}
+    assert loader.target_names == tuple(sorted(columns))
+    csv_rows = {
+        row[0].split("/", 1)[1]: dict(zip(CHEXPERT_HEADER, row, strict=True)) for row in rows
+    }
+    seen = 0
+    positives = np.zeros(len(columns), np.int64)
+    for batch in loader:
+        assert batch["target"].dtype == np.float32 and batch["target_mask"].dtype == bool
+        assert batch["target"].shape == batch["target_mask"].shape == (len(batch["row"]), 14)
+        for image_id, target, mask in zip(
+            batch["image_id"], batch["target"], batch["target_mask"], strict=True
+        ):
+            row = csv_rows[image_id]
+            want = [_policy(row[columns[name]], uncertain) for name in loader.target_names]
+            assert target.tolist() == [t for t, _ in want], image_id
+            assert mask.tolist() == [m for _, m in want], image_id
+            positives += (target == 1) & mask
+            seen += 1
+    # Rows with no counted label at all are left out; every other row once.
+    counted = [
+        r for r in csv_rows.values() if any(_policy(r[o], uncertain)[1] for o in observations)
+    ]
+    assert seen == len(counted) == len(loader.rows)
+    assert loader.positives.tolist() == positives.tolist()
+    negatives = [
+        sum(_policy(r[columns[n]], uncertain) == (0.0, True) for r in counted)
+        for n in loader.target_names
+    ]
+    assert loader.negatives.tolist() == negatives
+
+
+def test_targets_by_finding_name_in_the_order_given(chexpert):
+    url, _ = chexpert
+    loader = ScanLoader(url, batch_size=4, targets=["Pneumonia", "finding_edema"], shuffle=False)
+    assert loader.target_names == ("finding_pneumonia", "finding_edema")
+    whole = ScanLoader(url, batch_size=4, targets="findings", shuffle=False)
+    index = [whole.target_names.index(n) for n in loader.target_names]
+    keep = whole.target_mask[:, index].any(axis=1)
+    assert np.array_equal(loader.rows, whole.rows[keep])
+    assert np.array_equal(loader.targets, whole.targets[keep][:, index])
+    (torch_batch, *_) = list(loader.to_torch())
+    assert torch_batch["target_mask"].dtype.is_floating_point is False
+
+
+def test_a_boolean_finding_is_a_target_with_every_label_counted(store):
+    loader = ScanLoader(store, batch_size=5, targets=["finding_x"])
+    labelled = ScanLoader(store, batch_size=5, target="finding_x")
+    assert np.array_equal(np.sort(loader.rows), np.sort(labelled.rows))  # nulls left out
+    assert loader.target_mask.all()
+    assert loader.positives.tolist() == [int(labelled.targets.sum())]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"targets": ["finding_nope"]}, r"no target column \['finding_nope'\]"),
+        ({"targets": "all"}, "targets must be 'findings' or a list"),
+        ({"targets": []}, "at least one column"),
+        ({"targets": ["x", "finding_x"]}, "duplicates"),
+        ({"targets": ["finding_x"], "target": "finding_x"}, "not both"),
+        ({"targets": ["finding_x"], "uncertain": "maybe"}, "uncertain must be one of"),
+        ({"targets": ["split"]}, "must be a boolean, integer or float column"),
+    ],
+)
+def test_bad_targets_are_refused(store, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ScanLoader(store, batch_size=2, **kwargs)
