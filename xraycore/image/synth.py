@@ -15,11 +15,28 @@ import numpy as np
 
 from xraycore._validate import check_image
 
-__all__ = ["DAMAGE_FAMILIES", "Damage", "damage_scan", "phantom_chest"]
+__all__ = [
+    "DAMAGE_FAMILIES",
+    "SYNTHETIC_FINDINGS",
+    "Damage",
+    "damage_scan",
+    "phantom_chest",
+    "synthetic_findings",
+]
+
+
+#: The findings :func:`phantom_chest` can plant, each of another kind: a small
+#: dense spot, a diffuse band, an enlarged shape.
+SYNTHETIC_FINDINGS = ("nodule", "basal_opacity", "cardiomegaly")
 
 
 def phantom_chest(
-    size: int = 512, *, seed: int | None = 0, opacity: bool = False, marker: bool = True
+    size: int = 512,
+    *,
+    seed: int | None = 0,
+    opacity: bool = False,
+    marker: bool = True,
+    findings: tuple[str, ...] = (),
 ) -> np.ndarray:
     """A left-right and up-down asymmetric phantom of a PA chest radiograph.
 
@@ -35,6 +52,9 @@ def phantom_chest(
     marker : bool, optional
         Put a bright "L"-shaped marker in the top-left corner, so that flips and
         rotations are detectable.
+    findings : tuple of str, optional
+        Of :data:`SYNTHETIC_FINDINGS`: a small dense nodule somewhere in either
+        lung, an opacity over both lung bases, a heart shadow half as wide again.
 
     Returns
     -------
@@ -43,6 +63,9 @@ def phantom_chest(
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32, got {size!r}")
+    unknown = sorted(set(findings) - set(SYNTHETIC_FINDINGS))
+    if unknown:
+        raise ValueError(f"unknown findings {unknown}; known: {list(SYNTHETIC_FINDINGS)}")
     rng = np.random.default_rng(seed)
     s = size / 512.0
     img = np.full((size, size), 18, np.float32)
@@ -64,7 +87,8 @@ def phantom_chest(
     ell(256, 300, 220 + j[0], 250, 170)  # body
     ell(170 + j[1], 250, 72, 150 + j[2], 60, 8)  # right lung (image left)
     ell(345 + j[3], 250, 68, 140 + j[4], 60, -8)  # left lung (image right)
-    ell(300 + j[5], 340, 70, 60, 150)  # heart, image right
+    heart = 1.5 if "cardiomegaly" in findings else 1.0
+    ell(300 + j[5] - 20 * (heart - 1), 340, 70 * heart, 60 * (1 + (heart - 1) / 2), 150)  # heart
     cv2.rectangle(img, (int(240 * s), int(60 * s)), (int(272 * s), int(500 * s)), 210, -1)
     for k in range(7):  # ribs
         y = (150 + 38 * k + j[6]) * s
@@ -82,6 +106,8 @@ def phantom_chest(
             )
     if opacity:
         ell(165 + j[7], 280, 38, 48, 140)
+    if findings:
+        _plant(ell, rng, findings)
     if marker:
         cv2.rectangle(img, (int(20 * s), int(20 * s)), (int(32 * s), int(70 * s)), 250, -1)
         cv2.rectangle(img, (int(20 * s), int(58 * s)), (int(55 * s), int(70 * s)), 250, -1)
@@ -89,6 +115,62 @@ def phantom_chest(
     texture = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 1.5)
     img += 12.0 * texture / (texture.std() + 1e-6)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _plant(ell, rng, findings) -> None:
+    """Draw ``findings`` with ``ell`` (an ellipse in 512-pixel coordinates); the
+    draws come after the anatomy's, so a phantom without findings is unchanged."""
+    side, dx, dy = rng.integers(0, 2), rng.uniform(-30, 30), rng.uniform(-70, 50)
+    if "basal_opacity" in findings:
+        for cx in (170, 345):
+            ell(cx, 355, 62, 34, 125)
+    if "nodule" in findings:
+        ell((170, 345)[side] + dx, 240 + dy, 24, 24, 235)
+
+
+def synthetic_findings(
+    n: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    prevalence: float = 0.3,
+    missing: float = 0.1,
+    uncertain: float = 0.1,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, list]]:
+    """Phantoms with known findings, and labels as a labeller gives them.
+
+    Each finding of :data:`SYNTHETIC_FINDINGS` is planted independently with
+    probability ``prevalence``; its label is then blank with probability
+    ``missing``, -1 (uncertain) with probability ``uncertain``, else the truth.
+
+    Returns
+    -------
+    scans : (n, size, size) ndarray of uint8
+    truth : dict
+        Finding -> (n,) bool: planted or not.
+    labels : dict
+        Finding -> list of 1, 0, -1 or None (what a labels file says).
+    """
+    rng = np.random.default_rng(seed)
+    truth = {f: rng.random(n) < prevalence for f in SYNTHETIC_FINDINGS}
+    scans = np.stack(
+        [
+            phantom_chest(
+                size,
+                seed=int(rng.integers(2**31)),
+                findings=tuple(f for f in SYNTHETIC_FINDINGS if truth[f][i]),
+            )
+            for i in range(n)
+        ]
+    )
+    labels = {}
+    for f in SYNTHETIC_FINDINGS:
+        u = rng.random(n)
+        labels[f] = [
+            None if u[i] < missing else -1 if u[i] < missing + uncertain else int(truth[f][i])
+            for i in range(n)
+        ]
+    return scans, truth, labels
 
 
 @dataclass(frozen=True)
