@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from xraycore.store.schema import FINDING_PREFIX
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -52,6 +53,13 @@ class ModelContract:
         One probability per image, or two class probabilities (positive second).
     layout : {"NCHW", "NHWC"}
         Input tensor layout. Default NCHW (OpenCV's ``blobFromImage``).
+    findings : tuple of str
+        A multi-output model's findings (metadata columns, ``finding_*``), one
+        sigmoid output each, in output order; empty (default) for a model of
+        one finding, whose ``labels`` name its two classes.
+    thresholds : tuple of float
+        Per finding, the score above which it is called present (chosen on the
+        validation split when trained here); empty: ``threshold`` for all.
     """
 
     size: int = 256
@@ -63,8 +71,12 @@ class ModelContract:
     labels: tuple[str, str] = ("healthy", "pneumonia")
     output: str = "sigmoid"
     layout: str = "NCHW"
+    findings: tuple[str, ...] = ()
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "findings", tuple(str(f) for f in self.findings))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
@@ -84,6 +96,31 @@ class ModelContract:
             raise ValueError(f"output must be 'sigmoid' or 'softmax2', got {self.output!r}")
         if self.layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
+        self._check_findings()
+
+    def _check_findings(self) -> None:
+        if len(set(self.findings)) != len(self.findings):
+            raise ValueError(f"findings has duplicates: {list(self.findings)}")
+        if self.findings and self.output != "sigmoid":
+            raise ValueError(
+                f"a model of several findings has sigmoid outputs, got {self.output!r}"
+            )
+        if self.thresholds and len(self.thresholds) != len(self.findings):
+            raise ValueError(
+                f"thresholds needs one value per finding ({len(self.findings)}), "
+                f"got {len(self.thresholds)}"
+            )
+        if any(not 0 <= t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be in [0, 1], got {list(self.thresholds)}")
+
+    @property
+    def outputs(self) -> int:
+        """Scores the model gives per image: one per finding, or 1."""
+        return max(len(self.findings), 1)
+
+    def threshold_of(self, k: int) -> float:
+        """The threshold of output ``k``."""
+        return self.thresholds[k] if self.thresholds else self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -202,11 +239,17 @@ class OnnxClassifier:
         self.input_name = self.session.get_inputs()[0].name
 
     def scores(self, scans: np.ndarray) -> np.ndarray:
-        """Probability of the positive label for each (S, S) uint8 scan."""
+        """Probability of the positive label for each (S, S) uint8 scan: (N,), or
+        (N, K) for a model of K findings (its contract's ``findings``)."""
         out = np.asarray(
             self.session.run(None, {self.input_name: prepare_batch(scans, self.contract)})[0]
         )
         out = out.reshape(len(scans), -1)
+        if self.contract.findings:
+            k = len(self.contract.findings)
+            if out.shape[1] != k:
+                raise ValueError(f"model gives {out.shape[1]} outputs, contract names {k} findings")
+            return out.astype(np.float64)
         if self.contract.output == "sigmoid":
             if out.shape[1] != 1:
                 raise ValueError(f"model gives {out.shape[1]} outputs, contract says 1 (sigmoid)")
@@ -216,8 +259,22 @@ class OnnxClassifier:
         return out[:, 1].astype(np.float64)
 
     def labels(self, scores: np.ndarray) -> list[str]:
+        """The label of each score (of a model of one finding)."""
         neg, pos = self.contract.labels
         return [pos if s > self.contract.threshold else neg for s in scores]
+
+    def finding_labels(self, scores: np.ndarray) -> list[list[str]]:
+        """Per image and finding of a multi-output model, the finding's name
+        (``finding_`` dropped) when its score is above its threshold, else
+        ``no <name>``."""
+        names = [f.removeprefix(FINDING_PREFIX) for f in self.contract.findings]
+        return [
+            [
+                n if s > self.contract.threshold_of(k) else f"no {n}"
+                for k, (n, s) in enumerate(zip(names, row, strict=True))
+            ]
+            for row in scores
+        ]
 
 
 def classification_report(y_true: list[str], y_pred: list[str], labels: tuple[str, ...]) -> dict:
