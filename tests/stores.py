@@ -95,3 +95,29 @@ def labelled_store(root: Path, *, n: int, size: int) -> str:
     ids = store.read_metadata().column("image_id").to_pylist()
     write_splits(store, ["validation" if int(i[4:7]) % 8 >= 6 else "train" for i in ids], "split")
     return url
+
+
+def findings_store(root: Path, *, n: int, size: int, seed: int = 0) -> str:
+    """A store of ``n`` phantoms with planted findings
+    (:func:`xraycore.image.synth.synthetic_findings`: some labels missing, some
+    uncertain) in ``finding_nodule``, ``finding_basal_opacity`` and
+    ``finding_cardiomegaly``; splits train, validation and test as 6:2:2 by index."""
+    from xraycore.image.synth import synthetic_findings
+    from xraycore.train.baseline import write_splits
+
+    src = Path(root) / "scans"
+    src.mkdir(parents=True)
+    scans, _, found = synthetic_findings(n, size=size, seed=seed)
+    paths = png_files(src, list(scans))
+    labels = {
+        p.name: {**{f"finding_{f}": found[f][i] for f in found}, "patient_id": str(i)}
+        for i, p in enumerate(paths)
+    }
+    url = str(Path(root) / "store")
+    store = build_store(
+        url, paths, PipelineSpec(size=size, enhance=(), outputs=()), batch_size=16, labels=labels
+    )
+    ids = store.read_metadata().column("image_id").to_pylist()
+    split = {0: "train", 1: "train", 2: "train", 3: "validation", 4: "test"}
+    write_splits(store, [split[int(i[4:7]) % 5] for i in ids], "split")
+    return url

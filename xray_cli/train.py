@@ -47,11 +47,27 @@ def _epoch_line(result) -> str:
         f"({result.steps} steps, {result.seconds:.1f} s)"
     )
     if result.validation_count:
+        from xraycore.store.schema import FINDING_PREFIX
+
+        each = ", ".join(
+            f"{name.removeprefix(FINDING_PREFIX)} {auc:.3f}"
+            for name, auc in result.validation_auroc.items()
+        )
         line += (
-            f"; validation loss {result.validation_loss:.4f}, "
-            f"accuracy {result.validation_accuracy:.3f} on {result.validation_count} scans"
+            f"; validation loss {result.validation_loss:.4f}, mean AUROC "
+            f"{result.validation_mean_auroc:.3f} on {result.validation_count} scans ({each})"
         )
     return line
+
+
+def _targets(targets: str) -> list[str] | str:
+    """``--targets``: ``all`` (every finding column) or a comma-separated list."""
+    if targets.strip().lower() == "all":
+        return "findings"
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    if not names:
+        fail(f"--targets must be all or a comma-separated list of findings, got {targets!r}", 2)
+    return names
 
 
 def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options, **options):
@@ -59,24 +75,28 @@ def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options
 
     if arch not in cnn.ARCHITECTURES:
         fail(f"--arch must be logistic or one of {', '.join(cnn.ARCHITECTURES)}, got {arch!r}", 2)
+    targets = options.pop("targets")
+    what = column if targets is None else ("every finding" if targets == "findings" else targets)
     try:
         device, precision = cnn.cnn_device(
             options.pop("device", "auto"), options.pop("precision", "auto")
         )
-        contract = cnn.cnn_contract(size or 224, labels=labels)
+        contract = cnn.cnn_contract(size or 224, **({"labels": labels} if labels else {}))
         typer.echo(
-            f"training {arch} on split {split!r} of {store} for {column}: {device}, {precision}, "
+            f"training {arch} on split {split!r} of {store} for {what}: {device}, {precision}, "
             f"{contract.size}x{contract.size}"
         )
         model = cnn.train_cnn(
             store,
             target=column,
+            targets=targets,
             contract=contract,
             arch=arch,
             split=split,
             device=device,
             precision=precision,
             storage_options=storage_options,
+            checkpoints=cnn.checkpoint_dir(out),
             on_epoch=lambda result: typer.echo(_epoch_line(result)),
             **options,
         )
@@ -84,17 +104,23 @@ def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options
         fail(str(exc), 2)
     cnn.export_cnn_onnx(model, out)
     checkpoint = cnn.save_checkpoint(model.network, out.with_suffix(".pt"))
+    best = f", epoch {model.best_epoch} (best)" if model.best_epoch else ""
     typer.echo(
-        f"trained {arch} for {model.steps} steps on {model.scans} scans; model: {out} "
-        f"(+ contract {out}.json), weights: {checkpoint}"
+        f"trained {arch} for {model.steps} steps on {model.scans} scans; model{best}: {out} "
+        f"(+ contract {out}.json), weights: {checkpoint}, checkpoints: {cnn.checkpoint_dir(out)}"
     )
 
 
 def train(
     store: Annotated[str, typer.Argument(help="Store URL (with splits).")],
     target: Annotated[
-        str, typer.Option(help="Finding to predict: Pneumonia or its column finding_pneumonia.")
-    ],
+        str | None,
+        typer.Option(help="One finding to predict: Pneumonia or its column finding_pneumonia."),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(help="Several findings, one sigmoid each: all, or A,B,C (densenet121)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
     # Plain strings: xraycore.train.cnn owns the names it accepts and refuses others (exit 2).
     arch: Annotated[
@@ -126,14 +152,43 @@ def train(
     weights: Annotated[
         Path | None, typer.Option(help="Local state_dict file to start from (no downloads).")
     ] = None,
+    uncertain: Annotated[
+        str | None, typer.Option(help="Uncertain (-1) labels: ignore (default), zeros or ones.")
+    ] = None,
+    balance: Annotated[
+        bool | None,
+        typer.Option(
+            "--balance/--no-balance",
+            help="Weight each finding's positives by the train split's negatives/positives.",
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop after N epochs without a better validation AUROC.")
+    ] = None,
+    freeze_epochs: Annotated[
+        int | None, typer.Option(help="Epochs training only the head (seed 003: 50).")
+    ] = None,
+    finetune_lr: Annotated[
+        float | None, typer.Option(help="Learning rate after --freeze-epochs (default lr/10).")
+    ] = None,
+    checkpoint_steps: Annotated[
+        int | None, typer.Option(help="Also checkpoint every N steps (always every epoch).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Go on from the last checkpoint in checkpoints/ next to OUT.")
+    ] = False,
     storage_options: StorageOptions = None,
 ) -> None:
-    """Train a classifier of TARGET on a split of STORE and export ONNX + contract.
+    """Train a classifier of TARGET (or of several TARGETS) on a split of STORE and
+    export ONNX + contract.
 
     --arch logistic (default) fits the NumPy baseline; --arch densenet121 trains a
-    DenseNet-121 with PyTorch (the package's torch extra), in mixed
-    precision on CUDA, and also writes its weights next to OUT (OUT with .pt)."""
-    column, labels = _finding(target)
+    DenseNet-121 with PyTorch (the package's torch extra), in mixed precision on
+    CUDA, keeps the epoch of the best mean validation AUROC, checkpoints into
+    checkpoints/ next to OUT, and also writes its weights next to OUT (OUT with .pt)."""
+    if (target is None) == (targets is None):
+        fail("give --target (one finding) or --targets (all, or A,B,C), not both nor neither", 2)
+    column, labels = _finding(target) if target is not None else (None, None)
     given = dict(
         epochs=epochs,
         batch_size=batch_size,
@@ -143,6 +198,12 @@ def train(
         device=device,
         precision=precision,
         max_steps=max_steps,
+        uncertain=uncertain,
+        balance=balance,
+        patience=patience,
+        freeze_epochs=freeze_epochs,
+        finetune_lr=finetune_lr,
+        checkpoint_steps=checkpoint_steps,
     )
     given = {k: v for k, v in given.items() if v is not None}  # the CNN's defaults for the rest
     # What both models are told: the rest of ``given`` is the CNN's alone.
@@ -151,9 +212,25 @@ def train(
     )
     if arch == "logistic":
         # The NumPy baseline has no epochs, batches, device, seed or checkpoint.
-        flags = [f"--{k.replace('_', '-')}" for k in given] + (["--weights"] if weights else [])
+        flags = [f"--{k.replace('_', '-')}" for k in given]
+        flags += [
+            f"--{k}"
+            for k, v in (("weights", weights), ("targets", targets), ("resume", resume))
+            if v
+        ]
         if flags:
             fail(f"{', '.join(flags)} only apply to a CNN (--arch densenet121)", 2)
         _train_logistic(store, column, labels, **common)
         return
-    _train_cnn(store, column, labels, arch=arch, weights=weights, **common, **given)
+    chosen = None if targets is None else _targets(targets)
+    _train_cnn(
+        store,
+        column,
+        labels,
+        arch=arch,
+        weights=weights,
+        targets=chosen,
+        resume=resume,
+        **common,
+        **given,
+    )

@@ -70,11 +70,13 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
         and "cpu, fp32, 64x64" in lines[0]
     )
     assert lines[1].startswith("epoch 1/1: loss ") and "(3 steps," in lines[1]
-    assert "validation loss" in lines[1] and lines[1].endswith("on 8 scans")
+    assert "validation loss" in lines[1] and "mean AUROC" in lines[1]
+    assert "on 8 scans (pneumonia " in lines[1]
     assert lines[2].startswith("trained densenet121 for 3 steps on 12 scans")
     contract = json.loads(Path(f"{model}.json").read_text())
     assert contract["size"] == 64 and contract["labels"] == ["no pneumonia", "pneumonia"]
     assert model.with_suffix(".pt").is_file()
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
     res = _xray("classify", store, "--model", str(model))
     assert res.returncode == 0, res.stdout + res.stderr

@@ -14,12 +14,13 @@ from xraycore.predict.contract import ModelContract, prepare_batch
 from xraycore.store.schema import temporary_path
 from xraycore.train._network import TrainedCNN, import_torch
 
-__all__ = ["cnn_scores", "export_cnn_onnx"]
+__all__ = ["cnn_scores", "export_cnn_onnx", "model_metadata"]
 
 
 def cnn_scores(network, scans: np.ndarray, contract: ModelContract, *, batch_size: int = 16):
     """Probability of the positive label for (N, S, S) uint8 scans, by torch in
-    eval mode in fp32 on the network's device: what the exported ONNX model gives."""
+    eval mode in fp32 on the network's device: what the exported ONNX model gives.
+    (N,) for a model of one finding, (N, K) for one of K (``contract.findings``)."""
     torch = import_torch()
     network.eval()
     dev = next(network.parameters()).device
@@ -27,8 +28,16 @@ def cnn_scores(network, scans: np.ndarray, contract: ModelContract, *, batch_siz
     with torch.no_grad():
         for start in range(0, len(scans), batch_size):
             x = torch.from_numpy(prepare_batch(scans[start : start + batch_size], contract))
-            out.append(torch.sigmoid(network(x.to(dev)).float()).squeeze(1).cpu().numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+            out.append(torch.sigmoid(network(x.to(dev)).float()).cpu().numpy())
+    shape = (0, contract.outputs)
+    scores = np.concatenate(out).astype(np.float64) if out else np.zeros(shape)
+    return scores if contract.findings else scores[:, 0]
+
+
+def model_metadata(model: TrainedCNN) -> dict:
+    """What ``model.onnx.json`` holds: the model's contract (its findings for a
+    model of several). The one place the sidecar is made."""
+    return model.contract.to_dict()
 
 
 @contextlib.contextmanager
@@ -50,8 +59,8 @@ def _quiet_exporter():
 
 def export_cnn_onnx(model: TrainedCNN, path: str | os.PathLike) -> Path:
     """Write the network, sigmoid included, as ONNX with its contract as the
-    sidecar ``<path>.json``; input (N, C, S, S) float32 named "input", output
-    (N, 1) "score".
+    sidecar ``<path>.json`` (:func:`model_metadata`); input (N, C, S, S) float32
+    named "input", output (N, K) "score" (K = 1, or the contract's findings).
 
     Notes
     -----
@@ -89,6 +98,6 @@ def export_cnn_onnx(model: TrainedCNN, path: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
     sidecar = Path(f"{path}.json")
     tmp = Path(temporary_path(str(sidecar)))
-    tmp.write_text(json.dumps(c.to_dict(), indent=2))
+    tmp.write_text(json.dumps(model_metadata(model), indent=2))
     os.replace(tmp, sidecar)
     return path

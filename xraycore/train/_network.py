@@ -86,8 +86,10 @@ def cnn_device(device: str = "auto", precision: str = "auto") -> tuple[str, str]
     return device, precision
 
 
-def build_network(arch: str = "densenet121", *, channels: int = 3, seed: int | None = 0):
-    """A freshly initialised network with one output (a logit).
+def build_network(
+    arch: str = "densenet121", *, channels: int = 3, seed: int | None = 0, outputs: int = 1
+):
+    """A freshly initialised network with ``outputs`` logits (one per finding).
 
     Parameters
     ----------
@@ -97,6 +99,8 @@ def build_network(arch: str = "densenet121", *, channels: int = 3, seed: int | N
         Input channels (the contract's).
     seed : int or None
         Seeds torch's generator before the weights are drawn.
+    outputs : int
+        Logits per image. Default 1.
 
     Returns
     -------
@@ -109,7 +113,7 @@ def build_network(arch: str = "densenet121", *, channels: int = 3, seed: int | N
 
     if seed is not None:
         torch.manual_seed(seed)
-    return DenseNet121(spatial_dims=2, in_channels=channels, out_channels=1)
+    return DenseNet121(spatial_dims=2, in_channels=channels, out_channels=outputs)
 
 
 def load_checkpoint(network, path: str | os.PathLike) -> None:
@@ -165,7 +169,8 @@ def save_checkpoint(network, path: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class EpochResult:
-    """One epoch: mean training loss, and the validation split's loss and accuracy."""
+    """One epoch: mean training loss, and on the validation split the loss and
+    each finding's AUROC (NaN for a finding with one class there) and their mean."""
 
     epoch: int
     epochs: int
@@ -173,13 +178,20 @@ class EpochResult:
     loss: float
     seconds: float
     validation_loss: float | None = None
-    validation_accuracy: float | None = None
+    validation_auroc: dict[str, float] = field(default_factory=dict)
+    validation_mean_auroc: float | None = None
     validation_count: int = 0
 
 
 @dataclass
 class TrainedCNN:
-    """A trained network (fp32, on the CPU, in eval mode) and how it was made."""
+    """A trained network (fp32, on the CPU, in eval mode) and how it was made.
+
+    ``best_epoch`` is the epoch whose weights ``network`` holds (the best mean
+    validation AUROC, or the last epoch without validation); ``selection`` what
+    was trained on (split, where, targets, uncertain policy), for the model's
+    record.
+    """
 
     network: Any
     contract: ModelContract
@@ -190,3 +202,5 @@ class TrainedCNN:
     scans: int = 0
     losses: list[float] = field(default_factory=list)
     epochs: list[EpochResult] = field(default_factory=list)
+    best_epoch: int | None = None
+    selection: dict[str, Any] = field(default_factory=dict)

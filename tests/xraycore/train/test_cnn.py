@@ -57,13 +57,14 @@ def test_contract_is_imagenet_normalised_and_batches_are_prepare_batch(store):
     assert (c.size, c.channels, c.output, c.layout) == (SIZE, 3, "sigmoid", "NCHW")
     assert c.mean == IMAGENET_MEAN and c.std == IMAGENET_STD
     scans = ScanStore.open(store).read("preprocessed", [0, 1, 2])
-    x, y = cnn._prepare(
+    x, y, mask = cnn._prepare(
         {"preprocessed": torch.from_numpy(scans), "target": torch.tensor([0, 1, 0])}, contract=c
     )
     # The numbers `xray classify` feeds the ONNX model, bit for bit.
     assert x.dtype == torch.float32 and x.shape == (3, 3, SIZE, SIZE)
     assert np.array_equal(x.numpy(), prepare_batch(scans, c))
-    assert y.tolist() == [0, 1, 0]
+    assert y.dtype == torch.float32 and y.tolist() == [[0], [1], [0]]
+    assert mask.dtype == torch.bool and mask.all()
 
 
 def test_training_learns_bright_from_dark(trained):
@@ -177,7 +178,7 @@ def test_dataloader_workers_prepare_the_same_batches(store):
     for workers in (0, 2):
         loader = ScanLoader(store, batch_size=8, target="finding_pneumonia", shuffle=False)
         batches = cnn._batches(loader, c, workers=workers, device=torch.device("cpu"))
-        seen[workers] = sorted((y.tolist(), x.sum().item()) for x, y in batches)
+        seen[workers] = sorted((y.tolist(), x.sum().item()) for x, y, _ in batches)
     assert len(seen[0]) == 4 and seen[0] == seen[2]
 
 
@@ -205,7 +206,7 @@ def test_device_and_precision_resolution():
         ({"device": "tpu"}, "device must be one of"),
         ({"precision": "fp8"}, "precision must be one of"),
         ({"contract": ModelContract(size=16)}, "size must be >= 32"),
-        ({"contract": ModelContract(output="softmax2")}, "one sigmoid output"),
+        ({"contract": ModelContract(output="softmax2")}, "sigmoid outputs"),
         ({"weights": "/no/such/weights.pt"}, "weights file /no/such/weights.pt does not exist"),
         ({"split": "test"}, "no rows selected .*split='test'"),
         ({"target": "finding_edema"}, "finding_edema"),

@@ -1,0 +1,204 @@
+"""Several findings at once: the masked, weighted loss; per-finding AUROC and the
+best epoch exported; seed 003's frozen stage; checkpoints that resume a killed run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stores import findings_store
+
+from xraycore.store import ScanStore
+from xraycore.train import cnn
+from xraycore.train.cnn import cnn_contract
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+SIZE = 32
+FINDINGS = ("finding_basal_opacity", "finding_cardiomegaly", "finding_nodule")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return findings_store(tmp_path_factory.mktemp("findings"), n=60, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    epochs = []
+    model = cnn.train_cnn(
+        store,
+        targets="findings",
+        contract=cnn_contract(SIZE),
+        batch_size=12,
+        epochs=3,
+        device="cpu",
+        on_epoch=epochs.append,
+    )
+    return model, epochs
+
+
+def test_masked_weighted_loss_is_the_formula():
+    from xraycore.train._schedule import masked_bce
+
+    rng = np.random.default_rng(0)
+    logits, y = rng.normal(size=(6, 3)), (rng.random((6, 3)) < 0.4).astype(np.float32)
+    mask = rng.random((6, 3)) < 0.7
+    w = np.array([2.0, 0.5, 4.0])
+    p = 1 / (1 + np.exp(-logits))
+    each = -(w * y * np.log(p) + (1 - y) * np.log(1 - p))
+    want = (each * mask).sum() / mask.sum()
+    got = masked_bce(*(torch.tensor(a) for a in (logits, y, mask, w)))
+    assert abs(float(got) - want) < 1e-6  # y and the mask in float32
+
+
+def test_every_finding_is_scored_and_the_best_epoch_is_the_model(trained, store):
+    model, epochs = trained
+    assert model.contract.findings == FINDINGS and len(model.contract.thresholds) == 3
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    for e in epochs:
+        assert tuple(e.validation_auroc) == FINDINGS
+        assert e.validation_mean_auroc == pytest.approx(
+            np.nanmean(list(e.validation_auroc.values()))
+        )
+    means = [e.validation_mean_auroc for e in epochs]
+    assert model.best_epoch == int(np.argmax(means)) + 1
+    # The exported weights score the validation split as the best epoch did (sklearn's AUROC).
+    s = ScanStore.open(store)
+    rows = s.select(split="validation")
+    scores = cnn.cnn_scores(
+        model.network, s.read("preprocessed", rows["row"].to_pylist()), model.contract
+    )
+    assert scores.shape == (rows.num_rows, 3)
+    best = epochs[model.best_epoch - 1]
+    for k, name in enumerate(FINDINGS):
+        labels = np.array([v if v is not None else np.nan for v in rows[name].to_pylist()], float)
+        known = labels >= 0  # missing and uncertain (-1) do not count under "ignore"
+        auc = sklearn_metrics.roc_auc_score(labels[known], scores[known, k])
+        assert auc == pytest.approx(best.validation_auroc[name], abs=1e-6), name
+
+
+def test_positives_are_weighted_by_the_train_splits_negatives(store):
+    from xraycore.train.loader import ScanLoader
+
+    loader = ScanLoader(store, batch_size=4, split="train", targets="findings")
+    table = ScanStore.open(store).select(split="train")
+    for k, name in enumerate(loader.target_names):
+        values = table[name].to_pylist()
+        assert loader.positives[k] == values.count(1) and loader.negatives[k] == values.count(0)
+
+
+def test_stage_one_moves_only_the_head(store):
+    initial = cnn.build_network(seed=0, outputs=3).state_dict()
+    model = cnn.train_cnn(
+        store,
+        targets="findings",
+        contract=cnn_contract(SIZE),
+        batch_size=12,
+        epochs=1,
+        freeze_epochs=1,
+        device="cpu",
+    )
+    after = model.network.state_dict()
+    backbone = [k for k in after if k.startswith("features.")]
+    head = [k for k in after if k.startswith("class_layers.")]
+    assert backbone and head
+    # Weights and batch-norm statistics alike, as Keras's trainable = False keeps them.
+    assert all(torch.equal(after[k], initial[k]) for k in backbone)
+    assert any(not torch.equal(after[k], initial[k]) for k in head)
+
+
+def _train_command(store: str, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "xray_cli",
+        "train",
+        store,
+        "--arch",
+        "densenet121",
+        "--targets",
+        "all",
+        "--size",
+        str(SIZE),
+        "--batch-size",
+        "6",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--checkpoint-steps",
+        "1",
+        *extra,
+    ]
+
+
+def _steps(folder: Path) -> int:
+    try:
+        return int(torch.load(folder / "last.pt", weights_only=True)["step"])
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(store, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    whole = tmp_path / "whole" / "model.onnx"
+    whole.parent.mkdir()
+    subprocess.run(_train_command(store, whole), check=True, env=env, capture_output=True)
+    # 36 training scans in batches of 6: 6 steps an epoch. Kill the second run for
+    # real (SIGKILL, no cleanup) once it has checkpointed step 3, inside epoch 1.
+    cut = tmp_path / "cut" / "model.onnx"
+    cut.parent.mkdir()
+    proc = subprocess.Popen(
+        _train_command(store, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while _steps(cut.parent / "checkpoints") < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _steps(cut.parent / "checkpoints")
+    assert 3 <= killed_at < 12, killed_at
+    assert not (cut.parent / "model.pt").exists()  # it never finished
+    done = subprocess.run(
+        _train_command(store, cut, "--resume"), env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a = torch.load(whole.with_suffix(".pt"), weights_only=True)
+    b = torch.load(cut.with_suffix(".pt"), weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][
+        :3
+    ]
+    last = torch.load(cut.parent / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 12 and last["loader"]["epoch"] == 2 and last["loader"]["batches"] == 0
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
+    folder = tmp_path / "checkpoints"
+    args = dict(targets="findings", contract=cnn_contract(SIZE), batch_size=12, device="cpu")
+    cnn.train_cnn(store, **args, max_steps=1, checkpoints=folder, checkpoint_steps=1)
+    assert (folder / "last.pt").is_file()
+    with pytest.raises(ValueError, match=r"other settings: .*lr 0.001 \(now 0.01\)"):
+        cnn.train_cnn(store, **args, lr=0.01, checkpoints=folder, resume=True)
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        cnn.train_cnn(store, **args, checkpoints=tmp_path / "none", resume=True)
