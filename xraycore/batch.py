@@ -208,6 +208,17 @@ def classify_rows(
     ids = {int(row): image_id for row, image_id in items}
     rows = sorted(ids)
     scans = target.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
+    if classifier.contract.findings:
+        records, positive = _finding_predictions(classifier, rows, ids, scans, model, run_id)
+    else:
+        records, positive = _predictions(classifier, rows, ids, scans, model, run_id)
+    if records:
+        target.write_predictions_part(records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}")
+    return {"rows": len(rows), "positive": positive}
+
+
+def _predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict], int]:
+    """One prediction per row of a model of one finding, and how many are positive."""
     scores = classifier.scores(scans) if rows else np.zeros(0)
     labels = classifier.labels(scores)
     now = datetime.now(UTC)
@@ -224,9 +235,30 @@ def classify_rows(
         )
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]
-    if records:
-        target.write_predictions_part(records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}")
-    return {
-        "rows": len(records),
-        "positive": sum(lab == classifier.contract.labels[1] for lab in labels),
-    }
+    return records, sum(lab == classifier.contract.labels[1] for lab in labels)
+
+
+def _finding_predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict], int]:
+    """One prediction per row and finding of a multi-output model, and how many
+    rows have a finding called present."""
+    findings = classifier.contract.findings
+    scores = classifier.scores(scans) if rows else np.zeros((0, len(findings)))
+    labels = classifier.finding_labels(scores)
+    now = datetime.now(UTC)
+    records = [
+        schema.prediction_row(
+            image_id=ids[r],
+            row=r,
+            score=s,
+            label=lab,
+            model=model,
+            model_sha256=classifier.sha256,
+            run_id=run_id,
+            classified_at=now,
+            finding=f,
+        )
+        for r, row_scores, row_labels in zip(rows, scores, labels, strict=True)
+        for f, s, lab in zip(findings, row_scores, row_labels, strict=True)
+    ]
+    positive = sum(any(not lab.startswith("no ") for lab in row) for row in labels)
+    return records, positive

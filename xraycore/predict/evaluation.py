@@ -7,18 +7,29 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xraycore.predict.contract import (
     ModelContract,
     classification_report,
     confusion_matrix_figure,
     model_sha256,
 )
+from xraycore.predict.roc import operating_point, roc_auc, roc_curve
 from xraycore.store import ScanStore, select_rows
-from xraycore.store.schema import CONFUSION, REPORT, finding_column
+from xraycore.store.schema import CONFUSION, FINDING_PREFIX, REPORT, ROC, finding_column
 
 # model_sha256 is the contract's (where the model is read), named here too for the
 # callers that evaluate: predictions are found by it.
-__all__ = ["CONFUSION", "REPORT", "evaluate_store", "model_sha256"]
+__all__ = [
+    "CONFUSION",
+    "REPORT",
+    "ROC",
+    "evaluate_store",
+    "findings_report",
+    "model_sha256",
+    "roc_figure",
+]
 
 
 def evaluate_store(
@@ -33,7 +44,8 @@ def evaluate_store(
     """Compare a model's predictions with the labels in the metadata.
 
     Writes ``classification_report.json`` and ``confusion_matrix.png`` into the
-    store.
+    store; for a model of several findings (its contract's ``findings``), the
+    report of :func:`findings_report` and ``roc_curves.png`` instead.
 
     Parameters
     ----------
@@ -54,6 +66,8 @@ def evaluate_store(
     """
     meta = store.read_metadata()
     preds = store.read_predictions()
+    if contract.findings:
+        return _evaluate_findings(store, meta, preds, model, contract, split, storage_options)
     target = target or finding_column(contract.labels[1])
     if meta is None or preds is None or target not in meta.column_names:
         return None
@@ -87,3 +101,100 @@ def evaluate_store(
         confusion_matrix_figure(report, png)
         store.storage.write_bytes_atomic(CONFUSION, png.read_bytes())
     return report
+
+
+def _evaluate_findings(store, meta, preds, model, contract, split, storage_options):
+    """:func:`evaluate_store` for a model of several findings."""
+    if meta is None or preds is None or (split and "split" not in meta.column_names):
+        return None
+    present = [f for f in contract.findings if f in meta.column_names]
+    if not present:
+        return None
+    sha = model_sha256(model, storage_options)
+    chosen = select_rows(meta, url=store.storage.url, split=split or None, empty_ok=True)
+    truth = {r["image_id"]: r for r in chosen.to_pylist()}
+    scores: dict[str, tuple[list, list]] = {f: ([], []) for f in present}
+    for p in preds.to_pylist():
+        t = truth.get(p["image_id"])
+        if p["model_sha256"] != sha or p["finding"] not in scores or t is None:
+            continue
+        value = t[p["finding"]]
+        # Only the image's current pixels; a missing or uncertain (-1) label is no truth.
+        if t["row"] != p["row"] or value is None or int(value) not in (0, 1):
+            continue
+        scores[p["finding"]][0].append(int(value))
+        scores[p["finding"]][1].append(p["score"])
+    if not any(y for y, _ in scores.values()):
+        return None
+    thresholds = {f: contract.threshold_of(contract.findings.index(f)) for f in present}
+    report = findings_report(
+        {f: (np.array(y), np.array(s)) for f, (y, s) in scores.items()}, thresholds
+    )
+    report.update(model=model, split=split)
+    store.storage.write_bytes_atomic(REPORT, json.dumps(report, indent=2).encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / ROC
+        roc_figure({f: (np.array(y), np.array(s)) for f, (y, s) in scores.items()}, png)
+        store.storage.write_bytes_atomic(ROC, png.read_bytes())
+    return report
+
+
+def findings_report(scores: dict[str, tuple], thresholds: dict[str, float]) -> dict:
+    """Per finding AUROC, the threshold, sensitivity and specificity at it and the
+    support; the mean AUROC over the findings where it is defined.
+
+    Parameters
+    ----------
+    scores : dict
+        Finding column -> (labels (N,) of 0/1, scores (N,)).
+    thresholds : dict
+        Finding column -> the model's threshold (``score > threshold`` is positive).
+
+    Returns
+    -------
+    report : dict
+        ``{"kind": "findings", "findings": {column: {...}}, "mean_auroc": float}``;
+        NaN (JSON null) where a finding's labels hold one class.
+    """
+    per = {}
+    for finding, (y, s) in scores.items():
+        point = operating_point(y, s, thresholds[finding])
+        auc = roc_auc(y, s) if len(y) else float("nan")
+        per[finding] = {
+            "auroc": None if np.isnan(auc) else auc,
+            "threshold": thresholds[finding],
+            "sensitivity": None if np.isnan(point["sensitivity"]) else point["sensitivity"],
+            "specificity": None if np.isnan(point["specificity"]) else point["specificity"],
+            "support": point["positives"] + point["negatives"],
+            "positives": point["positives"],
+            "negatives": point["negatives"],
+        }
+    defined = [r["auroc"] for r in per.values() if r["auroc"] is not None]
+    return {
+        "kind": "findings",
+        "findings": per,
+        "mean_auroc": float(np.mean(defined)) if defined else None,
+    }
+
+
+def roc_figure(scores: dict[str, tuple], path) -> Path:
+    """The ROC curves of ``scores`` (finding -> (labels, scores)), one line per
+    finding with its AUROC in the legend, as the ChestX-ray8 paper draws them."""
+    from xraycore.image.viz import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for finding, (y, s) in scores.items():
+        if len(y) == 0 or y.all() or not y.any():
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        name = finding.removeprefix(FINDING_PREFIX)
+        ax.plot(fpr, tpr, label=f"{name} ({roc_auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

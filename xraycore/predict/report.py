@@ -28,8 +28,29 @@ __all__ = [
 FAILURES_LISTED = 200
 
 
+def _findings_text(report: dict) -> str:
+    """A multi-output report: one line per finding, then the mean AUROC."""
+
+    def num(v):
+        return f"{v:>12.3f}" if v is not None else f"{'-':>12}"
+
+    buf = io.StringIO()
+    buf.write(f"{'':>28}{'AUROC':>12}{'threshold':>12}{'sensitivity':>12}")
+    buf.write(f"{'specificity':>12}{'support':>10}\n\n")
+    for finding, r in report["findings"].items():
+        buf.write(f"{finding.removeprefix(schema.FINDING_PREFIX):>28}{num(r['auroc'])}")
+        buf.write(f"{num(r['threshold'])}{num(r['sensitivity'])}{num(r['specificity'])}")
+        buf.write(f"{r['support']:>10}\n")
+    buf.write(f"\n{'mean AUROC':>28}{num(report['mean_auroc'])}\n")
+    return buf.getvalue()
+
+
 def report_text(report: dict) -> str:
-    """The report as seed 004 prints it (scikit-learn's layout)."""
+    """The report as seed 004 prints it (scikit-learn's layout); a multi-output
+    model's as one line per finding (AUROC, threshold, sensitivity, specificity,
+    support) and the mean AUROC."""
+    if report.get("kind") == "findings":
+        return _findings_text(report)
     buf = io.StringIO()
     buf.write(f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n\n")
     for label in report["labels"]:
@@ -51,6 +72,8 @@ def report_text(report: dict) -> str:
 
 def report_markdown(report: dict) -> str:
     """:func:`report_text` in a markdown document with the confusion matrix."""
+    if report.get("kind") == "findings":
+        return f"# Classification report (findings)\n\n```\n{report_text(report)}```\n"
     return (
         f"# Classification report ({report['target']})\n\n```\n{report_text(report)}```\n\n"
         f"Confusion matrix (rows true, columns predicted): {report['confusion_matrix']}\n"

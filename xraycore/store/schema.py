@@ -55,6 +55,7 @@ __all__ = [
     "PREDICTIONS",
     "PREDICTION_COLUMNS",
     "REPORT",
+    "ROC",
     "SHEET",
     "TEMPORARY_SUFFIX",
     "FINDING_PREFIX",
@@ -90,6 +91,8 @@ SHEET = "sheet.png"
 #: The classification report of the last scoring run, and its confusion matrix.
 REPORT = "classification_report.json"
 CONFUSION = "confusion_matrix.png"
+#: The ROC curves of a multi-output model's report, one line per finding.
+ROC = "roc_curves.png"
 
 #: Every writer of a store (shards, Parquet parts, the lease, pictures) writes
 #: ``<target>.<random hex>.partial`` and renames it into place, so what a killed
@@ -389,6 +392,8 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "model_sha256": "string",
     "run_id": "string",
     "classified_at": "timestamp[us, tz=UTC]",
+    # The finding a multi-output model scored (null for a model of one finding).
+    "finding": "string",
 }
 
 #: Prefix of the label columns, one per finding (``finding_pneumonia``).
@@ -428,7 +433,7 @@ FINDING_TYPE = "int8"
 #: (:func:`xraycore.store._table.latest_rows`).
 METADATA_KEY = ("source", "frame")
 METADATA_TIME = "processed_at"
-PREDICTION_KEY = ("image_id", "model_sha256")
+PREDICTION_KEY = ("image_id", "model_sha256", "finding")
 PREDICTION_TIME = "classified_at"
 
 
@@ -469,6 +474,7 @@ def prediction_row(
     model_sha256: str,
     run_id: str,
     classified_at: datetime | None = None,
+    finding: str | None = None,
 ) -> dict[str, Any]:
     """A prediction with every column of :data:`PREDICTION_COLUMNS`.
 
@@ -487,7 +493,9 @@ def prediction_row(
         SHA-256 of the model file (:func:`xraycore.predict.contract.model_sha256`).
     run_id : str
     classified_at : datetime, optional
-        Default now; the latest prediction per (image, model) wins.
+        Default now; the latest prediction per (image, model, finding) wins.
+    finding : str, optional
+        The finding column a multi-output model's score is of.
 
     Returns
     -------
@@ -503,6 +511,7 @@ def prediction_row(
         model_sha256=model_sha256,
         run_id=run_id,
         classified_at=classified_at if classified_at is not None else datetime.now(UTC),
+        finding=finding,
     )
     return prediction
 

@@ -202,3 +202,63 @@ def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
         cnn.train_cnn(store, **args, lr=0.01, checkpoints=folder, resume=True)
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         cnn.train_cnn(store, **args, checkpoints=tmp_path / "none", resume=True)
+
+
+def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained, store, tmp_path):
+    import json
+
+    from xraycore.batch import classify_rows
+    from xraycore.predict.contract import ModelContract
+    from xraycore.predict.evaluation import evaluate_store
+    from xraycore.predict.report import report_text
+
+    model, _ = trained
+    path = cnn.export_cnn_onnx(model, tmp_path / "findings.onnx")
+    contract = ModelContract.for_model(str(path))
+    assert contract.findings == FINDINGS and contract.thresholds == model.contract.thresholds
+    s = ScanStore.open(store)
+    ok = s.select()
+    items = list(zip(ok["row"].to_pylist(), ok["image_id"].to_pylist(), strict=True))
+    assert classify_rows(items, store=store, model=str(path), run_id="r")["rows"] == len(items)
+    preds = s.read_predictions()
+    assert preds.num_rows == 3 * len(items)
+    assert sorted(set(preds["finding"].to_pylist())) == list(FINDINGS)
+    report = evaluate_store(s, str(path), contract)  # every split: the test split is 12 scans
+    saved = json.loads((Path(store) / "classification_report.json").read_text())
+    assert saved["kind"] == "findings" and saved["findings"] == report["findings"]
+    assert (Path(store) / "roc_curves.png").stat().st_size > 1000
+    test = {r["image_id"]: r for r in ok.to_pylist()}
+    aucs = []
+    for k, name in enumerate(FINDINGS):
+        pairs = [
+            (test[p["image_id"]][name], p["score"])
+            for p in preds.to_pylist()
+            if p["finding"] == name and p["image_id"] in test
+        ]
+        y = np.array([v for v, _ in pairs if v in (0, 1)])
+        score = np.array([sc for v, sc in pairs if v in (0, 1)])
+        got = report["findings"][name]
+        assert got["support"] == len(y) and got["positives"] == int(y.sum())
+        auc = sklearn_metrics.roc_auc_score(y, score)
+        assert got["auroc"] == pytest.approx(auc, abs=1e-12)
+        called = score > contract.thresholds[k]
+        assert got["threshold"] == contract.thresholds[k]
+        assert got["sensitivity"] == pytest.approx(called[y == 1].mean())
+        assert got["specificity"] == pytest.approx((~called[y == 0]).mean())
+        aucs.append(auc)
+    assert report["mean_auroc"] == pytest.approx(np.mean(aucs))
+    assert "mean AUROC" in report_text(report) and "cardiomegaly" in report_text(report)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_and_roc_curve_equal_sklearn_with_ties(seed):
+    from xraycore.predict.roc import roc_auc, roc_curve
+
+    rng = np.random.default_rng(seed)
+    y = rng.random(300) < 0.2
+    scores = np.round(rng.random(300) + 0.3 * y, 1)  # rounded: many ties
+    assert roc_auc(y, scores) == pytest.approx(sklearn_metrics.roc_auc_score(y, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, scores)
+    want_fpr, want_tpr, _ = sklearn_metrics.roc_curve(y, scores, drop_intermediate=False)
+    assert np.allclose(fpr, want_fpr) and np.allclose(tpr, want_tpr)
+    assert np.isnan(roc_auc(np.zeros(4), np.arange(4.0)))
