@@ -262,3 +262,26 @@ def test_auroc_and_roc_curve_equal_sklearn_with_ties(seed):
     want_fpr, want_tpr, _ = sklearn_metrics.roc_curve(y, scores, drop_intermediate=False)
     assert np.allclose(fpr, want_fpr) and np.allclose(tpr, want_tpr)
     assert np.isnan(roc_auc(np.zeros(4), np.arange(4.0)))
+
+
+def test_densenet_learns_planted_findings_well_above_chance(tmp_path):
+    """The shortened benchmarks/bench_findings.py: 200 phantoms at 64x64, 4 epochs.
+    The benchmark (300 scans, 4 epochs) reaches a test mean AUROC of 0.999."""
+    from xraycore.predict.roc import roc_auc
+
+    url = findings_store(tmp_path, n=200, size=64, seed=1)
+    model = cnn.train_cnn(
+        url, targets="findings", contract=cnn_contract(64), epochs=4, batch_size=16, device="cpu"
+    )
+    s = ScanStore.open(url)
+    test = s.select(split="test")
+    scores = cnn.cnn_scores(
+        model.network, s.read("preprocessed", test["row"].to_pylist()), model.contract
+    )
+    aucs = []
+    for k, name in enumerate(model.contract.findings):
+        y = np.array([-1 if v is None else v for v in test[name].to_pylist()])
+        aucs.append(roc_auc(y[y >= 0], scores[y >= 0, k]))
+    # Measured once (seed 1): 0.944, 0.968, 1.000, mean 0.971, in 20 s on one thread;
+    # 2 epochs of 150 scans were not enough (basal opacity 0.30).
+    assert np.mean(aucs) > 0.7, aucs
