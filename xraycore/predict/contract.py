@@ -52,6 +52,11 @@ class ModelContract:
         One probability per image, or two class probabilities (positive second).
     layout : {"NCHW", "NHWC"}
         Input tensor layout. Default NCHW (OpenCV's ``blobFromImage``).
+    training : dict, optional
+        The model's lineage, written by ``xray train``: which store, at which
+        version, which rows (``rows_sha256``) it was trained on
+        (:func:`xraycore.train.lineage.training_lineage`). None for a model
+        from elsewhere.
     """
 
     size: int = 256
@@ -63,6 +68,7 @@ class ModelContract:
     labels: tuple[str, str] = ("healthy", "pneumonia")
     output: str = "sigmoid"
     layout: str = "NCHW"
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))

@@ -1,7 +1,9 @@
 """The store's format, in one place: arrays, encodings, metadata columns.
 
-A reader of the store contract needs this file and nothing else. Format 3
-(format 2 plus the ``frame`` column: one row per frame of a multi-frame DICOM):
+A reader of the store contract needs this file and nothing else. Format 4
+(format 3 with the metadata and predictions as Delta Lake tables, every
+commit a version; format 3 added the ``frame`` column, one row per frame of a
+multi-frame DICOM):
 
 - Every array holds one image per chunk, ``shard_size`` images per shard, and
   is compressed with Blosc over a bit shuffle: zstd level 1 for
@@ -64,10 +66,8 @@ __all__ = [
     "check_format",
     "checksum",
     "finding_column",
-    "is_part",
     "is_temporary",
     "metadata_row",
-    "part_name",
     "prediction_row",
     "temporary_path",
 ]
@@ -75,10 +75,10 @@ __all__ = [
 # -- The files of a store, relative to its root --------------------------------
 #: Zarr v3 group of the pixel arrays.
 IMAGES = "images.zarr"
-#: Parquet dataset (a directory of parts) of one row per source.
-METADATA = "metadata.parquet"
-#: Parquet dataset of one prediction per (image, model).
-PREDICTIONS = "predictions.parquet"
+#: Delta Lake table of one row per (source, frame); its versions are the store's.
+METADATA = "metadata.delta"
+#: Delta Lake table of one prediction per (image, model).
+PREDICTIONS = "predictions.delta"
 #: The lease of the run writing the store (:mod:`xraycore.store.lease`).
 LEASE = "_lease.json"
 #: A comparison picture of a few rows of the last run.
@@ -87,7 +87,7 @@ SHEET = "sheet.png"
 REPORT = "classification_report.json"
 CONFUSION = "confusion_matrix.png"
 
-#: Every writer of a store (shards, Parquet parts, the lease, pictures) writes
+#: Every writer of a store (shards, the lease, pictures) writes
 #: ``<target>.<random hex>.partial`` and renames it into place, so what a killed
 #: writer leaves behind is found (``xray verify``) and removed (``--repair``,
 #: and the run holding the lease) by this one suffix.
@@ -108,47 +108,16 @@ def is_temporary(path: str) -> bool:
     return posixpath.basename(path).endswith(TEMPORARY_SUFFIX)
 
 
-_PART_PREFIX = "part-"
-_PART_SUFFIX = ".parquet"
-_COMPACTED = "compacted-"
-
-
-def part_name(part: str) -> str:
-    """File name of the Parquet part ``part`` of a dataset (metadata, predictions).
-
-    Batch parts are named ``<first row>-...-<run id>``; a compaction writes
-    ``compacted-<run id>``: the run that wrote a part is the name's last field.
-    """
-    return f"{_PART_PREFIX}{part}{_PART_SUFFIX}"
-
-
-def compacted_part_name(run_id: str) -> str:
-    return part_name(f"{_COMPACTED}{run_id}")
-
-
-def is_part(path: str) -> bool:
-    """True for a committed part file (not a temporary, not a stray file)."""
-    name = posixpath.basename(path)
-    return name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX)
-
-
-def is_compacted_part(path: str) -> bool:
-    return is_part(path) and posixpath.basename(path).startswith(_PART_PREFIX + _COMPACTED)
-
-
-def part_of_run(path: str, run_id: str) -> bool:
-    """True for a part written by the run ``run_id``."""
-    return is_part(path) and posixpath.basename(path).endswith(f"-{run_id}{_PART_SUFFIX}")
-
-
 #: Version of the on-disk layout. Bump on any change of names, dtypes or encodings.
-FORMAT = 3
+FORMAT = 4
 
 #: What each earlier format lacks, for the message that refuses it.
 _SINCE = {
     1: "packed edge maps, see the README's store contract",
     2: "one row per frame of a multi-frame DICOM, the metadata's frame column",
 }
+#: The formats ``xray upgrade`` moves to this one without touching a pixel.
+UPGRADABLE = (3,)
 
 #: Images per Zarr shard unless a store says otherwise: a shard of 16 scans is a
 #: 10-20 MB object (good for S3), and one writer holds 16 images of every array
@@ -336,6 +305,12 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
     found = attrs.get("format", 1)
     if found == FORMAT:
         return
+    if found in UPGRADABLE:
+        raise StoreFormatError(
+            f"store {url} is in store format {found}; this version of xray-pipeline reads "
+            f"format {FORMAT}, whose metadata is a versioned Delta Lake table. Move it "
+            f"without reprocessing a pixel: `xray upgrade {url}`"
+        )
     why = f" ({_SINCE[found]} came after it)" if found in _SINCE else ""
     raise StoreFormatError(
         f"store {url} is in store format {found}; this version of xray-pipeline reads "
@@ -385,6 +360,9 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "model_sha256": "string",
     "run_id": "string",
     "classified_at": "timestamp[us, tz=UTC]",
+    # What the model was trained on (its lineage), when its contract says.
+    "training_store_version": "int64",
+    "training_rows_sha256": "string",
 }
 
 #: Prefix of the label columns, one per finding (``finding_pneumonia``).
@@ -402,8 +380,9 @@ def finding_column(finding: str) -> str:
     return FINDING_PREFIX + re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
-#: How the latest row of each dataset is found: its key, and its time column
-#: (:func:`xraycore.store._table.latest_rows`).
+#: What names a row of each table, and which of two rows of a key wins
+#: (:func:`xraycore.store._delta.latest_rows`); ``frame`` is null for a
+#: single-frame file, and a null frame equals a null frame.
 METADATA_KEY = ("source", "frame")
 METADATA_TIME = "processed_at"
 PREDICTION_KEY = ("image_id", "model_sha256")
@@ -447,6 +426,7 @@ def prediction_row(
     model_sha256: str,
     run_id: str,
     classified_at: datetime | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A prediction with every column of :data:`PREDICTION_COLUMNS`.
 
@@ -466,6 +446,9 @@ def prediction_row(
     run_id : str
     classified_at : datetime, optional
         Default now; the latest prediction per (image, model) wins.
+    training : dict, optional
+        The model's lineage (its contract's ``training``): its ``store_version``
+        and ``rows_sha256`` are recorded with the prediction.
 
     Returns
     -------
@@ -482,6 +465,9 @@ def prediction_row(
         run_id=run_id,
         classified_at=classified_at if classified_at is not None else datetime.now(UTC),
     )
+    if training:
+        prediction["training_store_version"] = training.get("store_version")
+        prediction["training_rows_sha256"] = training.get("rows_sha256")
     return prediction
 
 

@@ -20,6 +20,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -42,6 +43,7 @@ from xraycore.train._network import (
     load_checkpoint,
     save_checkpoint,
 )
+from xraycore.train.lineage import loader_settings, training_lineage
 
 __all__ = [
     "ARCHITECTURES",
@@ -142,7 +144,7 @@ def _loaders(store, *, split, validation, target, where, batch_size, seed, stora
     """The training split's loader and, when the store has that split, the validation one's."""
     from xraycore.train.loader import ScanLoader
 
-    def loader(name: str, shuffle: bool):
+    def loader(name: str, shuffle: bool, version: int | None = None):
         return ScanLoader(
             store,
             batch_size=batch_size,
@@ -152,15 +154,16 @@ def _loaders(store, *, split, validation, target, where, batch_size, seed, stora
             shuffle=shuffle,
             seed=seed,
             storage_options=storage_options,
+            version=version,
         )
 
-    train = loader(split, True)
+    train = loader(split, True)  # pins the store's latest version: both read that one
     if not len(train):
         raise ValueError(f"split {split!r} has no rows labelled in {target!r}: nothing to train on")
     if validation is None or validation == split:
         return train, None
     try:
-        val = loader(validation, False)
+        val = loader(validation, False, train.version)
     except ValueError:  # the training split was read with the same target: this split is absent
         return train, None
     return train, (val if len(val) else None)
@@ -270,6 +273,18 @@ def train_cnn(
     rows = {"split": split, "validation": validation, "target": target, "where": where}
     reading = {"batch_size": batch_size, "seed": seed, "storage_options": storage_options}
     train, val = _loaders(store, **rows, **reading)
+    lineage = training_lineage(
+        train.store,
+        train.image_ids,
+        selection=train.selection,
+        loader=loader_settings(train),
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        validation=val,
+        lr=lr,
+    )
+    contract = dataclasses.replace(contract, training=lineage)
     dev = torch.device(device)
     network = _network_on(dev, arch, contract, seed=seed, weights=weights)
     step = _mixed_precision(torch, dev, precision)  # autocast and scaler
