@@ -161,7 +161,7 @@ def _commit(
 ) -> int:
     """Commit the run's end and announce it (a Prefect event); the store's rows."""
     rows = commit_metadata(store, run_id, options, pipeline_hash)
-    target.remove_temporary_files()  # of killed writers: this run's batches are done
+    target.remove_leftovers()  # of killed writers: this run's batches are done
     notify("committed", rows=rows)
     emit_event(
         event="xray.run.committed",

@@ -206,6 +206,7 @@ def classify_rows(
     scores = classifier.scores(scans) if rows else np.zeros(0)
     labels = classifier.labels(scores)
     now = datetime.now(UTC)
+    lineage = classifier.contract.training or {}
     records = [
         schema.prediction_row(
             image_id=ids[r],
@@ -216,7 +217,8 @@ def classify_rows(
             model_sha256=classifier.sha256,
             run_id=run_id,
             classified_at=now,
-            training=classifier.contract.training,
+            training_store_version=lineage.get("store_version"),
+            training_rows_sha256=lineage.get("rows_sha256"),
         )
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]

@@ -425,17 +425,20 @@ class ScanStore:
             if schema.is_temporary(p) and now - float(info.get("mtime") or 0) >= older_than_s
         )
 
-    def remove_temporary_files(
-        self, *, older_than_s: float = schema.TEMPORARY_GRACE_S
-    ) -> list[str]:
-        """Delete the temporary files of :meth:`temporary_files` (shards, parts,
-        the lease, pictures) and return their paths.
+    def remove_leftovers(self, *, older_than_s: float = schema.TEMPORARY_GRACE_S) -> list[str]:
+        """Delete what killed writers left and return the paths: the temporary
+        files of :meth:`temporary_files` (shards, the lease, pictures), and the
+        table files no kept version reads (written, never committed).
 
         Only for the holder of the store's lease (:mod:`xraycore.store.lease`) once its
-        own batches are done: a temporary file is then nobody's work in progress
-        (a classification run's, which takes no lease, is younger than the grace).
+        own batches are done: a leftover is then nobody's work in progress. The
+        metadata table's go whatever their age (only the lease holder commits
+        there); other files younger than ``older_than_s`` may be a classification
+        run's, which takes no lease, and stay.
         """
         removed = self.temporary_files(older_than_s=older_than_s)
+        removed += self.metadata.untracked_files(older_than_s=0.0)
+        removed += self.predictions.untracked_files(older_than_s=older_than_s)
         for path in removed:
             self.storage.remove(path)
         return removed

@@ -426,7 +426,8 @@ def prediction_row(
     model_sha256: str,
     run_id: str,
     classified_at: datetime | None = None,
-    training: dict[str, Any] | None = None,
+    training_store_version: int | None = None,
+    training_rows_sha256: str | None = None,
 ) -> dict[str, Any]:
     """A prediction with every column of :data:`PREDICTION_COLUMNS`.
 
@@ -446,9 +447,9 @@ def prediction_row(
     run_id : str
     classified_at : datetime, optional
         Default now; the latest prediction per (image, model) wins.
-    training : dict, optional
-        The model's lineage (its contract's ``training``): its ``store_version``
-        and ``rows_sha256`` are recorded with the prediction.
+    training_store_version, training_rows_sha256 : optional
+        From the model's lineage (its contract's ``training``): the store
+        version and the rows it was trained on.
 
     Returns
     -------
@@ -464,10 +465,9 @@ def prediction_row(
         model_sha256=model_sha256,
         run_id=run_id,
         classified_at=classified_at if classified_at is not None else datetime.now(UTC),
+        training_store_version=training_store_version,
+        training_rows_sha256=training_rows_sha256,
     )
-    if training:
-        prediction["training_store_version"] = training.get("store_version")
-        prediction["training_rows_sha256"] = training.get("rows_sha256")
     return prediction
 
 

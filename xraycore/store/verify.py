@@ -489,9 +489,5 @@ def repair_store(
                 }
             )
         store.commit_rows(marked, run_id=run_id, kind="repair")
-        removed = len(store.remove_temporary_files())
-        for p in report.problems:
-            if p.kind == "untracked_file" and p.path and store.storage.exists(p.path):
-                store.storage.remove(p.path)
-                removed += 1
+        removed = len(store.remove_leftovers())
     return {"rows": len(marked), "files": removed}

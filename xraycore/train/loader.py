@@ -208,6 +208,8 @@ class ScanLoader:
             raise ValueError("training must be a model's lineage (its contract's 'training')")
         selection = dict(training.get("selection") or {})
         kwargs = {**(training.get("loader") or {}), "seed": training.get("seed", 0), **overrides}
+        # A lineage read in row order (the baseline's) fixes no batch size: any gives that order.
+        kwargs.setdefault("batch_size", 32)
         loader = cls(
             training["store"],
             version=training["store_version"],
