@@ -82,7 +82,7 @@ def bare_loop(source: str, out: str, workers: int, batch_size: int):
         for result in pool.imap_unordered(work, plan.batches, chunksize=1):
             done += result["ok"] + result["failed"]
             marks.append((time.perf_counter() - start, done))
-    store.compact_metadata("bare")
+    store.finish_run("bare")
     return time.perf_counter() - start, marks
 
 

@@ -70,7 +70,7 @@ def build_store(folder: Path, url: str, rows: int, size: int, scans: Path) -> st
     for start in range(0, rows, 64):
         batch = Batch(start=start, items=tuple(items[start : start + 64]))
         process_batch(batch, store=url, spec=spec, run_id="bench")
-    store.compact_metadata("bench")
+    store.finish_run("bench")
     return f"{len(real)} real ChestX-ray8 scans repeated" if real else "generated phantoms"
 
 

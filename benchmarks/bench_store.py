@@ -112,7 +112,7 @@ def bare(pool, source: Path, out: str, batch_size: int, outputs=None):
     results = pool.map(_bare_batch, [(b, out, spec.to_dict()) for b in plan.batches], 1)
     done = sum(ok for ok, _, _ in results)
     rate = done / (time.perf_counter() - t0)
-    store.compact_metadata("bench")
+    store.finish_run("bench")
     return rate, sum(c for _, c, _ in results) / done, max(rss for _, _, rss in results)
 
 

@@ -87,6 +87,8 @@ def preprocess_dataset(
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
             sources = _list_sources(source, options, started)
             plan = _plan(target, sources, spec, batch_size, labels=labels, options=options)
+            if plan.batches:  # from here on only this run's batches may commit rows
+                target.fence(run_id)
             # read once: every batch's scoring task gets the same contract
             scoring = ModelContract.for_model(model, options, **(contract or {})) if model else None
             client, dashboard = _connect(dask_cluster, plan)
@@ -95,9 +97,10 @@ def preprocess_dataset(
                 plan, client, lease=lease, batch_size=batch_size, model=model, contract=scoring
             )
         lease.check()  # a run that lost its lease (broken, taken over) must not compact
-        rows = _commit(target, store, run_id, options)
+        rows = _commit(target, store, run_id, options, spec.hash)
         report = _evaluate(target, run, model, scoring) if model else None
         summary = _summary(run, plan, spec, sources, rows, started, dashboard, report)
+        summary["store_version"] = target.version
         _publish(summary, target, run.sample(SHEET_ROWS) if sheet else [], options)
         run.raise_for_broken()
         return summary
@@ -153,15 +156,17 @@ def _connect(dask_cluster: DaskCluster, plan: Plan) -> tuple[Any, str | None]:
     return client, dashboard
 
 
-def _commit(target: ScanStore, store: str, run_id: str, options: dict[str, Any] | None) -> int:
-    """Compact the run's metadata and announce it (a Prefect event); the store's rows."""
-    rows = commit_metadata(store, run_id, options)
-    target.remove_temporary_files()  # of killed writers: this run's batches are done
+def _commit(
+    target: ScanStore, store: str, run_id: str, options: dict[str, Any] | None, pipeline_hash: str
+) -> int:
+    """Commit the run's end and announce it (a Prefect event); the store's rows."""
+    rows = commit_metadata(store, run_id, options, pipeline_hash)
+    target.remove_leftovers()  # of killed writers: this run's batches are done
     notify("committed", rows=rows)
     emit_event(
         event="xray.run.committed",
         resource=store_resource(store),
-        payload={"store": store, "run_id": run_id, "rows": rows},
+        payload={"store": store, "run_id": run_id, "rows": rows, "version": target.version},
     )
     return rows
 

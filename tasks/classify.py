@@ -42,7 +42,7 @@ def score_batch(
     client: Any = None,
 ) -> dict[str, Any]:
     """Score one batch's (row, image_id) pairs (batch number ``batch`` of the
-    store) and commit them as one predictions part; reads pixels from the
+    store) and commit their predictions (a version); reads pixels from the
     store, returns counts."""
     return on_cluster(
         client,
@@ -60,5 +60,5 @@ def score_batch(
 def commit_predictions(
     store: str, run_id: str, storage_options: dict[str, Any] | None = None
 ) -> int:
-    """Compact prediction parts: one row per (image, model), one file."""
-    return ScanStore.open(store, storage_options).compact_predictions(run_id)
+    """Commit the end of a classification: its predictions' files compacted."""
+    return ScanStore.open(store, storage_options).finish_classification(run_id)

@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from xraycore.batch import Batch, process_batch
-from xraycore.store import ScanStore
+from xraycore.store import FencedCommitError, ScanStore
 
 __all__ = ["commit_metadata", "preprocess_batch", "transient"]
 
@@ -43,13 +43,16 @@ NOT_TRANSIENT = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry a batch unless its storage is full or
-    read-only. Transient object-store faults are retried below, by botocore and
+    read-only, or its run lost the store's lease (a retry would be fenced off
+    again). Transient object-store faults are retried below, by botocore and
     s3fs, on every request; what reaches here is a batch that outlived them (a
     killed worker, an endpoint down for minutes) and is worth one more go."""
     try:
         state.result()
     except OSError as exc:
         return exc.errno not in NOT_TRANSIENT
+    except FencedCommitError:
+        return False
     except Exception:
         return True
     return True
@@ -77,8 +80,9 @@ def preprocess_batch(
     """Read, process and store one batch of scans on the cluster; returns
     counts, never pixels. Logs a WARNING naming the inputs that failed.
 
-    Retries are safe: a batch rewrites its own whole shards and its own
-    metadata part, so a retry replaces rather than appends.
+    Retries are safe: a batch rewrites its own whole shards and merges its
+    rows by key, so a retry replaces rather than appends. Its rows commit
+    only while this run holds the store's lease (``fence``).
     """
     result = on_cluster(
         client,
@@ -89,6 +93,7 @@ def preprocess_batch(
         run_id=run_id,
         storage_options=storage_options,
         source_options=source_options,
+        fence=run_id,
     )
     if result["failed"]:
         named = "; ".join(f"{i} ({e})" for i, e in result["failures"][:FAILURES_NAMED])
@@ -110,6 +115,12 @@ def preprocess_batch(
     retry_condition_fn=transient,
     persist_result=False,
 )
-def commit_metadata(store: str, run_id: str, storage_options: dict[str, Any] | None = None) -> int:
-    """Compact the run's metadata parts into one deduplicated Parquet file."""
-    return ScanStore.open(store, storage_options).compact_metadata(run_id)
+def commit_metadata(
+    store: str,
+    run_id: str,
+    storage_options: dict[str, Any] | None = None,
+    pipeline_hash: str | None = None,
+) -> int:
+    """Commit the end of the run: its batches' small table files compacted
+    (a version with kind ``run-end``); returns the store's rows."""
+    return ScanStore.open(store, storage_options).finish_run(run_id, pipeline_hash=pipeline_hash)

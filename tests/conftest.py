@@ -45,15 +45,42 @@ def real_scan(chestxray8_files) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    """The session's one moto server (server mode, loopback): a real S3 API over HTTP."""
-    from moto.server import ThreadedMotoServer
+def moto_endpoint(tmp_path_factory):
+    """The session's one moto server (server mode, loopback): a real S3 API over HTTP.
+
+    In a process of its own, as a user's S3 is: in a thread of the test process it
+    would need the GIL to answer, which a native client (delta-rs) may hold while
+    it waits for the answer.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(
+                    f"moto server did not start: {log.read_text()[-2000:]}"
+                ) from None
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
 
 
 @pytest.fixture

@@ -32,12 +32,12 @@ def build_store(
     compact: bool = True,
 ) -> ScanStore:
     """Initialise (or reopen) the store at ``url``, plan ``sources`` against the
-    metadata already there, grow the arrays, process every batch and compact.
+    metadata already there, grow the arrays, process every batch (each a
+    commit) and finish the run (its files compacted, a commit).
 
     ``sources`` is a folder (listed by :func:`xraycore.store.catalog.list_sources`),
     a list of local paths, or a list of :class:`SourceFile`. ``compact=False``
-    leaves the batches' metadata parts uncompacted, as a run killed before its
-    commit does.
+    leaves the run unfinished, as a run killed before its end does.
     """
     url = str(url)
     if isinstance(sources, (str, Path)):
@@ -58,7 +58,7 @@ def build_store(
     for batch in plan.batches:
         process_batch(batch, store=url, spec=spec, run_id=run_id)
     if compact:
-        store.compact_metadata(run_id)
+        store.finish_run(run_id)
     return store
 
 

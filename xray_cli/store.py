@@ -18,14 +18,15 @@ __all__ = ["PROBLEMS_SHOWN", "inspect", "open_store", "sheet", "split", "verify"
 PROBLEMS_SHOWN = 20
 
 
-def open_store(store: str, storage_options: str | None):
-    """The store at ``store`` and its attributes; exit 2 when there is none, or
-    when it is of another format or cannot be opened (one ``error:`` line)."""
+def open_store(store: str, storage_options: str | None, version: int | None = None):
+    """The store at ``store`` (at ``version``) and its attributes; exit 2 when
+    there is none, when it is of another format, when that version is not kept,
+    or when it cannot be opened (one ``error:`` line)."""
     from xraycore.store import ScanStore
     from xraycore.store.schema import IMAGES
 
     try:
-        st = ScanStore.open(store, parse_storage_options(storage_options))
+        st = ScanStore.open(store, parse_storage_options(storage_options), version=version)
         info = st.info()
     except ValueError as exc:  # another format (with how to rebuild), bad options
         fail(str(exc), 2)
@@ -36,12 +37,15 @@ def open_store(store: str, storage_options: str | None):
 
 def inspect(
     store: Annotated[str, typer.Argument(help="Store URL.")],
+    version: Annotated[
+        int | None, typer.Option(help="Read the store as it was at this version (xray log).")
+    ] = None,
     storage_options: StorageOptions = None,
 ) -> None:
     """Print a store's summary and its failed rows."""
     from xraycore.store import select_rows
 
-    st, info = open_store(store, storage_options)
+    st, info = open_store(store, storage_options, version)
     meta = st.read_metadata()  # read once: the ok rows and the others come from it
     ok = 0 if meta is None else select_rows(meta, url=store, empty_ok=True).num_rows
     failed = [] if meta is None else [r for r in meta.to_pylist() if r["status"] != "ok"]
@@ -50,6 +54,7 @@ def inspect(
         f"shards of {info['shard_size']}, arrays {', '.join(info['arrays'])}"
     )
     rows = 0 if meta is None else meta.num_rows
+    typer.echo(f"version: {st.version}" + (" (read-only)" if st.read_only else " (latest)"))
     typer.echo(f"rows: {rows} ({ok} ok, {len(failed)} failed), array capacity {st.capacity()}")
     for r in failed:
         typer.echo(f"  failed {r['image_id']}: {r['error']}")
@@ -106,7 +111,7 @@ def verify(
 
 
 def _repair(st, report) -> None:
-    """``verify --repair``: mark the bad rows failed, compact, remove leftovers."""
+    """``verify --repair``: mark the bad rows failed, remove leftovers."""
     import uuid
 
     from xraycore.store.lease import LeaseHeldError
@@ -118,7 +123,7 @@ def _repair(st, report) -> None:
         fail(str(exc), 2)
     typer.echo(
         f"repaired: {done['rows']} rows marked failed (the next `xray run` redoes them), "
-        f"{done['parts']} datasets compacted, {done['files']} temporary files removed"
+        f"{done['files']} temporary or untracked files removed"
     )
 
 
@@ -168,6 +173,7 @@ def split(
     """Write patient-grouped train/validation/test splits into the metadata."""
     import uuid
 
+    from xraycore.store.lease import LeaseHeldError, StoreLease
     from xraycore.train.baseline import assign_splits, write_splits
 
     try:
@@ -178,10 +184,13 @@ def split(
     meta = st.read_metadata()
     if meta is None:
         fail(f"{store} has no metadata", 2)
+    run_id = uuid.uuid4().hex[:12]
     try:
-        splits = assign_splits(meta, fractions=parts, seed=seed)
-        write_splits(st, splits, uuid.uuid4().hex[:12])
-    except ValueError as exc:
+        with StoreLease.acquire(st.storage, run_id, description="xray split"):
+            meta = st.read_metadata()  # under the lease: no run changes it now
+            splits = assign_splits(meta, fractions=parts, seed=seed)
+            write_splits(st, splits, run_id)
+    except (ValueError, LeaseHeldError) as exc:
         fail(str(exc), 2)
     counts = {k: splits.count(k) for k in ("train", "validation", "test")}
     typer.echo(f"splits written to {store}: {counts}")

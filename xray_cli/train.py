@@ -26,12 +26,27 @@ def _finding(target: str) -> tuple[str, tuple[str, str]]:
 
 def _train_logistic(store, column, labels, *, size, split, out, storage_options) -> None:
     from xraycore.predict.contract import ModelContract
+    from xraycore.store import ScanStore
     from xraycore.train.baseline import ScanDataset, export_logistic_onnx, train_logistic
+    from xraycore.train.lineage import training_lineage
 
     try:
-        data = ScanDataset(store, split=split, target=column, storage_options=storage_options)
+        latest = ScanStore.open(store, storage_options)  # pinned: the lineage's version
+        pinned = ScanStore.open(store, storage_options, version=latest.version)
+        data = ScanDataset(pinned, split=split, target=column)
         images, y = data.arrays()
-        contract = ModelContract(labels=labels, **({"size": size} if size else {}))
+        lineage = training_lineage(
+            pinned,
+            [r["image_id"] for r in data.rows],
+            selection={"split": split, "where": None, "target": column},
+            loader={"shuffle": False},  # row order, as ScanDataset reads them
+            arch="logistic",
+            epochs=None,
+            seed=0,
+        )
+        contract = ModelContract(
+            labels=labels, training=lineage, **({"size": size} if size else {})
+        )
         model = train_logistic(images, y, contract=contract)
     except ValueError as exc:
         fail(str(exc), 2)

@@ -118,14 +118,17 @@ def process_batch(
     run_id: str,
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    fence: str | None = None,
 ) -> dict[str, Any]:
     """Process one batch end to end and return a small summary (no pixels).
 
     Every input gets a row; an input that cannot be read, decoded or processed
     becomes a ``failed`` row with its error class and message, and never fails
     the batch. Pixels are written (whole shards, by the store's
-    :class:`~xraycore.store.ShardWriter`) before the metadata part that
-    describes them.
+    :class:`~xraycore.store.ShardWriter`) before the metadata commit that
+    describes them. With ``fence`` (the run id of the lease holder, see
+    :meth:`~xraycore.store.ScanStore.fence`) the rows commit only while that
+    run is still the store's writer.
     """
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
     # A batch runs in a worker that owns one core; OpenCV's own thread pool would
@@ -170,7 +173,7 @@ def process_batch(
                 row.update(batch.labels[slot])
             rows.append(row)
         compute_s = time.perf_counter() - t0
-    target.write_metadata_part(rows, f"{batch.start:010d}-{run_id}")
+    target.commit_rows(rows, run_id=run_id, fence=fence, pipeline_hash=pipeline_hash)
     ok = sum(r["status"] == "ok" for r in rows)
     return {
         "start": batch.start,
@@ -194,7 +197,7 @@ def classify_rows(
     run_id: str,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score stored rows with an ONNX model and commit one predictions part.
+    """Score stored rows with an ONNX model and commit their predictions.
 
     ``items`` are (row, image_id) pairs, known to the caller from the metadata
     it already holds. Reads ``preprocessed`` for those rows from the store (no
@@ -212,8 +215,7 @@ def classify_rows(
         records, positive = _finding_predictions(classifier, rows, ids, scans, model, run_id)
     else:
         records, positive = _predictions(classifier, rows, ids, scans, model, run_id)
-    if records:
-        target.write_predictions_part(records, f"{rows[0]:010d}-{classifier.sha256[:12]}-{run_id}")
+    target.commit_predictions(records, run_id=run_id)
     return {"rows": len(rows), "positive": positive}
 
 
@@ -222,6 +224,7 @@ def _predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict
     scores = classifier.scores(scans) if rows else np.zeros(0)
     labels = classifier.labels(scores)
     now = datetime.now(UTC)
+    lineage = classifier.contract.training or {}
     records = [
         schema.prediction_row(
             image_id=ids[r],
@@ -232,6 +235,8 @@ def _predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict
             model_sha256=classifier.sha256,
             run_id=run_id,
             classified_at=now,
+            training_store_version=lineage.get("store_version"),
+            training_rows_sha256=lineage.get("rows_sha256"),
         )
         for r, s, lab in zip(rows, scores, labels, strict=True)
     ]
@@ -245,6 +250,7 @@ def _finding_predictions(classifier, rows, ids, scans, model, run_id) -> tuple[l
     scores = classifier.scores(scans) if rows else np.zeros((0, len(findings)))
     labels = classifier.finding_labels(scores)
     now = datetime.now(UTC)
+    lineage = classifier.contract.training or {}
     records = [
         schema.prediction_row(
             image_id=ids[r],
@@ -256,6 +262,8 @@ def _finding_predictions(classifier, rows, ids, scans, model, run_id) -> tuple[l
             run_id=run_id,
             classified_at=now,
             finding=f,
+            training_store_version=lineage.get("store_version"),
+            training_rows_sha256=lineage.get("rows_sha256"),
         )
         for r, row_scores, row_labels in zip(rows, scores, labels, strict=True)
         for f, s, lab in zip(findings, row_scores, row_labels, strict=True)

@@ -14,7 +14,7 @@ from harness import (
     BATCH,
     assert_store_complete,
     clean_reference,
-    committed_parts,
+    committed_batches,
     wait_for,
     write_phantoms,
     xray_popen,
@@ -72,10 +72,10 @@ def test_slurm_run_survives_a_cancelled_job_and_leaves_no_job(
     args += ["--batch-size", str(BATCH), "--cluster", str(spec)]
     proc = xray_popen(*args, env=run_env(slurm, prefect_server), cwd=tmp_path)
     try:
-        wait_for(lambda: committed_parts(store), 120, "the first committed batch", poll=0.05)
+        wait_for(lambda: committed_batches(store), 120, "the first committed batch", poll=0.05)
         running = [j.split()[0] for j in slurm.squeue() if j.endswith("RUNNING")]
         assert len(running) == 2, slurm.squeue()
-        kept = len(committed_parts(store))
+        kept = len(committed_batches(store))
         res = slurm.run("scancel", running[0])  # one worker's job, batches in flight
         assert res.returncode == 0, res.stderr
         out = finish(proc, 150)

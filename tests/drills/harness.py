@@ -6,6 +6,7 @@ Ports, the AWS environment and small stores come from the tests' own modules
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from stores import build_store
 
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
-from xraycore.store import ScanStore
+from xraycore.store import ScanStore, schema
 from xraycore.store.verify import verify_store
 
 #: Every drill runs this pipeline (``xray run --size 64``) with batches of 16.
@@ -119,16 +120,39 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def committed_parts(store: Path) -> list[Path]:
-    """Batch metadata parts committed so far (not the compacted file)."""
-    folder = store / "metadata.parquet"
-    if not folder.is_dir():
-        return []
-    return [
-        p
-        for p in folder.glob("part-*.parquet")
-        if not p.name.startswith("part-compacted-") and ".tmp-" not in p.name
-    ]
+def committed_batches(store: Path) -> list[int]:
+    """The metadata versions that committed a batch so far (from the table's log,
+    as any Delta reader sees it)."""
+    log = store / schema.METADATA / "_delta_log"
+    found = []
+    for path in sorted(log.glob("*.json")) if log.is_dir() else []:
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            info = json.loads(line).get("commitInfo") if line.strip() else None
+            if info and info.get("xray.kind") == "batch":
+                found.append(int(path.stem))
+    return found
+
+
+def assert_outside_readers_agree(url: str) -> int:
+    """Delta's own readers (deltalake, polars) see exactly the rows ``xray inspect``
+    counts, each (source, frame) once; returns that count."""
+    import polars as pl
+    from deltalake import DeltaTable
+
+    path = str(Path(url) / schema.METADATA)
+    table = DeltaTable(path).to_pyarrow_table()
+    frame = pl.read_delta(path)
+    keys = list(zip(table["source"].to_pylist(), table["frame"].to_pylist(), strict=True))
+    assert len(keys) == len(set(keys)), "a (source, frame) twice in the committed rows"
+    res = xray("inspect", url)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"rows: {table.num_rows} (" in res.stdout, res.stdout
+    assert frame.height == table.num_rows
+    return table.num_rows
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -6,9 +6,10 @@ import time
 
 from harness import (
     BATCH,
+    assert_outside_readers_agree,
     assert_store_complete,
     clean_reference,
-    committed_parts,
+    committed_batches,
     kill_group,
     wait_for,
     write_phantoms,
@@ -30,12 +31,14 @@ def test_run_killed_then_rerun_completes_without_loss_or_duplicates(tmp_path, ca
     args = ["run", str(source), "--store", str(store), "--size", str(SIZE)]
     args += ["--batch-size", str(BATCH), "--workers", "2"]
     proc = xray_popen(*args)
-    wait_for(lambda: committed_parts(store), 60, "the first committed batch", poll=0.005)
+    wait_for(lambda: committed_batches(store), 60, "the first committed batch", poll=0.005)
     kill_group(proc)  # SIGKILL to the flow process, its workers and their nannies
-    kept = len(committed_parts(store))
+    kept = len(committed_batches(store))
     assert kept < N // BATCH, "the run finished before it was killed"
     dead = read_lease(Storage.from_url(str(store)))
     assert dead is not None and dead.pid == proc.pid  # the killed run's lease is left behind
+    # What the killed run committed is what every Delta reader sees: its batches, once.
+    assert assert_outside_readers_agree(str(store)) == kept * BATCH
 
     res = xray(*args)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -44,6 +47,7 @@ def test_run_killed_then_rerun_completes_without_loss_or_duplicates(tmp_path, ca
     assert f"{N - kept * BATCH} ok, 0 failed, {kept * BATCH} skipped" in out, out
     reference = clean_reference(source, tmp_path / "reference", size=SIZE)
     figures = assert_store_complete(str(store), reference)
+    assert assert_outside_readers_agree(str(store)) == N
     seconds = time.monotonic() - t0
     with capsys.disabled():
         print(

@@ -10,7 +10,7 @@ from harness import (
     BATCH,
     assert_store_complete,
     clean_reference,
-    committed_parts,
+    committed_batches,
     wait_for,
     write_phantoms,
     xray_popen,
@@ -39,7 +39,7 @@ def test_worker_killed_mid_batch_is_replaced_and_every_row_lands_once(
 
         def busy_worker():
             """A worker that has been inside a batch for 100 ms (of ~500)."""
-            if not committed_parts(store):
+            if not committed_batches(store):
                 return None
             for address, keys in client.processing().items():
                 if any("process_batch" in str(k) for k in keys):
@@ -50,7 +50,7 @@ def test_worker_killed_mid_batch_is_replaced_and_every_row_lands_once(
         time.sleep(0.1)  # into the batch, not at its first line
         in_flight = client.processing()[victim]
         os.kill(pids[victim], signal.SIGKILL)
-        killed_at = len(committed_parts(store))
+        killed_at = len(committed_batches(store))
         output, _ = proc.communicate(timeout=80)
         assert proc.returncode == 0, output
         client.wait_for_workers(2, timeout=30)  # the nanny started a new one

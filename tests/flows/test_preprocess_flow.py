@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from flows.cluster import local_cluster
 from flows.preprocess import preprocess_dataset
@@ -45,7 +45,7 @@ def test_local_run_rows_failures_and_pixels(source_dir, labels_csv, tmp_path, ba
     assert summary["ok"] == len(good) and summary["failed"] == len(bad_inputs)
     assert summary["inputs"] == len(good) + len(bad_inputs)  # README.txt is not an input
 
-    table = pq.read_table(out / "metadata.parquet")  # readable as a plain Parquet dataset
+    table = DeltaTable(str(out / "metadata.delta")).to_pyarrow_table()  # any Delta reader
     assert table.num_rows == len(good) + len(bad_inputs)
     rows = {r["image_id"]: r for r in table.to_pylist()}
     for name, message in bad_inputs.items():
@@ -187,13 +187,13 @@ def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server, bad_input
         _good_inputs(source_dir, bad_inputs)
     )
     assert fs.exists("stores/run1/images.zarr/zarr.json")
-    parts = fs.ls("stores/run1/metadata.parquet")
-    assert len(parts) == 1  # compacted
-    with fs.open(parts[0], "rb") as f:
-        table = pq.read_table(f)
+    parts = [p for p in fs.ls("stores/run1/metadata.delta") if p.endswith(".parquet")]
+    store = ScanStore.open("s3://stores/run1")
+    assert [p.rsplit("/", 1)[1] for p in parts] == sorted(store.metadata.files())  # compacted
+    assert store.history()[0]["kind"] == "run-end" and summary["store_version"] == store.version
+    table = store.read_metadata()
     rows = {r["image_id"]: r for r in table.to_pylist()}
     assert rows["phantom_0.png"]["source"] == "s3://scans/in/phantom_0.png"
-    store = ScanStore.open("s3://stores/run1")
     r = rows["phantom_0.png"]
     expected = run_pipeline(read_image(str(source_dir / "phantom_0.png")), PipelineSpec(size=SIZE))
     assert np.array_equal(store.read("preprocessed", r["row"]), expected["preprocessed"])

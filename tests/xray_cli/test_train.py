@@ -16,6 +16,7 @@ from stores import labelled_store
 
 from xraycore.predict.contract import ModelContract
 from xraycore.store import ScanStore
+from xraycore.train.loader import ScanLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 # Run as if torch were not installed: the import fails as it would.
@@ -77,6 +78,13 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     assert contract["size"] == 64 and contract["labels"] == ["no pneumonia", "pneumonia"]
     assert model.with_suffix(".pt").is_file()
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    training = contract["training"]
+    assert training["store_version"] == ScanStore.open(store).version
+    assert (training["arch"], training["rows"], training["epochs"]) == ("densenet121", 24, 1)
+    assert training["selection"]["split"] == "train"
+    assert training["selection"]["targets"] == ["finding_pneumonia"]
+    assert training["validation"]["rows"] == 8
+    assert ScanLoader.from_lineage(training).image_ids.size == 24
 
     res = _xray("classify", store, "--model", str(model))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -88,6 +96,8 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     assert report["labels"] == ["no pneumonia", "pneumonia"]
     assert {"precision", "recall", "f1-score"} <= report["pneumonia"].keys()
     assert np.asarray(report["confusion_matrix"]).sum() == 32
+    assert report["model_training"]["rows_sha256"] == training["rows_sha256"]
+    assert report["model_training"]["store_version"] == training["store_version"]
     assert (Path(store) / "confusion_matrix.png").stat().st_size > 1000
 
     # What classify stored is what the trained network, loaded from its weights, gives.
@@ -102,6 +112,8 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
         expected = cnn_scores(network, scans, ModelContract.from_dict(contract))
     finally:
         torch.set_num_threads(threads)
+    assert {p["training_rows_sha256"] for p in predictions} == {training["rows_sha256"]}
+    assert {p["training_store_version"] for p in predictions} == {training["store_version"]}
     got = np.array([p["score"] for p in predictions])
     assert np.abs(got - expected).max() < 1e-4
 

@@ -60,6 +60,11 @@ class ModelContract:
     thresholds : tuple of float
         Per finding, the score above which it is called present (chosen on the
         validation split when trained here); empty: ``threshold`` for all.
+    training : dict, optional
+        The model's lineage, written by ``xray train``: which store, at which
+        version, which rows (``rows_sha256``) it was trained on
+        (:func:`xraycore.train.lineage.training_lineage`). None for a model
+        from elsewhere.
     """
 
     size: int = 256
@@ -73,6 +78,7 @@ class ModelContract:
     layout: str = "NCHW"
     findings: tuple[str, ...] = ()
     thresholds: tuple[float, ...] = ()
+    training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "findings", tuple(str(f) for f in self.findings))

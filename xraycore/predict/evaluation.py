@@ -95,6 +95,14 @@ def evaluate_store(
     report["target"] = target
     report["model"] = model
     report["split"] = split
+    report["store_version"] = store.version  # what was scored against
+    lineage = contract.training or {}
+    # What the model was trained on: with the scores' version, which data it had seen.
+    report["model_training"] = (
+        {k: lineage.get(k) for k in ("store", "store_version", "rows", "rows_sha256")}
+        if lineage
+        else None
+    )
     store.storage.write_bytes_atomic(REPORT, json.dumps(report, indent=2).encode())
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / CONFUSION

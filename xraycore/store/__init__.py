@@ -1,4 +1,4 @@
-"""The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.parquet``.
+"""The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.delta`` (Delta Lake).
 
 What is stored, and how, is :mod:`xraycore.store.schema`; this package reads and
 writes it.
@@ -10,16 +10,18 @@ writes it.
   writers. Shards are encoded and decoded whole with the arrays' own codecs
   (:mod:`._codec`), into buffers reused within a process (:class:`BufferPool`,
   which the training loader's batches share).
-- ``metadata.parquet`` is a Parquet dataset directory (:mod:`._table`): one part
-  file per committed batch, compacted to one file at the end of a run. A part
-  is written only after the pixels it describes, so a row that says ``ok`` has
-  its pixels durably in the store.
+- ``metadata.delta`` and ``predictions.delta`` are Delta Lake tables
+  (:mod:`._delta`): every batch a commit, every commit a version that can be
+  opened again (``ScanStore.open(url, version=k)``). A batch commits only after
+  the pixels it describes, so a row that says ``ok`` has its pixels durably in
+  the store; rows are never rewritten in place, so a kept version's pixels stay.
 - The group's attributes record the store format, the pipeline spec and its
   hash; a store refuses a different spec unless asked to overwrite, and a store
   of another format always.
 """
 
 from xraycore.store._codec import BufferPool, ShardDecoder, ShardFormatError
+from xraycore.store._delta import FencedCommitError, VersionRemovedError
 from xraycore.store._scans import ScanStore, StoreConflictError
 from xraycore.store._select import select_rows
 from xraycore.store._writer import ShardWriter
@@ -27,11 +29,13 @@ from xraycore.store.schema import StoreFormatError
 
 __all__ = [
     "BufferPool",
+    "FencedCommitError",
     "ScanStore",
     "ShardDecoder",
     "ShardFormatError",
     "ShardWriter",
     "StoreConflictError",
     "StoreFormatError",
+    "VersionRemovedError",
     "select_rows",
 ]

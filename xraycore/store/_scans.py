@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import posixpath
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from xraycore.store import schema
 from xraycore.store._codec import ShardDecoder
+from xraycore.store._delta import (
+    HISTORY_REASON,
+    HISTORY_START,
+    VersionedTable,
+    VersionRemovedError,
+    commit_info,
+)
 from xraycore.store._layout import (
     array_rows,
     create_arrays,
@@ -17,12 +25,11 @@ from xraycore.store._layout import (
     stored_arrays,
 )
 from xraycore.store._select import select_rows
-from xraycore.store._table import PartsTable
 from xraycore.store._writer import ShardWriter
 from xraycore.store.schema import ArraySpec
 from xraycore.store.storage import Storage
 
-__all__ = ["ScanStore", "StoreConflictError"]
+__all__ = ["ScanStore", "StoreConflictError", "VersionRemovedError"]
 
 
 class StoreConflictError(ValueError):
@@ -37,25 +44,69 @@ class ScanStore:
     (:data:`~xraycore.store.schema.METADATA`), predictions in their own table.
     """
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, version: int | None = None):
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or version < 0
+        ):
+            raise ValueError(f"version must be a non-negative int or None, got {version!r}")
         self.storage = storage
+        self._version = version
         self._readers: dict[str, Any] = {}
-        self.metadata = PartsTable(
-            storage, schema.METADATA, schema.METADATA_KEY, schema.METADATA_TIME
+        self.metadata = VersionedTable(
+            storage,
+            schema.METADATA,
+            schema.METADATA_KEY,
+            schema.METADATA_TIME,
+            nullable_key=("frame",),
+            version=version,
         )
-        self.predictions = PartsTable(
-            storage, schema.PREDICTIONS, schema.PREDICTION_KEY, schema.PREDICTION_TIME
+        self.predictions = VersionedTable(
+            storage,
+            schema.PREDICTIONS,
+            schema.PREDICTION_KEY,
+            schema.PREDICTION_TIME,
+            nullable_key=("finding",),
         )
 
     @classmethod
-    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScanStore:
-        return cls(Storage.from_url(url, storage_options))
+    def open(
+        cls,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        version: int | None = None,
+    ) -> ScanStore:
+        """The store at ``url``; with ``version``, as it was at that version
+        (read-only: its metadata rows then, the pixels they point at, the
+        predictions committed by then)."""
+        store = cls(Storage.from_url(url, storage_options), version)
+        if version is not None:
+            store.metadata.open()  # refuses a version that is not kept, saying why
+        return store
+
+    @property
+    def version(self) -> int | None:
+        """The version this store reads: the one asked for, else the latest
+        (None before the first commit)."""
+        if self._version is not None:
+            return self._version
+        return self.metadata.current_version()
+
+    @property
+    def read_only(self) -> bool:
+        return self._version is not None
+
+    def _writable(self) -> None:
+        if self._version is not None:
+            raise ValueError(
+                f"store {self.storage.url} is opened at version {self._version}, "
+                "read-only: open it without version= to write"
+            )
 
     def __getstate__(self) -> dict[str, Any]:  # open Zarr arrays stay behind
-        return {"storage": self.storage}
+        return {"storage": self.storage, "version": self._version}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["storage"])
+        self.__init__(state["storage"], state.get("version"))
 
     # -- the Zarr arrays ----------------------------------------------------
     def group(self, mode: str = "r"):
@@ -102,9 +153,9 @@ class ScanStore:
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self._writable()
         if overwrite and self.storage.exists(schema.IMAGES, "zarr.json"):
-            for name in (schema.IMAGES, schema.METADATA, schema.PREDICTIONS):
-                self.storage.remove(name)
+            self._discard()
         info = self.info()
         if batch_size is None:
             batch_size = int(info["batch_size"]) if info is not None else schema.BATCH_SIZE
@@ -211,14 +262,67 @@ class ScanStore:
         stored = decoder.decode(data)
         return self._reader(name, 0)[1].unpack(stored) if decode else stored
 
+    def _discard(self) -> None:
+        """``--overwrite``: the pixels go, and with them every version that
+        read them; the tables keep their log, so an old version is refused
+        saying what removed it."""
+        from datetime import UTC, datetime
+
+        from xraycore.store.upgrade import LEGACY_TABLES
+
+        self.storage.remove(schema.IMAGES)
+        for name in LEGACY_TABLES:
+            if self.storage.exists(name):
+                self.storage.remove(name)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        for table, empty in (
+            (self.metadata, schema.arrow_schema([])),
+            (self.predictions, schema.prediction_schema()),
+        ):
+            if not table.exists():
+                continue
+            table.replace(empty.empty_table(), commit_info("overwrite", "overwrite"))
+            start = table.current_version()
+            table.set_properties(
+                {HISTORY_START: str(start), HISTORY_REASON: f"--overwrite at {stamp}"},
+                commit_info("overwrite", "overwrite"),
+            )
+
     # -- the metadata and predictions tables --------------------------------
-    def write_metadata_part(self, rows: list[dict[str, Any]], part: str) -> None:
-        self.metadata.write_part(rows, part, arrow_schema=schema.arrow_schema(rows))
+    def fence(self, run_id: str) -> None:
+        """Make ``run_id`` (the lease holder) the only run whose batches may
+        commit rows (:mod:`xraycore.store._delta`): a batch of a run that lost
+        the lease raises :class:`~xraycore.store._delta.FencedCommitError`."""
+        self._writable()
+        self.metadata.fence(run_id, schema.arrow_schema([]), commit_info("fence", run_id))
+
+    def commit_rows(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        run_id: str,
+        kind: str = "batch",
+        fence: str | None = None,
+        pipeline_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """Commit metadata rows (a new version): each replaces its key's row
+        unless that row is newer. With ``fence``, only while that run is the
+        store's writer (:meth:`fence`). Returns delta-rs's merge metrics."""
+        import pyarrow as pa
+
+        self._writable()
+        if not rows:
+            return {}
+        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
+        info = commit_info(kind, run_id, pipeline_hash=pipeline_hash, rows=len(rows))
+        return self.metadata.merge(table, info, fence=fence)
 
     def read_metadata(self):
-        """All metadata rows, one per source (the latest), sorted by image_id (or None)."""
+        """All metadata rows of this version, sorted by image_id (None: no rows)."""
         table = self.metadata.read()
-        return None if table is None else table.sort_by([("image_id", "ascending")])
+        if table is None or table.num_rows == 0:
+            return None
+        return table.sort_by([("image_id", "ascending")])
 
     def select(
         self,
@@ -241,33 +345,71 @@ class ScanStore:
             empty_ok=empty_ok,
         )
 
-    def compact_metadata(self, run_id: str, *, transform=None) -> int:
-        """Replace the metadata parts by one deduplicated file (``transform``
-        applied to the table first, if given); returns its row count. A table
-        that is one compacted part already is left as it is (a run with
-        nothing to do rewrites nothing)."""
-        if transform is None and (rows := self.metadata.compacted_rows()) is not None:
-            return rows
+    def finish_run(self, run_id: str, *, pipeline_hash: str | None = None) -> int:
+        """The end of a run: its batches' small files compacted into few (a
+        version, when there were several); returns the store's rows. A run
+        with nothing to do commits nothing."""
+        self._writable()
+        self.metadata.optimize(commit_info("run-end", run_id, pipeline_hash=pipeline_hash))
+        return self.metadata.rows()
 
-        def latest(table):
-            table = table.sort_by([("image_id", "ascending")])
-            return transform(table) if transform else table
+    def replace_rows(self, transform, *, run_id: str, kind: str = "split") -> int:
+        """Commit ``transform(rows)`` as every metadata row (a split: a new
+        version; the rows and pixels of older ones are kept); returns the rows."""
+        self._writable()
+        table = self.read_metadata()
+        if table is None:
+            return 0
+        table = transform(table.sort_by([("image_id", "ascending")]))
+        self.metadata.replace(table, commit_info(kind, run_id, rows=table.num_rows))
+        return table.num_rows
 
-        return self.metadata.compact(run_id, latest)
+    def commit_predictions(self, records: list[dict[str, Any]], *, run_id: str) -> dict:
+        """Commit predictions (a version of the predictions table)."""
+        import pyarrow as pa
 
-    def write_predictions_part(self, rows: list[dict[str, Any]], part: str) -> None:
-        self.predictions.write_part(rows, part, arrow_schema=schema.prediction_schema())
+        self._writable()
+        if not records:
+            return {}
+        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
+        info = commit_info("classification", run_id, rows=len(records))
+        return self.predictions.merge(table, info)
 
     def read_predictions(self):
-        """Predictions, one per (image, model) (re-classifying replaces), or None."""
-        table = self.predictions.read()
-        return None if table is None else table.sort_by([("row", "ascending")])
+        """Predictions, one per (image, model) (re-classifying replaces), or
+        None; at a version, those committed by then."""
+        table = self._predictions_table()
+        if table is None:
+            return None
+        rows = table.to_pyarrow_table()
+        return None if rows.num_rows == 0 else rows.sort_by([("row", "ascending")])
 
-    def compact_predictions(self, run_id: str) -> int:
-        def by_row(table):
-            return table.sort_by([("row", "ascending")])
+    def _predictions_table(self):
+        """The predictions table at the latest of its versions committed by the
+        time of this store's version (None: none was)."""
+        if self._version is None:
+            return self.predictions.open()
+        when = self.metadata.commit_time(self._version)
+        committed = [
+            e["version"]
+            for e in self.predictions.history()
+            if datetime.fromisoformat(e["timestamp"]) <= when
+        ]
+        if not committed:
+            return None
+        return self.predictions.open(max(committed))
 
-        return self.predictions.compact(run_id, by_row)
+    def finish_classification(self, run_id: str) -> int:
+        """Compact a classification run's predictions; returns their rows."""
+        self._writable()
+        self.predictions.optimize(commit_info("classification-end", run_id))
+        return self.predictions.rows()
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every kept commit of both tables, newest first (``xray log``)."""
+        out = [{**e, "table": "metadata"} for e in self.metadata.history()]
+        out += [{**e, "table": "predictions"} for e in self.predictions.history()]
+        return sorted(out, key=lambda e: e["timestamp"], reverse=True)
 
     # -- what interrupted writers leave -------------------------------------
     def temporary_files(self, *, older_than_s: float = schema.TEMPORARY_GRACE_S) -> list[str]:
@@ -287,17 +429,20 @@ class ScanStore:
             if schema.is_temporary(p) and now - float(info.get("mtime") or 0) >= older_than_s
         )
 
-    def remove_temporary_files(
-        self, *, older_than_s: float = schema.TEMPORARY_GRACE_S
-    ) -> list[str]:
-        """Delete the temporary files of :meth:`temporary_files` (shards, parts,
-        the lease, pictures) and return their paths.
+    def remove_leftovers(self, *, older_than_s: float = schema.TEMPORARY_GRACE_S) -> list[str]:
+        """Delete what killed writers left and return the paths: the temporary
+        files of :meth:`temporary_files` (shards, the lease, pictures), and the
+        table files no kept version reads (written, never committed).
 
         Only for the holder of the store's lease (:mod:`xraycore.store.lease`) once its
-        own batches are done: a temporary file is then nobody's work in progress
-        (a classification run's, which takes no lease, is younger than the grace).
+        own batches are done: a leftover is then nobody's work in progress. The
+        metadata table's go whatever their age (only the lease holder commits
+        there); other files younger than ``older_than_s`` may be a classification
+        run's, which takes no lease, and stay.
         """
         removed = self.temporary_files(older_than_s=older_than_s)
+        removed += self.metadata.untracked_files(older_than_s=0.0)
+        removed += self.predictions.untracked_files(older_than_s=older_than_s)
         for path in removed:
             self.storage.remove(path)
         return removed

@@ -1,7 +1,9 @@
 """The store's format, in one place: arrays, encodings, metadata columns.
 
-A reader of the store contract needs this file and nothing else. Format 3
-(format 2 plus the ``frame`` column: one row per frame of a multi-frame DICOM):
+A reader of the store contract needs this file and nothing else. Format 4
+(format 3 with the metadata and predictions as Delta Lake tables, every
+commit a version; format 3 added the ``frame`` column, one row per frame of a
+multi-frame DICOM):
 
 - Every array holds one image per chunk, ``shard_size`` images per shard, and
   is compressed with Blosc over a bit shuffle: zstd level 1 for
@@ -69,10 +71,8 @@ __all__ = [
     "FINDING_LABELS",
     "finding_column",
     "finding_columns",
-    "is_part",
     "is_temporary",
     "metadata_row",
-    "part_name",
     "prediction_row",
     "temporary_path",
 ]
@@ -80,10 +80,10 @@ __all__ = [
 # -- The files of a store, relative to its root --------------------------------
 #: Zarr v3 group of the pixel arrays.
 IMAGES = "images.zarr"
-#: Parquet dataset (a directory of parts) of one row per source.
-METADATA = "metadata.parquet"
-#: Parquet dataset of one prediction per (image, model).
-PREDICTIONS = "predictions.parquet"
+#: Delta Lake table of one row per (source, frame); its versions are the store's.
+METADATA = "metadata.delta"
+#: Delta Lake table of one prediction per (image, model).
+PREDICTIONS = "predictions.delta"
 #: The lease of the run writing the store (:mod:`xraycore.store.lease`).
 LEASE = "_lease.json"
 #: A comparison picture of a few rows of the last run.
@@ -94,7 +94,7 @@ CONFUSION = "confusion_matrix.png"
 #: The ROC curves of a multi-output model's report, one line per finding.
 ROC = "roc_curves.png"
 
-#: Every writer of a store (shards, Parquet parts, the lease, pictures) writes
+#: Every writer of a store (shards, the lease, pictures) writes
 #: ``<target>.<random hex>.partial`` and renames it into place, so what a killed
 #: writer leaves behind is found (``xray verify``) and removed (``--repair``,
 #: and the run holding the lease) by this one suffix.
@@ -115,47 +115,16 @@ def is_temporary(path: str) -> bool:
     return posixpath.basename(path).endswith(TEMPORARY_SUFFIX)
 
 
-_PART_PREFIX = "part-"
-_PART_SUFFIX = ".parquet"
-_COMPACTED = "compacted-"
-
-
-def part_name(part: str) -> str:
-    """File name of the Parquet part ``part`` of a dataset (metadata, predictions).
-
-    Batch parts are named ``<first row>-...-<run id>``; a compaction writes
-    ``compacted-<run id>``: the run that wrote a part is the name's last field.
-    """
-    return f"{_PART_PREFIX}{part}{_PART_SUFFIX}"
-
-
-def compacted_part_name(run_id: str) -> str:
-    return part_name(f"{_COMPACTED}{run_id}")
-
-
-def is_part(path: str) -> bool:
-    """True for a committed part file (not a temporary, not a stray file)."""
-    name = posixpath.basename(path)
-    return name.startswith(_PART_PREFIX) and name.endswith(_PART_SUFFIX)
-
-
-def is_compacted_part(path: str) -> bool:
-    return is_part(path) and posixpath.basename(path).startswith(_PART_PREFIX + _COMPACTED)
-
-
-def part_of_run(path: str, run_id: str) -> bool:
-    """True for a part written by the run ``run_id``."""
-    return is_part(path) and posixpath.basename(path).endswith(f"-{run_id}{_PART_SUFFIX}")
-
-
 #: Version of the on-disk layout. Bump on any change of names, dtypes or encodings.
-FORMAT = 3
+FORMAT = 4
 
 #: What each earlier format lacks, for the message that refuses it.
 _SINCE = {
     1: "packed edge maps, see the README's store contract",
     2: "one row per frame of a multi-frame DICOM, the metadata's frame column",
 }
+#: The formats ``xray upgrade`` moves to this one without touching a pixel.
+UPGRADABLE = (3,)
 
 #: Images per Zarr shard unless a store says otherwise: a shard of 16 scans is a
 #: 10-20 MB object (good for S3), and one writer holds 16 images of every array
@@ -343,6 +312,12 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
     found = attrs.get("format", 1)
     if found == FORMAT:
         return
+    if found in UPGRADABLE:
+        raise StoreFormatError(
+            f"store {url} is in store format {found}; this version of xray-pipeline reads "
+            f"format {FORMAT}, whose metadata is a versioned Delta Lake table. Move it "
+            f"without reprocessing a pixel: `xray upgrade {url}`"
+        )
     why = f" ({_SINCE[found]} came after it)" if found in _SINCE else ""
     raise StoreFormatError(
         f"store {url} is in store format {found}; this version of xray-pipeline reads "
@@ -394,6 +369,9 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "classified_at": "timestamp[us, tz=UTC]",
     # The finding a multi-output model scored (null for a model of one finding).
     "finding": "string",
+    # What the model was trained on (its lineage), when its contract says.
+    "training_store_version": "int64",
+    "training_rows_sha256": "string",
 }
 
 #: Prefix of the label columns, one per finding (``finding_pneumonia``).
@@ -429,8 +407,9 @@ FINDING_UNCERTAIN = -1
 FINDING_TYPE = "int8"
 
 
-#: How the latest row of each dataset is found: its key, and its time column
-#: (:func:`xraycore.store._table.latest_rows`).
+#: What names a row of each table, and which of two rows of a key wins
+#: (:func:`xraycore.store._delta.latest_rows`); ``frame`` is null for a
+#: single-frame file, and a null frame equals a null frame.
 METADATA_KEY = ("source", "frame")
 METADATA_TIME = "processed_at"
 PREDICTION_KEY = ("image_id", "model_sha256", "finding")
@@ -475,6 +454,8 @@ def prediction_row(
     run_id: str,
     classified_at: datetime | None = None,
     finding: str | None = None,
+    training_store_version: int | None = None,
+    training_rows_sha256: str | None = None,
 ) -> dict[str, Any]:
     """A prediction with every column of :data:`PREDICTION_COLUMNS`.
 
@@ -496,6 +477,9 @@ def prediction_row(
         Default now; the latest prediction per (image, model, finding) wins.
     finding : str, optional
         The finding column a multi-output model's score is of.
+    training_store_version, training_rows_sha256 : optional
+        From the model's lineage (its contract's ``training``): the store
+        version and the rows it was trained on.
 
     Returns
     -------
@@ -512,6 +496,8 @@ def prediction_row(
         run_id=run_id,
         classified_at=classified_at if classified_at is not None else datetime.now(UTC),
         finding=finding,
+        training_store_version=training_store_version,
+        training_rows_sha256=training_rows_sha256,
     )
     return prediction
 

@@ -415,6 +415,40 @@ class Storage:
         finally:
             self._fs.invalidate_cache(target)
 
+    # -- Delta tables -----------------------------------------------------------
+    def table_options(self) -> dict[str, str]:
+        """The options of a Delta table under this root for delta-rs (object_store
+        names): the endpoint, region and any credentials this storage was given;
+        the rest (keys, profile) delta-rs takes from the AWS environment itself.
+        Empty for local storage."""
+        if self.protocol not in ("s3", "s3a"):
+            return {}
+        opts = self._options
+        client = opts.get("client_kwargs") or {}
+        out: dict[str, str] = {}
+        endpoint = opts.get("endpoint_url") or client.get("endpoint_url")
+        if endpoint:
+            out["AWS_ENDPOINT_URL"] = str(endpoint)
+            if str(endpoint).startswith("http://"):
+                out["AWS_ALLOW_HTTP"] = "true"
+        region = (
+            client.get("region_name")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        out["AWS_REGION"] = str(region or "us-east-1")
+        for name, option in (
+            ("key", "AWS_ACCESS_KEY_ID"),
+            ("secret", "AWS_SECRET_ACCESS_KEY"),
+            ("token", "AWS_SESSION_TOKEN"),
+            ("profile", "AWS_PROFILE"),
+        ):
+            if opts.get(name):
+                out[option] = str(opts[name])
+        if opts.get("anon"):
+            out["AWS_SKIP_SIGNATURE"] = "true"
+        return out
+
     # -- Zarr -----------------------------------------------------------------
     def zarr_store(self, rel: str):
         """A Zarr v3 store for ``rel`` under the root."""

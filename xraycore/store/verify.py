@@ -10,14 +10,21 @@
 - ``no_checksum``: an ``ok`` row committed without one (never written by format 2);
 - ``orphaned``: an ``ok`` row pointing outside the arrays (no row, or past their end);
 - ``shared_row``: two sources whose latest ``ok`` rows point at one array row (mixed);
-- ``duplicate_source``: a source twice in one metadata part;
-- ``leftover_part``: a metadata (or predictions) part not merged by a compaction,
-  or a stray file among the parts: what a run killed before its commit leaves;
-- ``temporary_file``: a file a writer never renamed into place (a shard, a
-  part, the lease, a picture: :func:`xraycore.store.schema.is_temporary`), left by a
+- ``duplicate_source``: a (source, frame) twice in the latest version (only a
+  writer other than xray-pipeline can commit that);
+- ``untracked_file``: a data file of a table that no kept version reads, what a
+  writer killed before its commit leaves (harmless: no reader sees it);
+- ``temporary_file``: a file a writer never renamed into place (a shard, the
+  lease, a picture: :func:`xraycore.store.schema.is_temporary`), left by a
   writer killed mid-write; not reported while a live run holds the store;
-- ``bad_part``: a metadata part that cannot be read;
+- ``bad_table``: a table (or a kept version of it) that cannot be read;
 - ``stale_lease``: a lease whose holder is gone.
+
+Every kept version is checked, not only the latest: the ok rows of older
+versions (a row since replaced, a version before a split) must still point at
+pixels whose checksum matches, since ``ScanStore.open(url, version=k)`` reads
+them. Their problems are reported with the version's rows; repair marks only
+the latest rows (an old version is what it was).
 
 The shard objects of a row follow from its row number and the array's Zarr
 metadata (:meth:`ScanStore.shard_key`, ``c/<row // shard>/0/0``), so they are
@@ -29,7 +36,7 @@ the store itself.
 
 :func:`repair_store` marks the rows of row-level problems ``failed`` (so the next
 run redoes them) and compacts what a killed run left behind, under the store's
-lease.
+lease, and removes the untracked files.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any
 
 from xraycore.store import ScanStore, schema, select_rows
 from xraycore.store.lease import StoreLease, read_lease
-from xraycore.store.schema import IMAGES, METADATA, PREDICTIONS
+from xraycore.store.schema import IMAGES, METADATA
 
 __all__ = ["ROW_KINDS", "Problem", "VerifyReport", "check_shard", "repair_store", "verify_store"]
 
@@ -81,7 +88,8 @@ class VerifyReport:
     ok_rows: int = 0
     checked: int = 0
     shards: int = 0
-    parts: int = 0
+    versions: int = 0
+    older_rows: int = 0
     seconds: float = 0.0
     writer: str | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -109,7 +117,8 @@ class VerifyReport:
     def summary(self) -> str:
         head = (
             f"store {self.store}: {self.rows} rows ({self.ok_rows} ok), {self.checked} checked "
-            f"in {self.shards} shards, {self.parts} metadata parts, {self.seconds:.1f} s"
+            f"in {self.shards} shards, {self.versions} kept versions "
+            f"({self.older_rows} rows of older ones), {self.seconds:.1f} s"
         )
         if self.clean:
             return head + ": clean"
@@ -122,42 +131,29 @@ def _key(row: dict[str, Any]) -> tuple:
     return tuple(row.get(k) for k in schema.METADATA_KEY)
 
 
-def _read_parts(store: ScanStore, dataset: str, live_run: str | None, problems: list[Problem]):
-    """The tables of ``dataset``'s parts; leftover, unreadable and temporary files
-    become problems (the parts of a live writer ``live_run`` are expected)."""
-    table_of = store.metadata if dataset == METADATA else store.predictions
-    files = table_of.files()
-    compacted = [p for p in files if schema.is_compacted_part(p)]
-    tables = []
-    for path in files:
-        if schema.is_temporary(path):  # reported with the store's other temporaries
-            continue
-        if not schema.is_part(path):
-            problems.append(Problem("leftover_part", "not a part of the dataset", path=path))
-            continue
-        live = live_run is not None and schema.part_of_run(path, live_run)
-        if schema.is_compacted_part(path):
-            if len(compacted) > 1 and not live:
-                problems.append(
-                    Problem(
-                        "leftover_part",
-                        f"one of {len(compacted)} compacted parts (a compaction was interrupted)",
-                        path=path,
-                    )
-                )
-        elif not live:
-            problems.append(
-                Problem("leftover_part", "part not merged by a compaction (killed run?)", path=path)
-            )
+def _read_latest(store: ScanStore, report: VerifyReport):
+    """The latest metadata rows (None: none); an unreadable table is a problem."""
+    try:
+        return store.read_metadata()
+    except Exception as exc:
+        report.problems.append(Problem("bad_table", f"{type(exc).__name__}: {exc}", path=METADATA))
+        return None
+
+
+def _check_untracked(store: ScanStore, report: VerifyReport) -> None:
+    """Data files no kept version reads (a writer killed before its commit)."""
+    for table in (store.metadata, store.predictions):
         try:
-            table = table_of.read_part(path)
-        except FileNotFoundError:  # compacted away by a live writer since the listing
-            continue
+            found = table.untracked_files(older_than_s=schema.TEMPORARY_GRACE_S)
         except Exception as exc:
-            problems.append(Problem("bad_part", f"{type(exc).__name__}: {exc}", path=path))
+            report.problems.append(
+                Problem("bad_table", f"{type(exc).__name__}: {exc}", path=table.name)
+            )
             continue
-        tables.append((path, table))
-    return tables
+        for path in found:
+            report.problems.append(
+                Problem("untracked_file", "read by no kept version (killed writer?)", path=path)
+            )
 
 
 def _stored_objects(store: ScanStore, names) -> dict[str, int]:
@@ -271,16 +267,17 @@ def verify_store(
             report.problems.append(
                 Problem("temporary_file", "left by a writer killed mid-write", path=path)
             )
-    parts = _read_parts(store, METADATA, live_run, report.problems)
-    _read_parts(store, PREDICTIONS, live_run, report.problems)
-    report.parts = len(parts)
-    _check_duplicate_sources(parts, report)
-    if parts:
-        ok = _ok_rows(store, [table for _, table in parts], report)
+        _check_untracked(store, report)
+    latest = _read_latest(store, report)
+    if latest is not None:
+        _check_duplicate_sources(latest, report)
+        ok = _ok_rows(store, latest, report)
         arrays = {name: store.zarr_array(name) for name in info["arrays"]}
         placed = _check_rows(ok, arrays, report)
         whole = _check_shards(store, arrays, placed, report)
-        _check_pixels(store, whole, tuple(arrays) if deep else ("preprocessed",), executor, report)
+        names = tuple(arrays) if deep else ("preprocessed",)
+        _check_pixels(store, whole, names, executor, report)
+        _check_older_versions(store, ok, arrays, executor, report)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -300,28 +297,81 @@ def _check_lease(store: ScanStore, report: VerifyReport) -> str | None:
     return lease.run_id
 
 
-def _check_duplicate_sources(parts, report: VerifyReport) -> None:
-    """A (source, frame) twice in one metadata part is a problem of that part."""
-    for path, table in parts:
-        counts = Counter(_key(r) for r in table.select(list(schema.METADATA_KEY)).to_pylist())
-        for (s, frame), n in sorted(
-            ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
-        ):
-            report.problems.append(
-                Problem("duplicate_source", f"{n} rows in one part", s, path=path, frame=frame)
-            )
+def _check_duplicate_sources(latest, report: VerifyReport) -> None:
+    """A (source, frame) twice in the latest version is a problem."""
+    counts = Counter(_key(r) for r in latest.select(list(schema.METADATA_KEY)).to_pylist())
+    for (s, frame), n in sorted(
+        ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
+    ):
+        report.problems.append(
+            Problem("duplicate_source", f"{n} rows in the latest version", s, frame=frame)
+        )
 
 
-def _ok_rows(store: ScanStore, tables, report: VerifyReport) -> list[dict[str, Any]]:
-    """The latest row per key of the metadata parts ``tables`` (the store's own
-    rule), counted in ``report``; returns the ok ones, in row order."""
-    import pyarrow as pa
-
-    latest = store.metadata.latest(pa.concat_tables(tables, promote_options="default"))
+def _ok_rows(store: ScanStore, latest, report: VerifyReport) -> list[dict[str, Any]]:
+    """The ok rows of the latest version, counted in ``report``, in row order."""
     report.rows = latest.num_rows
     ok = select_rows(latest, url=store.storage.url, empty_ok=True).to_pylist()
     report.ok_rows = len(ok)
     return ok
+
+
+def _kept_rows(store: ScanStore) -> list[dict[str, Any]]:
+    """The ok rows of every data file a kept version reads (each file once)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    columns = ["image_id", "source", "frame", "row", "status", "checksum"]
+    out = []
+    for path in sorted(store.metadata.kept_files()):
+        data = store.storage.read_bytes(posixpath.join(METADATA, path))
+        table = pq.read_table(io.BytesIO(data), columns=columns, use_threads=False)
+        out += [r for r in table.to_pylist() if r["status"] == "ok" and r["row"] is not None]
+    return out
+
+
+def _check_older_versions(
+    store: ScanStore,
+    latest_ok: list[dict],
+    arrays: dict[str, Any],
+    executor: Executor | None,
+    report: VerifyReport,
+) -> None:
+    """The ok rows that only older kept versions read: their pixels must still
+    be there, with their checksum (reported, never marked: a version is what it was)."""
+    report.versions = store.metadata.current_version() - store.metadata.history_start() + 1
+    try:
+        kept = _kept_rows(store)
+    except Exception as exc:
+        report.problems.append(Problem("bad_table", f"kept version: {exc}", path=METADATA))
+        return
+    seen = {(r["row"], r.get("checksum")) for r in latest_ok}
+    older = {}
+    for r in kept:
+        older.setdefault((r["row"], r["checksum"]), r)
+    rows = [r for k, r in sorted(older.items(), key=lambda kv: kv[0][0]) if k not in seen]
+    report.older_rows = len(rows)
+    if not rows:
+        return
+    sink = VerifyReport(store=report.store)
+    placed = _check_rows(rows, arrays, sink)
+    _check_pixels(
+        store, _check_shards(store, arrays, placed, sink), ("preprocessed",), executor, sink
+    )
+    for p in sink.problems:
+        if p.kind in ("shared_row", "no_checksum"):  # rows of different versions may share
+            continue
+        report.problems.append(
+            Problem(
+                p.kind,
+                f"{p.detail} (a row of an older kept version; `xray vacuum` drops old versions)",
+                p.source,
+                p.image_id,
+                p.row,
+                frame=p.frame,
+            )
+        )
 
 
 def _check_rows(ok: list[dict], arrays: dict[str, Any], report: VerifyReport) -> list[dict]:
@@ -409,15 +459,16 @@ def repair_store(
     run_id: str,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Mark the rows of ``report``'s row-level problems failed, so the next run
-    redoes them, and merge what a killed run left; under the store's lease.
+    """Mark the rows of ``report``'s row-level problems failed, so the next
+    run redoes them (a commit of kind ``repair``), and remove what killed
+    writers left; under the store's lease.
 
     Raises :class:`~xraycore.store.lease.LeaseHeldError` while a run writes the store.
-    Returns counts: ``rows`` marked failed, ``parts`` merged, ``files`` removed.
+    Returns counts: ``rows`` marked failed, ``files`` removed (temporary and
+    untracked).
     """
     if isinstance(store, str):
         store = ScanStore.open(store, storage_options)
-    leftovers = [p for p in report.problems if p.kind == "leftover_part"]
     with StoreLease.acquire(store.storage, run_id, description="xray verify --repair"):
         now = datetime.now(UTC)
         kinds: dict[tuple, list[str]] = defaultdict(list)
@@ -437,14 +488,6 @@ def repair_store(
                     "processed_at": now,
                 }
             )
-        if marked:
-            store.write_metadata_part(marked, f"verify-{run_id}")
-        removed = len(store.remove_temporary_files())
-        merged = 0
-        if marked or any(p.path and METADATA in p.path for p in leftovers):
-            store.compact_metadata(run_id)
-            merged += 1
-        if any(p.path and PREDICTIONS in p.path for p in leftovers):
-            store.compact_predictions(run_id)
-            merged += 1
-    return {"rows": len(marked), "parts": merged, "files": removed}
+        store.commit_rows(marked, run_id=run_id, kind="repair")
+        removed = len(store.remove_leftovers())
+    return {"rows": len(marked), "files": removed}

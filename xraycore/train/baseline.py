@@ -58,7 +58,8 @@ def assign_splits(
 
 
 def write_splits(store: ScanStore, splits: list[str | None], run_id: str) -> None:
-    """Write the ``split`` column into the store's metadata (one compacted file)."""
+    """Write the ``split`` column into the store's metadata (a new version of
+    kind ``split``: the rows of earlier versions keep their splits)."""
     import pyarrow as pa
 
     def with_splits(table):
@@ -71,7 +72,7 @@ def write_splits(store: ScanStore, splits: list[str | None], run_id: str) -> Non
             table = table.drop_columns(["split"])
         return table.append_column("split", pa.array(splits, pa.string()))
 
-    store.compact_metadata(run_id, transform=with_splits)
+    store.replace_rows(with_splits, run_id=run_id, kind="split")
 
 
 class ScanDataset:

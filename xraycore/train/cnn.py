@@ -31,6 +31,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from xraycore.train._network import (
     save_checkpoint,
 )
 from xraycore.train._schedule import lr_schedule, masked_bce, set_stage
+from xraycore.train.lineage import loader_settings, training_lineage
 
 __all__ = [
     "ARCHITECTURES",
@@ -168,7 +170,7 @@ def _loaders(store, *, split, validation, targets, uncertain, where, reading):
     label in ``targets``, the validation one's."""
     from xraycore.train.loader import ScanLoader
 
-    def loader(name: str, shuffle: bool):
+    def loader(name: str, shuffle: bool, version: int | None = None):
         return ScanLoader(
             store,
             split=name,
@@ -176,14 +178,15 @@ def _loaders(store, *, split, validation, targets, uncertain, where, reading):
             uncertain=uncertain,
             where=where,
             shuffle=shuffle,
+            version=version,
             **reading,
         )
 
-    train = loader(split, True)
+    train = loader(split, True)  # pins the store's latest version: both read that one
     if validation is None or validation == split:
         return train, None
     try:
-        val = loader(validation, False)
+        val = loader(validation, False, train.version)
     except ValueError:  # the training split was read with the same targets: this one is absent
         return train, None
     return train, (val if len(val) else None)
@@ -312,7 +315,11 @@ def _end_epoch(run: _Run, epoch: int, seconds: float) -> EpochResult:
     model.losses += run.epoch_losses
     model.epochs.append(result)
     run.epoch_losses = []
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        # fp16's gradient scaler may skip every step of a short epoch (an inf at
+        # its first scale); the schedule is per epoch, so no value of it is lost.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        run.scheduler.step()
     return result
 
 
@@ -481,6 +488,18 @@ def train_cnn(
     train, val = _loaders(store, targets=targets or [target], **selection, reading=reading)
     if target is None:
         contract = dataclasses.replace(contract, findings=train.target_names)
+    lineage = training_lineage(
+        train.store,
+        train.image_ids,
+        selection=train.selection,
+        loader=loader_settings(train),
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        validation=val,
+        lr=lr,
+    )
+    contract = dataclasses.replace(contract, training=lineage)
     run = _start(torch, train, val, contract, arch, device, precision, seed=seed, weights=weights)
     run.options.update(
         epochs=epochs,

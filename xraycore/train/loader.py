@@ -91,6 +91,9 @@ class ScanLoader:
     drop_last : bool
         Give every rank the same number of full batches.
     storage_options : dict, optional
+    version : int, optional
+        Read the rows of this version of the store (``xray log``); default the
+        latest, which the loader then pins: :attr:`version` says which it read.
     **tuning
         See :data:`TUNING`.
 
@@ -100,6 +103,11 @@ class ScanLoader:
         With ``targets``: the K columns, in the order of ``"target"``'s columns.
     positives, negatives : (K,) ndarray of int64
         With ``targets``: per column, the selected rows whose counted label is 1 / 0.
+    version : int
+        The store version whose rows this loader reads.
+    image_ids : numpy.ndarray of str
+        The selected rows' ids, in row order (:func:`~xraycore.train.lineage.rows_sha256`
+        of them is what a trained model records).
     consumed : int
         Batches of the current epoch yielded so far: what :meth:`state_dict`
         saves, and what iterating the loader or its :meth:`dataloader` advances.
@@ -134,6 +142,7 @@ class ScanLoader:
         world_size: int = 1,
         drop_last: bool = False,
         storage_options: dict[str, Any] | None = None,
+        version: int | None = None,
         **tuning,
     ):
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -159,6 +168,10 @@ class ScanLoader:
 
         if not isinstance(store, ScanStore):
             store = ScanStore.open(store, storage_options)
+        # Pinned: the rows come from one version however the store moves on.
+        self.version = store.version if version is None else version
+        if self.version is not None and not (store.read_only and store.version == self.version):
+            store = ScanStore.open(store.storage.url, store.storage.storage_options, self.version)
         self._store = store
         self._store_pid = os.getpid()
         self._storage_args = (store.storage.url, dict(store.storage.storage_options))
@@ -184,9 +197,58 @@ class ScanLoader:
         if uncertain not in UNCERTAIN:
             raise ValueError(f"uncertain must be one of {UNCERTAIN}, got {uncertain!r}")
         self.uncertain = uncertain
+        self.selection = {"split": split, "where": where, "target": target}
+        if targets is not None:
+            self.selection.update(targets=targets, uncertain=uncertain)
         self._select(split=split, target=target, targets=targets, where=where)
         self.epoch = 0
         self.consumed = 0
+
+    @property
+    def store(self) -> ScanStore:
+        """The store this loader reads, opened at :attr:`version` (read-only)."""
+        return self._store
+
+    @classmethod
+    def from_lineage(
+        cls,
+        training: dict[str, Any],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        **overrides,
+    ) -> ScanLoader:
+        """The loader a model was trained with, from its lineage (the
+        ``training`` object of its ``model.onnx.json``): the same store
+        version, selection, seed, batch size and window, so the same
+        ``image_id``s in the same order. ``overrides`` replace keywords
+        (``rank``, ``prefetch``...; never the selection).
+
+        Raises ValueError when the rows found differ from the recorded
+        ``rows_sha256`` (the version was vacuumed away and rebuilt, say).
+        """
+        from xraycore.train.lineage import rows_sha256
+
+        if not isinstance(training, dict) or "store_version" not in training:
+            raise ValueError("training must be a model's lineage (its contract's 'training')")
+        selection = dict(training.get("selection") or {})
+        kwargs = {**(training.get("loader") or {}), "seed": training.get("seed", 0), **overrides}
+        # A lineage read in row order (the baseline's) fixes no batch size: any gives that order.
+        kwargs.setdefault("batch_size", 32)
+        loader = cls(
+            training["store"],
+            version=training["store_version"],
+            storage_options=storage_options,
+            **selection,
+            **kwargs,
+        )
+        found = rows_sha256(loader.image_ids.tolist())
+        if found != training.get("rows_sha256"):
+            raise ValueError(
+                f"version {training['store_version']} of {training['store']} selects "
+                f"{len(loader.image_ids)} rows whose rows_sha256 is {found}, not the "
+                f"model's {training.get('rows_sha256')} ({training.get('rows')} rows)"
+            )
+        return loader
 
     # -- the selection ------------------------------------------------------
     def _select(self, *, split, target, targets, where) -> None:
@@ -349,7 +411,7 @@ class ScanLoader:
         # Forked or unpickled: a client of this process (fsspec#835).
         from xraycore.store.storage import Storage
 
-        return ScanStore(Storage.from_url(*self._storage_args))
+        return ScanStore(Storage.from_url(*self._storage_args), self.version)
 
     def batches(
         self, epoch: int, start: int, worker: int, workers: int

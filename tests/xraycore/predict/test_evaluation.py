@@ -50,7 +50,7 @@ def labelled(tmp_path) -> ScanStore:
 
 def _predict(store: ScanStore, sha: str, labels: dict[str, str], *, rows=None) -> None:
     meta = {r["image_id"]: r for r in store.read_metadata().to_pylist()}
-    store.write_predictions_part(
+    store.commit_predictions(
         [
             schema.prediction_row(
                 image_id=i,
@@ -63,7 +63,7 @@ def _predict(store: ScanStore, sha: str, labels: dict[str, str], *, rows=None) -
             )
             for i, label in labels.items()
         ],
-        f"0000000000-{sha[:12]}-test",
+        run_id="test",
     )
 
 

@@ -11,7 +11,7 @@ from stores import build_store
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
 from xraycore.predict.scoring import batch_groups, unscored_rows
-from xraycore.store import ScanStore
+from xraycore.store import ScanStore, schema
 
 
 def test_batch_groups_split_on_batch_boundaries_in_row_order():
@@ -34,13 +34,13 @@ def store(tmp_path) -> ScanStore:
 
 def _predict(store: ScanStore, items, sha: str, part: str) -> None:
     now = datetime.now(UTC)
-    store.write_predictions_part(
+    store.commit_predictions(
         [
-            dict(image_id=i, row=r, score=0.5, label="x", model="m.onnx", model_sha256=sha,
-                 run_id=part, classified_at=now)
+            schema.prediction_row(image_id=i, row=r, score=0.5, label="x", model="m.onnx",
+                                  model_sha256=sha, run_id=part, classified_at=now)
             for r, i in items
         ],
-        part,
+        run_id=part,
     )  # fmt: skip
 
 
@@ -58,6 +58,6 @@ def test_unscored_rows_are_ok_rows_without_a_prediction_from_this_model(store):
     # Scoring again (a repeated trigger) replaces, and nothing is left.
     _predict(store, ok, "a" * 64, "second")
     assert unscored_rows(store, "a" * 64) == []
-    store.compact_predictions("c")
+    store.finish_classification("c")
     assert unscored_rows(store, "a" * 64) == []
     assert store.read_predictions().num_rows == 6

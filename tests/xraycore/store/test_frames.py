@@ -18,6 +18,7 @@ from xraycore.store.catalog import list_sources
 from xraycore.store.schema import StoreFormatError
 from xraycore.store.storage import Storage
 from xraycore.store.verify import repair_store, verify_store
+from xraycore.store.versions import vacuum_store
 
 pytest.importorskip("pydicom")
 
@@ -116,6 +117,12 @@ def test_verify_and_repair_know_frames(source, tmp_path):
     redone = _run(source, store.storage.url, "r2")
     final = {r["image_id"]: r for r in redone.read_metadata().to_pylist()}
     assert final["series/tomo.dcm#1"]["status"] == "ok" and len(final) == 5
+    # The versions before the repair still read the overwritten frame: reported
+    # as theirs, never marked, until a vacuum drops those versions.
+    older = verify_store(redone)
+    assert [(p.image_id, p.kind) for p in older.problems] == [("series/tomo.dcm#1", "different")]
+    assert "older kept version" in older.problems[0].detail and not older.bad_rows
+    vacuum_store(redone, keep=1)
     assert verify_store(redone).clean
 
 
@@ -126,7 +133,7 @@ def test_a_format_2_store_is_refused_with_how_to_rebuild(tmp_path):
     group = zarr.open_group(str(tmp_path / "old" / "images.zarr"), mode="w", zarr_format=3)
     group.attrs.update({"format": 2, "pipeline_hash": "x", "shard_size": 16, "arrays": []})
     with pytest.raises(
-        StoreFormatError, match=r"format 2; .*reads format 3 only.*frame.*--overwrite"
+        StoreFormatError, match=r"format 2; .*reads format 4 only.*frame.*--overwrite"
     ):
         ScanStore.open(url).info()
-    assert schema.FORMAT == 3
+    assert schema.FORMAT == 4

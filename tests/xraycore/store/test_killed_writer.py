@@ -100,7 +100,9 @@ def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_
     assert res.returncode == 1, res.stdout + res.stderr
     assert f"temporary_file: {left[0]}" in res.stdout, res.stdout
     res = _xray("verify", url, "--repair")
-    assert res.returncode == 1 and "1 temporary files removed" in res.stdout, res.stdout
+    assert res.returncode == 1 and "1 temporary or untracked files removed" in res.stdout, (
+        res.stdout
+    )
     assert not (tmp_path / "store" / left[0]).exists()
     res = _xray("verify", url)
     assert res.returncode == 0 and "clean" in res.stdout, res.stdout + res.stderr

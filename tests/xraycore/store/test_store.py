@@ -15,6 +15,7 @@ from xraycore.image.decode import decode_image
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore, StoreConflictError, schema
+from xraycore.store._delta import latest_rows
 from xraycore.store.schema import ArraySpec, StoreFormatError
 
 EXACT = ("preprocessed", "canny", "mask", "histogram")
@@ -129,7 +130,7 @@ def test_metadata_part_keeps_label_columns_missing_from_the_first_row(tmp_path):
         {"image_id": "a", "source": "a", "processed_at": now},
         {"image_id": "b", "source": "b", "processed_at": now, "finding_x": True},
     ]
-    store.write_metadata_part(rows, "0")
+    store.commit_rows(rows, run_id="r")
     table = store.read_metadata()
     assert table.column("finding_x").to_pylist() == [None, True]
 
@@ -344,64 +345,6 @@ def test_array_spec_survives_its_attributes():
         assert back == a
 
 
-def test_compaction_deletes_exactly_the_parts_it_merged(tmp_path):
-    """A part committed while compaction runs (another batch, another run) survives it."""
-    store = ScanStore.open(str(tmp_path / "s"))
-    store.storage.makedirs()
-    now = datetime.now(UTC)
-    store.write_metadata_part([{"image_id": "a", "source": "a", "processed_at": now}], "1")
-    store.write_metadata_part([{"image_id": "b", "source": "b", "processed_at": now}], "2")
-
-    def commit_meanwhile(table):
-        # Lands after compaction listed and read the parts, before it deletes them.
-        store.write_metadata_part([{"image_id": "c", "source": "c", "processed_at": now}], "3")
-        return table
-
-    assert store.compact_metadata("run", transform=commit_meanwhile) == 2
-    parts = sorted(p.name for p in (tmp_path / "s" / "metadata.parquet").iterdir())
-    assert parts == ["part-3.parquet", "part-compacted-run.parquet"]
-    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
-    assert store.compact_metadata("run2") == 3
-
-
-def _three_parts(tmp_path) -> ScanStore:
-    store = ScanStore.open(str(tmp_path / "s"))
-    store.storage.makedirs()
-    now = datetime.now(UTC)
-    for name in "abc":
-        store.write_metadata_part([{"image_id": name, "source": name, "processed_at": now}], name)
-    return store
-
-
-def test_a_reader_racing_a_compaction_still_sees_every_row(tmp_path):
-    store = _three_parts(tmp_path)
-    other = ScanStore.open(str(tmp_path / "s"))
-    read_bytes = store.storage.read_bytes
-    raced = []
-
-    def compact_first(path):
-        if not raced:  # between this reader's listing and its first read
-            raced.append(other.compact_metadata("other"))
-        return read_bytes(path)
-
-    store.storage.read_bytes = compact_first
-    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
-    assert raced == [3]
-
-
-def test_two_compactions_at_once_both_succeed_and_keep_every_row(tmp_path):
-    store = _three_parts(tmp_path)
-    other = ScanStore.open(str(tmp_path / "s"))
-
-    def other_compacts_meanwhile(table):
-        other.compact_metadata("other")  # removes the parts this one is about to remove
-        return table
-
-    assert store.compact_metadata("mine", transform=other_compacts_meanwhile) == 3
-    assert store.compact_metadata("again") == 3
-    assert store.read_metadata().column("image_id").to_pylist() == ["a", "b", "c"]
-
-
 def test_a_dataset_with_open_arrays_pickles_for_dataloader_workers(tmp_path):
     """A DataLoader with spawned workers pickles the dataset after the parent
     has read from it (arrays open, local Zarr store included)."""
@@ -434,8 +377,7 @@ def test_the_latest_row_per_key_wins_with_a_null_frame_a_key_of_its_own():
             {"source": "b", "frame": None, "processed_at": t0, "v": 5},
         ]
     )
-    store = ScanStore.open("unused")  # the rule alone: nothing is read or written
-    latest = store.metadata.latest(table)
+    latest = latest_rows(table, schema.METADATA_KEY, schema.METADATA_TIME)
     assert latest.column("v").to_pylist() == [3, 2, 4]  # sorted by key, nulls last
     predictions = pa.Table.from_pylist(
         [
@@ -444,7 +386,8 @@ def test_the_latest_row_per_key_wins_with_a_null_frame_a_key_of_its_own():
             {"image_id": "a", "model_sha256": "n", "classified_at": t0, "v": 3},
         ]
     )
-    assert store.predictions.latest(predictions).column("v").to_pylist() == [2, 3]
+    latest = latest_rows(predictions, schema.PREDICTION_KEY, schema.PREDICTION_TIME)
+    assert latest.column("v").to_pylist() == [2, 3]
 
 
 def test_shard_keys_name_the_stored_objects_of_every_array(tmp_path):

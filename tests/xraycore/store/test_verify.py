@@ -115,25 +115,50 @@ def test_deep_reads_every_array(store):
     assert _kinds(report)["unreadable"] == set(range(16, N))
 
 
-def test_planted_orphaned_part_and_a_part_left_by_a_killed_run(store):
-    """An ok row pointing past the arrays, in a part no compaction merged."""
+def _untracked(st: ScanStore, name: str, *, aged: bool = True) -> Path:
+    """A data file in the metadata table that no version reads: what a writer
+    killed between writing its file and committing it leaves."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(st.storage.path(schema.METADATA, name))
+    pq.write_table(pa.table({"image_id": ["x"]}), path)
+    if aged:
+        then = time.time() - schema.TEMPORARY_GRACE_S - 1
+        os.utime(path, (then, then))
+    return path
+
+
+def test_an_orphaned_row_and_a_file_left_by_a_killed_writer(store):
+    """An ok row pointing past the arrays; a data file no version reads."""
     _, st = store
     meta = st.read_metadata().to_pylist()
     ghost = {**meta[0], "source": "/nowhere/ghost.png", "image_id": "ghost.png", "row": 999}
-    st.write_metadata_part([ghost], "0000000999-killedrun")
+    st.commit_rows([ghost], run_id="ghostrun")
+    killed = _untracked(st, "part-00000-killed.parquet")
+    _untracked(st, "part-00000-young.parquet", aged=False)  # a live writer's, maybe
     report = verify_store(st)
     assert {(p.kind, p.row) for p in report.problems} >= {("orphaned", 999)}
-    leftover = [p for p in report.problems if p.kind == "leftover_part"]
-    assert len(leftover) == 1 and leftover[0].path.endswith("part-0000000999-killedrun.parquet")
+    untracked = [p.path for p in report.problems if p.kind == "untracked_file"]
+    assert untracked == [f"{schema.METADATA}/{killed.name}"]
 
 
-def test_two_sources_on_one_row_and_a_source_twice_in_a_part(store):
+def test_two_sources_on_one_row_and_a_source_twice_from_another_writer(store):
+    """Rows this project commits are merged by key; a key twice can only come from
+    another writer of the table (a plain Delta append here)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
     _, st = store
-    meta = st.read_metadata().to_pylist()
-    intruder = {**meta[5], "source": "/elsewhere/other.png", "image_id": "other.png", "row": 2}
-    st.write_metadata_part([intruder, intruder], "0000000002-otherrun")
+    meta = st.read_metadata()
+    rows = meta.to_pylist()
+    intruder = {**rows[5], "source": "/elsewhere/other.png", "image_id": "other.png", "row": 2}
+    st.commit_rows([intruder], run_id="otherrun")
+    write_deltalake(
+        st.metadata.uri, pa.Table.from_pylist([rows[7]], schema=meta.schema), mode="append"
+    )
     kinds = _kinds(verify_store(st))
-    assert kinds["shared_row"] == {2}
+    assert kinds["shared_row"] == {2, 7}  # row 7: the same source's two rows claim it
     assert "duplicate_source" in kinds
 
 
@@ -145,7 +170,8 @@ def test_stale_and_live_leases(store):
     assert _kinds(report) == {"stale_lease": {None}}
     live = StoreLease.acquire(st.storage, "busy")  # takes over the stale one
     meta = st.read_metadata().to_pylist()
-    st.write_metadata_part(meta[:2], "0000000000-busy")  # a batch of the live run
+    st.commit_rows(meta[:2], run_id="busy")  # a batch of the live run
+    _untracked(st, "part-00000-busy.parquet")  # a file of its that is not committed yet
     report = verify_store(st)
     assert report.clean and "run busy" in report.writer
     with pytest.raises(LeaseHeldError):
@@ -156,26 +182,31 @@ def test_stale_and_live_leases(store):
 def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     folder, st = store
     _shard(st, "preprocessed", 1).write_bytes(b"garbage")
-    meta = st.read_metadata().to_pylist()
-    st.write_metadata_part(meta[:3], "0000000000-killedrun")  # left by a killed run
-    part = st.storage.path("metadata.parquet", "part-0000000016-x.parquet")
-    tmp = Path(schema.temporary_path(part))
-    tmp.write_bytes(b"")  # a part write cut short (a full disk, SIGKILL), a while ago
+    killed = _untracked(st, "part-00000-killedrun.parquet")  # left by a killed run
+    shard = str(_shard(st, "log", 1))
+    tmp = Path(schema.temporary_path(shard))
+    tmp.write_bytes(b"")  # a shard write cut short (a full disk, SIGKILL), a while ago
     aged = time.time() - schema.TEMPORARY_GRACE_S - 1
     os.utime(tmp, (aged, aged))
     report = verify_store(st)
     assert _kinds(report)["unreadable"] == set(range(16, N))
-    assert {Path(p.path).name for p in report.problems if p.kind == "leftover_part"} == {
-        "part-0000000000-killedrun.parquet",
-    }
-    assert [p.path for p in report.problems if p.kind == "temporary_file"] == [
-        f"metadata.parquet/{tmp.name}"
+    assert [p.path for p in report.problems if p.kind == "untracked_file"] == [
+        f"{schema.METADATA}/{killed.name}"
     ]
+    assert [p.path for p in report.problems if p.kind == "temporary_file"] == [
+        os.path.relpath(tmp, st.storage.path())
+    ]
+    before = st.version
     counts = repair_store(st, report, run_id="fix")
-    assert counts == {"rows": N - 16, "parts": 1, "files": 1}
-    assert not tmp.exists()
+    assert counts == {"rows": N - 16, "files": 2}
+    assert not tmp.exists() and not killed.exists()
+    assert st.version == before + 1 and st.history()[0]["kind"] == "repair"
     after = verify_store(st)
-    assert after.clean, after.problems
+    # The rows marked failed are gone from the latest version, not from the one
+    # before the repair, which still points at the garbage shard: reported, not marked.
+    assert {p.kind for p in after.problems} == {"unreadable"}, after.problems
+    assert all("older kept version" in p.detail for p in after.problems)
+    assert not after.bad_rows
     failed = [r for r in st.read_metadata().to_pylist() if r["status"] == "failed"]
     assert len(failed) == N - 16 and all(
         r["error"].startswith("verify: unreadable") for r in failed
@@ -186,7 +217,7 @@ def test_repair_marks_bad_rows_failed_and_the_next_run_redoes_them(store):
     assert len(rows) == N and all(r["status"] == "ok" for r in rows)
     assert sorted(r["row"] for r in rows if r["run_id"] == "rerun") == list(range(32, 32 + N - 16))
     final = verify_store(st, executor=ThreadPoolExecutor(2))
-    assert final.clean and final.checked == N, [str(p) for p in final.problems]
+    assert final.checked == N and not final.bad_rows, [str(p) for p in final.problems]
     for r in rows:
         source = cv2.imread(r["source"], cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(
@@ -215,7 +246,7 @@ def test_a_batch_written_by_process_batch_records_the_checksum_verify_reads(tmp_
     batch = Batch(start=0, items=tuple(source_files([tmp_path / "a.png"])))
     process_batch(batch, store=str(tmp_path / "s"), spec=SPEC, run_id="one")
     report = verify_store(st)
-    assert [p.kind for p in report.problems] == ["leftover_part"]  # not compacted yet
+    assert report.clean, report.problems  # committed as it was written: nothing to compact
     assert report.checked == 1
 
 
@@ -231,15 +262,19 @@ def test_a_missing_chunk_of_an_unsharded_array_is_missing(store):
     assert "histogram/c/1/0" in report.problems[0].detail
 
 
-def test_only_the_latest_ok_row_of_a_source_is_checked(store):
-    """A source processed again and failed is not checked for its old pixels: verify
-    takes the latest row per (source, frame), the table's own rule, then its ok rows."""
+def test_an_older_versions_row_is_checked_but_never_marked(store):
+    """A source processed again and failed: its old ok row is no longer the latest,
+    but the version before still reads it, so its pixels are checked (and their
+    problem reported as that version's); repair marks only the latest rows."""
     _, st = store
     meta = st.read_metadata().to_pylist()
     failed = {**meta[4], "status": "failed", "row": None, "checksum": None,
               "error": "ValueError: no", "processed_at": datetime.now(UTC)}  # fmt: skip
-    st.write_metadata_part([failed], "0000000004-later")
+    st.commit_rows([failed], run_id="later")
     _shard(st, "preprocessed", 0).unlink()
     report = verify_store(st)
-    assert (report.rows, report.ok_rows) == (N, N - 1)
-    assert _kinds(report)["missing"] == set(range(16)) - {4}
+    assert (report.rows, report.ok_rows, report.older_rows) == (N, N - 1, 1)
+    assert _kinds(report)["missing"] == set(range(16))
+    old = [p for p in report.problems if p.row == 4]
+    assert len(old) == 1 and "older kept version" in old[0].detail
+    assert sorted(r["row"] for r in report.bad_rows.values()) == sorted(set(range(16)) - {4})

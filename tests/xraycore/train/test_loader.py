@@ -33,7 +33,7 @@ def store(tmp_path_factory):
     images = [phantom_chest(64, seed=i % 12, opacity=i % 2 == 1) for i in range(ROWS)]
     spec = PipelineSpec(size=64, outputs=("log", "gradient_magnitude", "canny", "histogram"))
     built = build_store(str(folder / "store"), png_files(folder, images), spec, batch_size=4)
-    built.compact_metadata("labels", transform=_labelled)
+    built.replace_rows(_labelled, run_id="labels")
     assert built.shard_size == 4
     return built
 
@@ -404,13 +404,13 @@ def test_cache_key_changes_with_the_shards_rows(store, tmp_path):
         return table.set_column(table.column_names.index("image_id"), "image_id", pa.array(ids))
 
     keys = dict(a._cache_keys)
-    store.compact_metadata("rename", transform=renamed)
+    store.replace_rows(renamed, run_id="rename")
     try:
         c = ScanLoader(store, batch_size=4, cache_dir=tmp_path)
         assert c._cache_keys[0] != keys[0]
         assert c._cache_keys[1] == keys[1]
     finally:
-        store.compact_metadata("back", transform=lambda t: t)
+        store.replace_rows(lambda t: t, run_id="back")
 
 
 # -- bad arguments --------------------------------------------------------------
