@@ -52,18 +52,20 @@ def upload(folder: str, url: str) -> dict:
     return {"uploaded": len(files)}
 
 
-def parts(store: str) -> list[str]:
+def committed_batches(store: str) -> list[str]:
+    """The commits of a batch in the store's metadata log so far."""
+    fs = s3()
     try:
-        names = s3().ls(f"{store}/metadata.parquet")
+        names = [n for n in fs.ls(f"{store}/metadata.delta/_delta_log") if n.endswith(".json")]
     except FileNotFoundError:
         return []
-    return [
-        n
-        for n in names
-        if n.rsplit("/", 1)[-1].startswith("part-")
-        and not n.rsplit("/", 1)[-1].startswith("part-compacted-")
-        and ".tmp-" not in n
-    ]
+    found = []
+    for name in names:
+        for line in fs.cat(name).decode().splitlines():
+            info = json.loads(line).get("commitInfo") if line.strip() else None
+            if info and info.get("xray.kind") == "batch":
+                found.append(name)
+    return found
 
 
 def in_batch(scheduler: str, address: str, store: str) -> dict:
@@ -74,7 +76,7 @@ def in_batch(scheduler: str, address: str, store: str) -> dict:
         while time.monotonic() < deadline:
             busy = {w: keys for w, keys in client.processing().items() if keys}
             mine = [k for w, keys in busy.items() if f"//{address}:" in w for k in keys]
-            if mine and parts(store):
+            if mine and committed_batches(store):
                 return {"worker": address, "tasks": [str(k) for k in mine]}
             time.sleep(0.01)
     raise SystemExit(f"no batch on {address} after a committed one within 120 s")
@@ -128,13 +130,13 @@ def check(store: str, folder: str, size: str) -> dict:
             return {"failed": str(exc)}
 
 
-def wait_parts(store: str, count: str = "0") -> dict:
+def wait_batches(store: str, count: str = "0") -> dict:
     deadline = time.monotonic() + 120
-    while len(found := parts(store)) < int(count):
+    while len(found := committed_batches(store)) < int(count):
         if time.monotonic() > deadline:
-            raise SystemExit(f"{store}: fewer than {count} parts after 120 s")
+            raise SystemExit(f"{store}: fewer than {count} committed batches after 120 s")
         time.sleep(0.01)
-    return {"parts": len(found)}
+    return {"batches": len(found)}
 
 
 if __name__ == "__main__":
@@ -142,5 +144,5 @@ if __name__ == "__main__":
     steps = {"upload": upload, "in-batch": in_batch, "lease": lease, "check": check}
     steps["health"] = health
     steps["probe"] = probe
-    steps["parts"] = wait_parts
+    steps["batches"] = wait_batches
     print(json.dumps(steps[step](*args), default=str), flush=True)

@@ -128,9 +128,9 @@ def test_hosts_that_share_nothing(network, servers, tmp_path, capsys):
     # 2. The flow's host lost mid-run; a rerun from another host takes the lease over.
     store = "s3://drill/store-flow-lost"
     run = xray_on(hosts["flow-a"], env, *args, "--store", store, ttl_s=TTL_S)
-    hub(network, env, "parts", store, "1")  # polls every 10 ms from the hub
+    hub(network, env, "batches", store, "1")  # polls every 10 ms from the hub
     hosts["flow-a"].crash()
-    done = hub(network, env, "parts", store)["parts"]  # a batch in flight may still land
+    done = hub(network, env, "batches", store)["batches"]  # one in flight may still land
     dead = hub(network, env, "lease", store)
     assert dead is not None and dead["host"] == "flow-a", dead
     assert done < N // BATCH, "the run finished before its host was killed"
