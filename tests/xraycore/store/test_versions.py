@@ -284,3 +284,50 @@ def test_upgrade_moves_a_format_3_store_built_by_main_without_touching_a_pixel(t
     assert store.history()[-1]["kind"] == "upgrade"
     assert verify_store(url).clean
     assert upgrade_store(url)["upgraded"] is False  # once is enough
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "xray_cli", *args], capture_output=True, text=True, env=env,
+        timeout=120, cwd=root,
+    )  # fmt: skip
+
+
+def test_the_command_line_lists_inspects_upgrades_and_vacuums(tmp_path):
+    import json
+
+    shutil.copytree(FORMAT3, tmp_path / "old")
+    url = str(tmp_path / "old")
+    res = _cli("inspect", url)
+    assert res.returncode == 2 and f"xray upgrade {url}" in res.stderr, res.stderr
+    res = _cli("upgrade", url)
+    assert res.returncode == 0 and "from format 3 to 4" in res.stdout, res.stdout + res.stderr
+    assert "7 metadata rows and 6 predictions are version 0" in res.stdout
+    _scans(tmp_path / "src", ["n0.png", "n1.png"])
+    store = build_store(url, tmp_path / "src", SPEC, batch_size=4, run_id="after")
+    assert store.version >= 1
+
+    res = _cli("log", url, "--json")
+    assert res.returncode == 0, res.stderr
+    entries = json.loads(res.stdout)
+    assert {"version", "kind", "run_id", "timestamp", "table"} <= set(entries[0])
+    assert [e["kind"] for e in entries if e["table"] == "metadata"][-1] == "upgrade"
+    assert any(e["kind"] == "batch" and e["run_id"] == "after" for e in entries)
+    text = _cli("log", url).stdout.splitlines()
+    assert len(text) < len(entries) + 1 and any("upgrade" in line for line in text)
+
+    res = _cli("inspect", url, "--version", "0")
+    assert res.returncode == 0 and "version: 0 (read-only)" in res.stdout, res.stdout
+    assert "rows: 7 (5 ok, 2 failed)" in res.stdout
+    res = _cli("inspect", url, "--version", "999")
+    assert res.returncode == 2 and "has no version 999" in res.stderr
+    res = _cli("vacuum", url, "--keep", "1")
+    assert res.returncode == 0 and "metadata: history starts at version" in res.stdout
+    res = _cli("inspect", url, "--version", "0")
+    assert res.returncode == 2 and "removed by xray vacuum --keep 1" in res.stderr
+    assert _cli("vacuum", url).returncode == 2  # neither --keep nor --older-than
