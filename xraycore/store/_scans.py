@@ -268,10 +268,8 @@ class ScanStore:
         saying what removed it."""
         from datetime import UTC, datetime
 
-        from xraycore.store.upgrade import LEGACY_TABLES
-
         self.storage.remove(schema.IMAGES)
-        for name in LEGACY_TABLES:
+        for name in schema.LEGACY_TABLES:
             if self.storage.exists(name):
                 self.storage.remove(name)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

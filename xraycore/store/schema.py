@@ -51,6 +51,7 @@ __all__ = [
     "CONFUSION",
     "FORMAT",
     "IMAGES",
+    "LEGACY_TABLES",
     "LEASE",
     "METADATA",
     "METADATA_COLUMNS",
@@ -84,6 +85,11 @@ IMAGES = "images.zarr"
 METADATA = "metadata.delta"
 #: Delta Lake table of one prediction per (image, model).
 PREDICTIONS = "predictions.delta"
+#: Format 3's metadata and predictions: directories of Parquet parts
+#: (``xray upgrade`` reads them once and removes them).
+LEGACY_TABLES = ("metadata.parquet", "predictions.parquet")
+#: The key of format 3's predictions (one per image and model).
+LEGACY_PREDICTION_KEY = ("image_id", "model_sha256")
 #: The lease of the run writing the store (:mod:`xraycore.store.lease`).
 LEASE = "_lease.json"
 #: A comparison picture of a few rows of the last run.

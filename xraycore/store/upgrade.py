@@ -22,10 +22,7 @@ from xraycore.store._delta import commit_info, latest_rows
 from xraycore.store._layout import group_attributes
 from xraycore.store.storage import Storage
 
-__all__ = ["LEGACY_TABLES", "upgrade_store"]
-
-#: The Parquet part directories of format 3: metadata, predictions.
-LEGACY_TABLES = ("metadata.parquet", "predictions.parquet")
+__all__ = ["upgrade_store"]
 
 
 def _legacy_rows(storage: Storage, name: str, key: tuple[str, ...], time_column: str):
@@ -104,12 +101,18 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
         store = ScanStore(storage)
         counts = {}
         for name, table, arrow_schema, key, time_column in (
-            (LEGACY_TABLES[0], store.metadata, None, schema.METADATA_KEY, schema.METADATA_TIME),
             (
-                LEGACY_TABLES[1],
+                schema.LEGACY_TABLES[0],
+                store.metadata,
+                None,
+                schema.METADATA_KEY,
+                schema.METADATA_TIME,
+            ),
+            (
+                schema.LEGACY_TABLES[1],
                 store.predictions,
                 schema.prediction_schema(),
-                schema.PREDICTION_KEY,
+                schema.LEGACY_PREDICTION_KEY,
                 schema.PREDICTION_TIME,
             ),
         ):
@@ -124,14 +127,14 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
             table.replace(rows, info)
             counts[name] = rows.num_rows
         _bump_format(storage)
-        for name in LEGACY_TABLES:
+        for name in schema.LEGACY_TABLES:
             if storage.exists(name):
                 storage.remove(name)
         version = store.metadata.current_version()
     return {
         **summary,
         "upgraded": True,
-        "rows": counts[LEGACY_TABLES[0]],
-        "predictions": counts[LEGACY_TABLES[1]],
+        "rows": counts[schema.LEGACY_TABLES[0]],
+        "predictions": counts[schema.LEGACY_TABLES[1]],
         "version": version,
     }

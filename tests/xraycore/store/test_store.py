@@ -381,9 +381,15 @@ def test_the_latest_row_per_key_wins_with_a_null_frame_a_key_of_its_own():
     assert latest.column("v").to_pylist() == [3, 2, 4]  # sorted by key, nulls last
     predictions = pa.Table.from_pylist(
         [
-            {"image_id": "a", "model_sha256": "m", "classified_at": t0, "v": 1},
-            {"image_id": "a", "model_sha256": "m", "classified_at": t0 + timedelta(1), "v": 2},
-            {"image_id": "a", "model_sha256": "n", "classified_at": t0, "v": 3},
+            {"image_id": "a", "model_sha256": "m", "finding": None, "classified_at": t0, "v": 1},
+            {
+                "image_id": "a",
+                "model_sha256": "m",
+                "finding": None,
+                "classified_at": t0 + timedelta(1),
+                "v": 2,
+            },
+            {"image_id": "a", "model_sha256": "n", "finding": None, "classified_at": t0, "v": 3},
         ]
     )
     latest = latest_rows(predictions, schema.PREDICTION_KEY, schema.PREDICTION_TIME)
