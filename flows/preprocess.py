@@ -85,8 +85,11 @@ def preprocess_dataset(
     with lease:  # renewed while the run lasts, released however it ends
         batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
-            sources = _list_sources(source, options, started)
-            plan = _plan(target, sources, spec, batch_size, labels=labels, options=options)
+            previous = target.read_metadata()  # read once: for the listing and the plan
+            sources = _list_sources(source, previous, options, started)
+            plan = _plan(
+                target, sources, previous, spec, batch_size, labels=labels, options=options
+            )
             # read once: every batch's scoring task gets the same contract
             scoring = ModelContract.for_model(model, options, **(contract or {})) if model else None
             client, dashboard = _connect(dask_cluster, plan)
@@ -103,9 +106,12 @@ def preprocess_dataset(
         return summary
 
 
-def _list_sources(source: str, options: dict[str, Any] | None, started: float) -> list:
-    """The scans under ``source``, announced with the seconds since the run started."""
-    sources = list_sources(Storage.from_url(source, options))
+def _list_sources(
+    source: str, previous: Any, options: dict[str, Any] | None, started: float
+) -> list:
+    """The scans under ``source``, announced with the seconds since the run started;
+    files the store's metadata (``previous``) knows unchanged are not read."""
+    sources = list_sources(Storage.from_url(source, options), previous)
     notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
     return sources
 
@@ -113,6 +119,7 @@ def _list_sources(source: str, options: dict[str, Any] | None, started: float) -
 def _plan(
     target: ScanStore,
     sources: list,
+    previous: Any,
     spec: PipelineSpec,
     batch_size: int,
     *,
@@ -123,7 +130,7 @@ def _plan(
     failed before), with room for them in the store's arrays."""
     plan = plan_batches(
         sources,
-        target.read_metadata(),
+        previous,
         pipeline_hash=spec.hash,
         first_free_row=target.capacity(),
         batch_size=batch_size,
