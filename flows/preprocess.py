@@ -244,25 +244,27 @@ class Batches:
     spec: dict[str, Any]
     run_id: str
     options: dict[str, Any] | None
-    results: list[dict[str, Any]] = field(default_factory=list)
+    ok: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
     broken: list[tuple[int, str]] = field(default_factory=list)
     scored: int = 0
-
-    @property
-    def ok(self) -> int:
-        return sum(r["ok"] for r in self.results)
-
-    @property
-    def failed(self) -> int:
-        return sum(r["failed"] for r in self.results)
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        return [f for r in self.results for f in r["failures"]]
+    committed: int = 0  # batches
+    #: The first rows this run wrote (for the comparison sheet), at most SHEET_ROWS.
+    first_rows: list[int] = field(default_factory=list)
 
     def sample(self, n: int) -> list[int]:
-        """The first ``n`` rows this run wrote."""
-        return sorted(row for r in self.results for row, _ in r["items"])[:n]
+        """The first ``n`` rows this run wrote (``n`` <= :data:`SHEET_ROWS`)."""
+        return self.first_rows[:n]
+
+    def _count(self, result: dict[str, Any]) -> None:
+        """Keep what the summary needs of a committed batch's result, and drop the
+        rest: a run of a million inputs holds counters, not every batch's rows."""
+        self.ok += result["ok"]
+        self.failed += result["failed"]
+        self.failures += result["failures"]
+        self.committed += 1
+        self.first_rows = sorted([*self.first_rows, *result["rows"]])[:SHEET_ROWS]
 
     def process(
         self,
@@ -308,7 +310,7 @@ class Batches:
                     "batch from row %d failed after retries: %s", batch.start, error
                 )
             else:
-                self.results.append(result)
+                self._count(result)
                 emit_event(
                     event="xray.batch.committed",
                     resource=store_resource(self.store),
@@ -327,7 +329,7 @@ class Batches:
                 done=done,
                 total=total,
                 failed=self.failed,
-                batches_done=len(self.results) + len(self.broken),
+                batches_done=self.committed + len(self.broken),
                 batches=len(plan.batches),
                 rate=done / elapsed,
             )
