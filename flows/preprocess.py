@@ -85,8 +85,11 @@ def preprocess_dataset(
     with lease:  # renewed while the run lasts, released however it ends
         batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
-            sources = _list_sources(source, options, started)
-            plan = _plan(target, sources, spec, batch_size, labels=labels, options=options)
+            previous = target.read_metadata()  # read once: for the listing and the plan
+            sources = _list_sources(source, previous, options, started)
+            plan = _plan(
+                target, sources, previous, spec, batch_size, labels=labels, options=options
+            )
             if plan.batches:  # from here on only this run's batches may commit rows
                 target.fence(run_id)
             # read once: every batch's scoring task gets the same contract
@@ -106,9 +109,12 @@ def preprocess_dataset(
         return summary
 
 
-def _list_sources(source: str, options: dict[str, Any] | None, started: float) -> list:
-    """The scans under ``source``, announced with the seconds since the run started."""
-    sources = list_sources(Storage.from_url(source, options))
+def _list_sources(
+    source: str, previous: Any, options: dict[str, Any] | None, started: float
+) -> list:
+    """The scans under ``source``, announced with the seconds since the run started;
+    files the store's metadata (``previous``) knows unchanged are not read."""
+    sources = list_sources(Storage.from_url(source, options), previous)
     notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
     return sources
 
@@ -116,6 +122,7 @@ def _list_sources(source: str, options: dict[str, Any] | None, started: float) -
 def _plan(
     target: ScanStore,
     sources: list,
+    previous: Any,
     spec: PipelineSpec,
     batch_size: int,
     *,
@@ -126,7 +133,7 @@ def _plan(
     failed before), with room for them in the store's arrays."""
     plan = plan_batches(
         sources,
-        target.read_metadata(),
+        previous,
         pipeline_hash=spec.hash,
         first_free_row=target.capacity(),
         batch_size=batch_size,
@@ -242,25 +249,27 @@ class Batches:
     spec: dict[str, Any]
     run_id: str
     options: dict[str, Any] | None
-    results: list[dict[str, Any]] = field(default_factory=list)
+    ok: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
     broken: list[tuple[int, str]] = field(default_factory=list)
     scored: int = 0
-
-    @property
-    def ok(self) -> int:
-        return sum(r["ok"] for r in self.results)
-
-    @property
-    def failed(self) -> int:
-        return sum(r["failed"] for r in self.results)
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        return [f for r in self.results for f in r["failures"]]
+    committed: int = 0  # batches
+    #: The first rows this run wrote (for the comparison sheet), at most SHEET_ROWS.
+    first_rows: list[int] = field(default_factory=list)
 
     def sample(self, n: int) -> list[int]:
-        """The first ``n`` rows this run wrote."""
-        return sorted(row for r in self.results for row, _ in r["items"])[:n]
+        """The first ``n`` rows this run wrote (``n`` <= :data:`SHEET_ROWS`)."""
+        return self.first_rows[:n]
+
+    def _count(self, result: dict[str, Any]) -> None:
+        """Keep what the summary needs of a committed batch's result, and drop the
+        rest: a run of a million inputs holds counters, not every batch's rows."""
+        self.ok += result["ok"]
+        self.failed += result["failed"]
+        self.failures += result["failures"]
+        self.committed += 1
+        self.first_rows = sorted([*self.first_rows, *result["rows"]])[:SHEET_ROWS]
 
     def process(
         self,
@@ -306,7 +315,7 @@ class Batches:
                     "batch from row %d failed after retries: %s", batch.start, error
                 )
             else:
-                self.results.append(result)
+                self._count(result)
                 emit_event(
                     event="xray.batch.committed",
                     resource=store_resource(self.store),
@@ -325,7 +334,7 @@ class Batches:
                 done=done,
                 total=total,
                 failed=self.failed,
-                batches_done=len(self.results) + len(self.broken),
+                batches_done=self.committed + len(self.broken),
                 batches=len(plan.batches),
                 rate=done / elapsed,
             )

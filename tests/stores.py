@@ -40,15 +40,16 @@ def build_store(
     leaves the run unfinished, as a run killed before its end does.
     """
     url = str(url)
-    if isinstance(sources, (str, Path)):
-        sources = list_sources(Storage.from_url(str(sources)))
-    else:
-        sources = [s if isinstance(s, SourceFile) else source_files([s])[0] for s in sources]
     store = ScanStore.open(url)
     store.initialise(spec, batch_size=batch_size)
+    previous = store.read_metadata()
+    if isinstance(sources, (str, Path)):
+        sources = list_sources(Storage.from_url(str(sources)), previous)
+    else:
+        sources = [s if isinstance(s, SourceFile) else source_files([s])[0] for s in sources]
     plan = plan_batches(
         sources,
-        store.read_metadata(),
+        previous,
         pipeline_hash=spec.hash,
         first_free_row=store.capacity(),
         batch_size=batch_size,

@@ -82,7 +82,7 @@ def plan_batches(
     for src in sources:
         key = (src.uri, src.frame)
         prev = done.get(key)
-        if prev and prev["source_size"] == src.size and prev["source_mtime"] == src.mtime:
+        if prev and (prev["source_size"], prev["source_mtime"]) == src.version:
             skipped += 1
             continue
         retried += key in failed or key in done
@@ -144,6 +144,7 @@ def process_batch(
                 image_id=item.image_id,
                 source=item.uri,
                 frame=item.frame,
+                frames=item.frames,
                 size=item.size,
                 mtime=item.mtime,
                 pipeline_hash=pipeline_hash,

@@ -5,6 +5,10 @@ fixed cycle so a run is repeatable: 503 SlowDown (what S3 says on a busy
 prefix), a connection reset before the request reaches S3, and a reset after
 S3 has carried the request out (the response is lost: the retry of a
 conditional write then meets its own write). Loopback only.
+
+Every request is logged (:attr:`FaultyProxy.log`: method, path, Range
+header), so a test can count what a run sent; with ``faults=()`` the proxy
+only counts.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class FaultyProxy:
         self.upstream = (host, int(port))
         self.period, self.faults, self.max_faults = period, faults, max_faults
         self.requests = 0
+        #: (method, path, Range header or None) of every request, in arrival order.
+        self.log: list[tuple[str, str, str | None]] = []
         self.injected: Counter[str] = Counter()
         self.healed = False
         self._lock = threading.Lock()
@@ -88,7 +94,7 @@ class FaultyProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault = proxy._next_fault()
+                fault = proxy._next_fault(self.command, self.path, self.headers.get("Range"))
                 if fault == "503":
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
@@ -119,17 +125,28 @@ class FaultyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def _next_fault(self) -> str | None:
+    def _next_fault(self, method: str, path: str, byte_range: str | None) -> str | None:
         with self._lock:
             self.requests += 1
+            self.log.append((method, path, byte_range))
             total = sum(self.injected.values())
-            if self.healed or (self.max_faults is not None and total >= self.max_faults):
+            if (
+                not self.faults
+                or self.healed
+                or (self.max_faults is not None and total >= self.max_faults)
+            ):
                 return None
             if self.requests % self.period:
                 return None
             fault = self.faults[total % len(self.faults)]
             self.injected[fault] += 1
             return fault
+
+    def gets(self, prefix: str) -> list[tuple[str, str, str | None]]:
+        """The GETs of objects whose path (``/bucket/key``) starts with ``prefix``
+        (a listing is a GET of the bucket itself: it does not count)."""
+        with self._lock:
+            return [e for e in self.log if e[0] == "GET" and e[1].startswith(prefix)]
 
     def heal(self) -> None:
         with self._lock:

@@ -126,12 +126,27 @@ def decode_image(
         ) from exc
 
 
-def dicom_frames(head: bytes) -> int:
+#: (0028,0008) Number of Frames.
+_NUMBER_OF_FRAMES = 0x00280008
+
+
+def dicom_frames(head: bytes, *, complete: bool = True) -> int | None:
     """Number of frames a DICOM file declares (1 when it says nothing), read
     from its first bytes (the header; the pixel data need not be there).
 
+    Parameters
+    ----------
+    head : bytes
+        The file, or its first bytes.
+    complete : bool, optional
+        Whether ``head`` is the whole file. When it is not, None means "read
+        more": the bytes end before an element that comes after Number of
+        Frames (0028,0008), so that element, if the file has one, may lie beyond
+        them (the elements of a data set come in tag order, PS3.5 7.1).
+
     Raises :class:`ImageDecodeError` when the header cannot be parsed or its
-    Number of Frames is not a positive integer.
+    Number of Frames is not a positive integer (with ``complete=False``, an
+    unparsable prefix is None instead: it may be cut inside an element).
     """
     import warnings
 
@@ -141,15 +156,20 @@ def dicom_frames(head: bytes) -> int:
         with warnings.catch_warnings():  # a header cut short is expected here
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(head), force=True, stop_before_pixels=True)
+            last = max((int(tag) for tag in ds.keys()), default=0)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImageDecodeError(
             "is DICOM, but pydicom is not installed (pip install 'xray-pipeline[dicom]')"
         ) from exc
     except Exception as exc:
+        if not complete:
+            return None
         raise ImageDecodeError(
             f"DICOM header could not be read ({type(exc).__name__}: {_short(exc)})"
         ) from exc
+    if not complete and last <= _NUMBER_OF_FRAMES:
+        return None
     if frames < 1:
         raise ImageDecodeError(f"DICOM declares {frames} frames")
     return frames

@@ -25,8 +25,18 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
-#: Bytes read from a DICOM file to find its Number of Frames (the header).
-_DICOM_HEAD = 1 << 16
+#: Bytes read from a DICOM file of unknown frame count, one round after the
+#: other: a header (and the magic bytes of a file without an extension) fits
+#: in the first 8 KiB unless it carries big private tags or an icon; the few
+#: that do not are read again, then whole. The first range costs the same GET
+#: as 136 bytes would, and one tenth of the 64 KiB read before.
+_DICOM_HEADS = (8 << 10, 64 << 10)
+
+#: Files whose first range is read at once: the listing holds at most this many
+#: times :data:`_DICOM_HEADS`'s largest read in memory, whatever the source's size.
+_HEADS_AT_ONCE = 512
+
+_DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,9 @@ class SourceFile:
     """One input: where it is, its id in the store, and what the listing says of it.
 
     A multi-frame DICOM file is one input per frame: ``frame`` is its 0-based
-    index (None for a single-frame file) and the id is ``<path>#<frame>``.
+    index (None for a single-frame file) and the id is ``<path>#<frame>``;
+    ``frames`` is the number of frames of the file (recorded with each row,
+    so that the next listing need not read the header again).
     """
 
     uri: str
@@ -42,6 +54,13 @@ class SourceFile:
     size: int
     mtime: float | None
     frame: int | None = None
+    frames: int = 1
+
+    @property
+    def version(self) -> tuple[int, float | None]:
+        """Size and modification time: what the store compares to tell an
+        unchanged file (its sha256 is recorded, not recomputed for the check)."""
+        return self.size, self.mtime
 
 
 def _mtime(info: dict[str, Any]) -> float | None:
@@ -58,44 +77,94 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def list_sources(source: Storage) -> list[SourceFile]:
+def list_sources(source: Storage, previous=None) -> list[SourceFile]:
     """Every image under ``source``, sorted by id.
 
     Files with an image extension (case-insensitive) are listed; files without
     an extension are listed when their first bytes say DICOM. Ids are paths
     relative to the source root, so a folder and a bucket give the same ids.
-    A DICOM file that declares several frames is listed once per frame (its
-    header is read for that); one whose header cannot be read is listed once,
-    and fails when it is processed, with the reason.
+    A DICOM file that declares several frames is listed once per frame; one
+    whose header cannot be read is listed once, and fails when it is
+    processed, with the reason.
+
+    Parameters
+    ----------
+    source : Storage
+        The folder, bucket prefix or single file.
+    previous : pyarrow.Table, optional
+        The store's metadata (:meth:`ScanStore.read_metadata`). A file whose
+        size and modification time equal those recorded there takes its frame
+        count from it: no byte of it is read. The others' headers are read
+        concurrently (:meth:`Storage.read_ranges`), a first 8 KiB and more
+        only for a header that goes on.
     """
-    found = source.find()
-    files = []
-    for rel, info in found.items():
+    recorded = recorded_frames(previous)
+    files: list[SourceFile] = []
+    unread: list[tuple[str, SourceFile]] = []  # DICOM or extensionless, frames unknown
+    for rel, info in source.find().items():
         name = posixpath.basename(rel) or posixpath.basename(source.root)
-        if name.startswith("."):
-            continue
         ext = posixpath.splitext(name)[1].lower()
-        dicom = ext in (".dcm", ".dicom")
-        if ext not in IMAGE_EXTENSIONS:
-            if ext:
-                continue
-            if image_format(source.read_range(rel, 0, 136)) != "dicom":
-                continue
-            dicom = True
+        if name.startswith(".") or (ext and ext not in IMAGE_EXTENSIONS):
+            continue
         entry = SourceFile(
             uri=source.uri(rel),
             image_id=rel or name,  # a source that is one file: its id is its name
             size=int(info.get("size") or 0),
             mtime=_mtime(info),
         )
-        frames = _frames(source, rel) if dicom else 1
-        if frames == 1:
+        known = recorded.get(entry.uri, {}).get(entry.version)
+        if known is not None:
+            files += _per_frame(entry, known)
+        elif ext and ext not in _DICOM_EXTENSIONS:
             files.append(entry)
         else:
-            files += [
-                replace(entry, image_id=f"{entry.image_id}#{k}", frame=k) for k in range(frames)
-            ]
+            unread.append((rel, entry))
+    for i in range(0, len(unread), _HEADS_AT_ONCE):
+        chunk = unread[i : i + _HEADS_AT_ONCE]
+        for (_, entry), frames in zip(chunk, _read_frames(source, chunk), strict=True):
+            if frames is not None:
+                files += _per_frame(entry, frames)
     return sorted(files, key=_order)
+
+
+def recorded_frames(previous) -> dict[str, dict[tuple[int, float | None], int]]:
+    """Source URL -> {(size, mtime): frames} as the store's metadata recorded it.
+
+    A version of a file (:attr:`SourceFile.version`) has the frames its rows
+    were listed with, whatever happened to the file since (the rows of a file
+    replaced by one with fewer frames stay, under the old version). Frames come
+    from ``source_frames``; for rows written before that column (null), from
+    the rows themselves: 1 for a row without a frame, else the number of frame
+    rows of that version.
+    """
+    if previous is None or previous.num_rows == 0:
+        return {}
+    columns = ["source", "frame", "source_size", "source_mtime"]
+    has_frames = "source_frames" in previous.column_names
+    rows = previous.select(columns + (["source_frames"] if has_frames else [])).to_pylist()
+    recorded: dict[str, dict[tuple[int, float | None], int]] = {}
+    counted: dict[tuple, int] = {}
+    for r in rows:
+        version = (r["source_size"], r["source_mtime"])
+        if r.get("source_frames"):
+            recorded.setdefault(r["source"], {})[version] = r["source_frames"]
+        elif r["frame"] is not None:
+            counted[(r["source"], version)] = counted.get((r["source"], version), 0) + 1
+        else:
+            counted.setdefault((r["source"], version), 1)
+    for (uri, version), frames in counted.items():
+        recorded.setdefault(uri, {}).setdefault(version, frames)
+    return recorded
+
+
+def _per_frame(entry: SourceFile, frames: int) -> list[SourceFile]:
+    """The inputs of a file of ``frames`` frames: itself, or one per frame."""
+    if frames == 1:
+        return [entry]
+    return [
+        replace(entry, image_id=f"{entry.image_id}#{k}", frame=k, frames=frames)
+        for k in range(frames)
+    ]
 
 
 def _order(f: SourceFile) -> tuple[str, int]:
@@ -105,17 +174,42 @@ def _order(f: SourceFile) -> tuple[str, int]:
     return f.image_id[: -len(f"#{f.frame}")], f.frame
 
 
-def _frames(source: Storage, rel: str) -> int:
-    """Frames a DICOM file declares; 1 when its header cannot be read (it then
-    fails, with the reason, when it is processed)."""
-    head = source.read_range(rel, 0, _DICOM_HEAD)
+def _read_frames(source: Storage, files: list[tuple[str, SourceFile]]) -> list[int | None]:
+    """Frames each DICOM (or extensionless) file declares, from its header: None
+    for an extensionless file that is not DICOM (or is gone), 1 for a header
+    that cannot be read (the file then fails, with the reason, when it is
+    processed)."""
+    frames: list[int | None] = [None] * len(files)
+    pending = list(range(len(files)))
+    for rnd, length in enumerate(_DICOM_HEADS):
+        heads = source.read_ranges(
+            [files[i][0] for i in pending], [0] * len(pending), [length] * len(pending)
+        )
+        still = []
+        for i, head in zip(pending, heads, strict=True):
+            entry = files[i][1]
+            named = _has_extension(entry.uri)  # .dcm or .dicom: listed whatever it holds
+            if rnd == 0 and (head is None or not (named or image_format(head) == "dicom")):
+                frames[i] = 1 if named else None  # a .dcm gone since find() fails later
+                continue
+            found = _header_frames(head or b"", complete=len(head or b"") < length)
+            if found is None:
+                still.append(i)
+            else:
+                frames[i] = found
+        pending = still
+    for i in pending:  # a header longer than the largest range: read the whole file
+        frames[i] = _header_frames(source.read_bytes(files[i][0]), complete=True)
+    return frames
+
+
+def _has_extension(uri: str) -> bool:
+    return bool(posixpath.splitext(posixpath.basename(uri))[1])
+
+
+def _header_frames(head: bytes, *, complete: bool) -> int | None:
     try:
-        return dicom_frames(head)
-    except ImageDecodeError:
-        if len(head) < _DICOM_HEAD:
-            return 1
-    try:  # a header longer than the first read
-        return dicom_frames(source.read_bytes(rel))
+        return dicom_frames(head, complete=complete)
     except ImageDecodeError:
         return 1
 

@@ -335,7 +335,10 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
 
 #: The metadata columns every row has, in order (label columns from a labels
 #: file follow them). ``frame`` is the 0-based frame of a multi-frame DICOM
-#: (null for a single-frame file); a row is one (source, frame). ``checksum``
+#: (null for a single-frame file); a row is one (source, frame), and
+#: ``source_frames`` the number of frames of its source file (so an unchanged
+#: file's next listing reads no header; null in rows written before it, which
+#: readers take as unknown). ``checksum``
 #: is the CRC-32 of the stored ``preprocessed`` bytes, so a store can be
 #: verified after the fact.
 METADATA_COLUMNS: dict[str, str] = {
@@ -352,6 +355,7 @@ METADATA_COLUMNS: dict[str, str] = {
     "sha256": "string",
     "source_size": "int64",
     "source_mtime": "double",
+    "source_frames": "int64",
     "pipeline_hash": "string",
     "run_id": "string",
     "min": "double",
@@ -431,9 +435,12 @@ def metadata_row(
     pipeline_hash: str,
     run_id: str,
     frame: int | None = None,
+    frames: int = 1,
 ) -> dict[str, Any]:
     """A new row in the ``failed`` state with every column present; the batch
-    fills in what it learns and marks it ``ok`` once the pixels are in place."""
+    fills in what it learns and marks it ``ok`` once the pixels are in place.
+    ``frames`` is the number of frames of the source file (``frame`` is this
+    row's)."""
     row: dict[str, Any] = dict.fromkeys(METADATA_COLUMNS)
     row.update(
         image_id=image_id,
@@ -442,6 +449,7 @@ def metadata_row(
         status="failed",
         source_size=size,
         source_mtime=mtime,
+        source_frames=frames,
         pipeline_hash=pipeline_hash,
         run_id=run_id,
         processed_at=datetime.now(UTC),

@@ -22,6 +22,7 @@ from xraycore.store.durable import write_durably
 from xraycore.store.schema import temporary_path
 
 __all__ = [
+    "RANGES_IN_FLIGHT",
     "S3_CLIENT_CONFIG",
     "ConditionFailed",
     "CredentialsRefusedError",
@@ -44,6 +45,12 @@ S3_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 10,
     "read_timeout": 30,
 }
+
+#: Ranged GETs :meth:`Storage.read_ranges` keeps in flight on an object store.
+#: botocore's connection pool holds 10 connections by default; more requests
+#: than that queue in s3fs's event loop, which costs nothing but memory, and
+#: keeps every connection busy while the listing parses the replies.
+RANGES_IN_FLIGHT = 64
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 # Option names that carry a credential: s3fs's key/secret/token, botocore's
@@ -207,6 +214,43 @@ class Storage:
         """Bytes ``start`` to ``end`` (exclusive) of ``rel``, fewer at its end:
         one ranged request on an object store."""
         return self._fs.cat_file(self.path(rel), start=start, end=end)
+
+    def read_ranges(
+        self, rels: list[str], starts: list[int], ends: list[int]
+    ) -> list[bytes | None]:
+        """Bytes ``starts[i]`` to ``ends[i]`` (exclusive) of each path in ``rels``
+        (fewer at a file's end), None for a path that is absent.
+
+        Object stores send one ranged GET per path, :data:`RANGES_IN_FLIGHT` at
+        a time (fsspec's ``cat_ranges``, concurrent on s3fs's event loop);
+        local files are read one after another (a page-cache read is faster
+        than a thread hand-off). The caller bounds memory by the number of
+        paths it asks for at once; other errors are raised.
+        """
+        if not len(rels) == len(starts) == len(ends):
+            raise ValueError(
+                f"rels, starts and ends must have one entry each, got "
+                f"{len(rels)}, {len(starts)}, {len(ends)}"
+            )
+        if not rels:
+            return []
+        paths = [self.path(r) for r in rels]
+        if self.is_local:
+            out: list[bytes | None] = []
+            for p, start, end in zip(paths, starts, ends, strict=True):
+                try:
+                    with open(p, "rb") as f:
+                        f.seek(start)
+                        out.append(f.read(max(end - start, 0)))
+                except FileNotFoundError:
+                    out.append(None)
+            return out
+        kwargs = {"batch_size": RANGES_IN_FLIGHT} if getattr(self._fs, "async_impl", False) else {}
+        found = self._fs.cat_ranges(paths, list(starts), list(ends), on_error="return", **kwargs)
+        for value in found:
+            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                raise value
+        return [None if isinstance(v, FileNotFoundError) else v for v in found]
 
     def read_many(self, rels: list[str]) -> list[bytes | None]:
         """The bytes of every path in ``rels``, None for one that is absent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from dicom_files import make_dicom
 from stores import build_store
 
 from xraycore.batch import plan_batches
-from xraycore.image.decode import decode_image
+from xraycore.image.decode import decode_image, dicom_frames
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore, schema
@@ -137,3 +138,111 @@ def test_a_format_2_store_is_refused_with_how_to_rebuild(tmp_path):
     ):
         ScanStore.open(url).info()
     assert schema.FORMAT == 4
+
+
+def _with_private(data: bytes, length: int) -> bytes:
+    """``data`` (a DICOM file) with a private element (0019,xx10) of ``length``
+    bytes, which comes before Number of Frames (0028,0008): a long header, as
+    vendors' private tags make them."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.private_block(0x0019, "XRAY TEST", create=True).add_new(0x10, "OB", b"\1" * length)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _same_size_and_mtime(path: Path, data: bytes) -> None:
+    """Write ``data`` (as long as the file) over ``path``, keeping its modification time."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_an_unchanged_file_takes_its_frames_from_the_store_and_is_not_read(source, tmp_path):
+    (source / "IM0001").write_bytes((source / "single.dcm").read_bytes())  # DICOM by its magic
+    store = _run(source, str(tmp_path / "store"), "r1")
+    meta = store.read_metadata()
+    frames = {r["image_id"]: r["source_frames"] for r in meta.to_pylist()}
+    assert frames == {
+        "IM0001": 1,
+        "plain.png": 1,
+        "series/tomo.dcm#0": 3,
+        "series/tomo.dcm#1": 3,
+        "series/tomo.dcm#2": 3,
+        "single.dcm": 1,
+    }
+    # Same size and mtime, other bytes: a listing that read them would find no
+    # frames in the first and no DICOM magic in the second.
+    tomo, im = source / "series" / "tomo.dcm", source / "IM0001"
+    _same_size_and_mtime(tomo, b"\0" * tomo.stat().st_size)
+    _same_size_and_mtime(im, b"\0" * im.stat().st_size)
+    listed = list_sources(Storage.from_url(str(source)), meta)
+    assert [(f.image_id, f.frame, f.frames) for f in listed] == [
+        ("IM0001", None, 1),
+        ("plain.png", None, 1),
+        ("series/tomo.dcm#0", 0, 3),
+        ("series/tomo.dcm#1", 1, 3),
+        ("series/tomo.dcm#2", 2, 3),
+        ("single.dcm", None, 1),
+    ]
+    # Without the store the same files are read: the zeros are no DICOM.
+    fresh = [f.image_id for f in list_sources(Storage.from_url(str(source)))]
+    assert fresh == ["plain.png", "series/tomo.dcm", "single.dcm"]
+
+
+def test_a_dicom_replaced_by_one_of_other_frames_is_listed_with_the_new_count(source, tmp_path):
+    store = _run(source, str(tmp_path / "store"), "r1")
+    tomo = source / "series" / "tomo.dcm"
+    tomo.write_bytes(make_dicom(_frames()[:2]))
+    os.utime(tomo, (1_000_000, 1_000_000))  # another version, whatever the clock's resolution
+    listed = list_sources(Storage.from_url(str(source)), store.read_metadata())
+    tomo_entries = [(f.image_id, f.frame, f.frames) for f in listed if "tomo" in f.image_id]
+    assert tomo_entries == [("series/tomo.dcm#0", 0, 2), ("series/tomo.dcm#1", 1, 2)]
+    redone = _run(source, store.storage.url, "r2")
+    rows = {r["image_id"]: r for r in redone.read_metadata().to_pylist()}
+    for k in range(2):
+        r = rows[f"series/tomo.dcm#{k}"]
+        assert (r["run_id"], r["source_frames"], r["source_size"]) == ("r2", 2, tomo.stat().st_size)
+    # and the next listing knows the new version from the store
+    _same_size_and_mtime(tomo, b"\0" * tomo.stat().st_size)
+    again = list_sources(Storage.from_url(str(source)), redone.read_metadata())
+    assert [f.frames for f in again if "tomo" in f.image_id] == [2, 2]
+
+
+def test_rows_written_before_source_frames_give_the_count_of_their_frame_rows(source, tmp_path):
+    meta = _run(source, str(tmp_path / "store"), "r1").read_metadata()
+    old = meta.drop_columns(["source_frames"])
+    tomo = source / "series" / "tomo.dcm"
+    _same_size_and_mtime(tomo, b"\0" * tomo.stat().st_size)
+    listed = list_sources(Storage.from_url(str(source)), old)
+    assert [(f.image_id, f.frames) for f in listed if "tomo" in f.image_id] == [
+        (f"series/tomo.dcm#{k}", 3) for k in range(3)
+    ]
+
+
+@pytest.mark.parametrize("private", [20_000, 100_000])  # past the first range, past the second
+def test_a_header_longer_than_the_first_ranges_is_read_on(tmp_path, private):
+    src = tmp_path / "long"
+    src.mkdir()
+    data = _with_private(make_dicom(_frames()), private)
+    (src / "tomo.dcm").write_bytes(data)
+    (src / "IM0002").write_bytes(data)  # no extension: the magic is in the first range
+    listed = list_sources(Storage.from_url(str(src)))
+    assert [(f.image_id, f.frames) for f in listed] == [
+        *[(f"IM0002#{k}", 3) for k in range(3)],
+        *[(f"tomo.dcm#{k}", 3) for k in range(3)],
+    ]
+
+
+def test_a_header_cut_anywhere_is_never_given_a_wrong_frame_count():
+    data = _with_private(make_dicom(_frames()), 300)
+    pixels = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    for cut in range(0, pixels + 12, 7):
+        assert dicom_frames(data[:cut], complete=False) in (None, 3), cut
+    assert dicom_frames(data[: pixels + 12], complete=False) == 3  # up to its length
+    assert dicom_frames(data) == 3

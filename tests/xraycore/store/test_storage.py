@@ -99,3 +99,34 @@ def test_durable_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
         st.write_durably("d/kept", [b"new"])
     assert os.listdir(tmp_path / "d") == ["kept"]
     assert (tmp_path / "d" / "kept").read_bytes() == b"old"
+
+
+def _read_ranges_on(st: Storage) -> None:
+    """read_ranges gives what slicing the whole files gives, None for an absent one."""
+    files = {f"f{i}.bin": os.urandom(1000 + 997 * i) for i in range(40)}
+    for rel, data in files.items():
+        st.write_bytes_atomic(rel, data)
+    rels = [*files, "gone.bin"]
+    starts = [i % 3 * 100 for i in range(len(rels))]
+    ends = [5000 + 13 * i for i in range(len(rels))]  # some past a file's end
+    got = st.read_ranges(rels, starts, ends)
+    expected = [files[r][s:e] for r, s, e in zip(rels[:-1], starts, ends, strict=False)]
+    assert got == [*expected, None]
+    assert st.read_ranges([], [], []) == []
+
+
+def test_read_ranges_local(tmp_path):
+    _read_ranges_on(Storage.from_url(str(tmp_path)))
+
+
+def test_read_ranges_s3(s3_server):
+    import uuid
+
+    bucket = Storage.from_url(f"s3://ranges-{uuid.uuid4().hex[:8]}")
+    bucket.makedirs()
+    _read_ranges_on(bucket.child("in"))
+
+
+def test_read_ranges_needs_one_start_and_end_per_path(tmp_path):
+    with pytest.raises(ValueError, match="one entry each, got 2, 1, 2"):
+        Storage.from_url(str(tmp_path)).read_ranges(["a", "b"], [0], [1, 2])
