@@ -99,8 +99,8 @@ def preprocess_dataset(
             run.process(
                 plan, client, lease=lease, batch_size=batch_size, model=model, contract=scoring
             )
-        lease.check()  # a run that lost its lease (broken, taken over) must not compact
-        rows = _commit(target, store, run_id, options, spec.hash)
+            lease.check()  # a run that lost its lease (broken, taken over) must not compact
+            rows = _commit(target, store, run_id, options, spec.hash, client)
         report = _evaluate(target, run, model, scoring) if model else None
         summary = _summary(run, plan, spec, sources, rows, started, dashboard, report)
         summary["store_version"] = target.version
@@ -164,10 +164,17 @@ def _connect(dask_cluster: DaskCluster, plan: Plan) -> tuple[Any, str | None]:
 
 
 def _commit(
-    target: ScanStore, store: str, run_id: str, options: dict[str, Any] | None, pipeline_hash: str
+    target: ScanStore,
+    store: str,
+    run_id: str,
+    options: dict[str, Any] | None,
+    pipeline_hash: str,
+    client: Any,
 ) -> int:
-    """Commit the run's end and announce it (a Prefect event); the store's rows."""
-    rows = commit_metadata(store, run_id, options, pipeline_hash)
+    """Commit the run's end (on the cluster: compacting the batches' files is
+    the one step whose memory grows with the run) and announce it (a Prefect
+    event); the store's rows."""
+    rows = commit_metadata(store, run_id, options, pipeline_hash, client=client)
     target.remove_leftovers()  # of killed writers: this run's batches are done
     notify("committed", rows=rows)
     emit_event(

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from xraycore.batch import Batch, process_batch
-from xraycore.store import FencedCommitError, ScanStore
+from xraycore.batch import Batch, finish_run, process_batch
+from xraycore.store import FencedCommitError
 
 __all__ = ["commit_metadata", "preprocess_batch", "transient"]
 
@@ -120,7 +120,16 @@ def commit_metadata(
     run_id: str,
     storage_options: dict[str, Any] | None = None,
     pipeline_hash: str | None = None,
+    client: Any = None,
 ) -> int:
     """Commit the end of the run: its batches' small table files compacted
-    (a version with kind ``run-end``); returns the store's rows."""
-    return ScanStore.open(store, storage_options).finish_run(run_id, pipeline_hash=pipeline_hash)
+    (a version with kind ``run-end``), on a Dask worker of ``client`` (here
+    without one); returns the store's rows."""
+    return on_cluster(
+        client,
+        finish_run,
+        store=store,
+        run_id=run_id,
+        storage_options=storage_options,
+        pipeline_hash=pipeline_hash,
+    )

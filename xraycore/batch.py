@@ -26,7 +26,7 @@ from xraycore.store.catalog import SourceFile, label_for
 from xraycore.store.labels import LAYOUTS
 from xraycore.store.storage import Storage
 
-__all__ = ["Batch", "Plan", "plan_batches", "process_batch"]
+__all__ = ["Batch", "Plan", "finish_run", "plan_batches", "process_batch"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,19 @@ def process_batch(
         "rows": [r["row"] for r in rows if r["status"] == "ok"],
         "items": [(r["row"], r["image_id"]) for r in rows if r["status"] == "ok"],
     }
+
+
+def finish_run(
+    *,
+    store: str,
+    run_id: str,
+    storage_options: dict[str, Any] | None = None,
+    pipeline_hash: str | None = None,
+) -> int:
+    """The end of a run (:meth:`~xraycore.store.ScanStore.finish_run`) wherever
+    it is called: a Dask worker, so that the flow's process never holds the
+    run's table files; returns the store's rows."""
+    return ScanStore.open(store, storage_options).finish_run(run_id, pipeline_hash=pipeline_hash)
 
 
 def classify_rows(
