@@ -126,72 +126,103 @@ def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options
     )
 
 
+# The options of ``xray train``, in --help's order.
+Store = Annotated[str, typer.Argument(help="Store URL (with splits).")]
+Target = Annotated[
+    str | None,
+    typer.Option(help="One finding to predict: Pneumonia or its column finding_pneumonia."),
+]
+Targets = Annotated[
+    str | None,
+    typer.Option(help="Several findings, one sigmoid each: all, or A,B,C (densenet121)."),
+]
+Out = Annotated[Path, typer.Option(help="ONNX file to write.")]
+# Plain strings: xraycore.train.cnn owns the names it accepts and refuses others (exit 2).
+Arch = Annotated[
+    str, typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI).")
+]
+Size = Annotated[
+    int | None, typer.Option(help="Model input size (default 256 logistic, 224 densenet121).")
+]
+Split = Annotated[str, typer.Option(help="Split to train on.")]
+Epochs = Annotated[int | None, typer.Option(help="Passes over the split (default 1).")]
+BatchSize = Annotated[int | None, typer.Option(help="Scans per step (default 64).")]
+Lr = Annotated[float | None, typer.Option(help="Adam's learning rate (default 1e-3).")]
+Seed = Annotated[int | None, typer.Option(help="Initial weights and shuffle (default 0).")]
+Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes (default 0).")]
+Device = Annotated[str | None, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")]
+Precision = Annotated[
+    str | None,
+    typer.Option(help="auto (bf16 or fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16."),
+]
+MaxSteps = Annotated[
+    int | None, typer.Option(help="Stop after this many steps (0: export --weights).")
+]
+Weights = Annotated[
+    Path | None, typer.Option(help="Local state_dict file to start from (no downloads).")
+]
+Uncertain = Annotated[
+    str | None, typer.Option(help="Uncertain (-1) labels: ignore (default), zeros or ones.")
+]
+Balance = Annotated[
+    bool | None,
+    typer.Option(
+        "--balance/--no-balance",
+        help="Weight each finding's positives by the train split's negatives/positives.",
+    ),
+]
+Patience = Annotated[
+    int | None, typer.Option(help="Stop after N epochs without a better validation AUROC.")
+]
+FreezeEpochs = Annotated[
+    int | None, typer.Option(help="Epochs training only the head (seed 003: 50).")
+]
+FinetuneLr = Annotated[
+    float | None, typer.Option(help="Learning rate after --freeze-epochs (default lr/10).")
+]
+CheckpointSteps = Annotated[
+    int | None, typer.Option(help="Also checkpoint every N steps (always every epoch).")
+]
+Resume = Annotated[
+    bool, typer.Option(help="Go on from the last checkpoint in checkpoints/ next to OUT.")
+]
+
+
+def _refuse_cnn_flags(given: dict, *, weights, targets, resume) -> None:
+    """Exit 2 naming the flags given that only a CNN takes: the NumPy baseline has
+    no epochs, batches, device, seed or checkpoint."""
+    flags = [f"--{k.replace('_', '-')}" for k in given]
+    flags += [
+        f"--{k}" for k, v in (("weights", weights), ("targets", targets), ("resume", resume)) if v
+    ]
+    if flags:
+        fail(f"{', '.join(flags)} only apply to a CNN (--arch densenet121)", 2)
+
+
 def train(
-    store: Annotated[str, typer.Argument(help="Store URL (with splits).")],
-    target: Annotated[
-        str | None,
-        typer.Option(help="One finding to predict: Pneumonia or its column finding_pneumonia."),
-    ] = None,
-    targets: Annotated[
-        str | None,
-        typer.Option(help="Several findings, one sigmoid each: all, or A,B,C (densenet121)."),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="ONNX file to write.")] = Path("model.onnx"),
-    # Plain strings: xraycore.train.cnn owns the names it accepts and refuses others (exit 2).
-    arch: Annotated[
-        str, typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI).")
-    ] = "logistic",
-    size: Annotated[
-        int | None, typer.Option(help="Model input size (default 256 logistic, 224 densenet121).")
-    ] = None,
-    split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
-    epochs: Annotated[int | None, typer.Option(help="Passes over the split (default 1).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Scans per step (default 64).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam's learning rate (default 1e-3).")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Initial weights and shuffle (default 0).")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="DataLoader worker processes (default 0).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="auto (bf16 or fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16."),
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop after this many steps (0: export --weights).")
-    ] = None,
-    weights: Annotated[
-        Path | None, typer.Option(help="Local state_dict file to start from (no downloads).")
-    ] = None,
-    uncertain: Annotated[
-        str | None, typer.Option(help="Uncertain (-1) labels: ignore (default), zeros or ones.")
-    ] = None,
-    balance: Annotated[
-        bool | None,
-        typer.Option(
-            "--balance/--no-balance",
-            help="Weight each finding's positives by the train split's negatives/positives.",
-        ),
-    ] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Stop after N epochs without a better validation AUROC.")
-    ] = None,
-    freeze_epochs: Annotated[
-        int | None, typer.Option(help="Epochs training only the head (seed 003: 50).")
-    ] = None,
-    finetune_lr: Annotated[
-        float | None, typer.Option(help="Learning rate after --freeze-epochs (default lr/10).")
-    ] = None,
-    checkpoint_steps: Annotated[
-        int | None, typer.Option(help="Also checkpoint every N steps (always every epoch).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Go on from the last checkpoint in checkpoints/ next to OUT.")
-    ] = False,
+    store: Store,
+    target: Target = None,
+    targets: Targets = None,
+    out: Out = Path("model.onnx"),
+    arch: Arch = "logistic",
+    size: Size = None,
+    split: Split = "train",
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
+    workers: Workers = None,
+    device: Device = None,
+    precision: Precision = None,
+    max_steps: MaxSteps = None,
+    weights: Weights = None,
+    uncertain: Uncertain = None,
+    balance: Balance = None,
+    patience: Patience = None,
+    freeze_epochs: FreezeEpochs = None,
+    finetune_lr: FinetuneLr = None,
+    checkpoint_steps: CheckpointSteps = None,
+    resume: Resume = False,
     storage_options: StorageOptions = None,
 ) -> None:
     """Train a classifier of TARGET (or of several TARGETS) on a split of STORE and
@@ -226,15 +257,7 @@ def train(
         size=size, split=split, out=out, storage_options=parse_storage_options(storage_options)
     )
     if arch == "logistic":
-        # The NumPy baseline has no epochs, batches, device, seed or checkpoint.
-        flags = [f"--{k.replace('_', '-')}" for k in given]
-        flags += [
-            f"--{k}"
-            for k, v in (("weights", weights), ("targets", targets), ("resume", resume))
-            if v
-        ]
-        if flags:
-            fail(f"{', '.join(flags)} only apply to a CNN (--arch densenet121)", 2)
+        _refuse_cnn_flags(given, weights=weights, targets=targets, resume=resume)
         _train_logistic(store, column, labels, **common)
         return
     chosen = None if targets is None else _targets(targets)

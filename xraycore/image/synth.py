@@ -90,8 +90,25 @@ def phantom_chest(
     heart = 1.5 if "cardiomegaly" in findings else 1.0
     ell(300 + j[5] - 20 * (heart - 1), 340, 70 * heart, 60 * (1 + (heart - 1) / 2), 150)  # heart
     cv2.rectangle(img, (int(240 * s), int(60 * s)), (int(272 * s), int(500 * s)), 210, -1)
-    for k in range(7):  # ribs
-        y = (150 + 38 * k + j[6]) * s
+    _ribs(img, s, j[6])
+    if opacity:
+        ell(165 + j[7], 280, 38, 48, 140)
+    if findings:
+        _plant(ell, rng, findings)
+    if marker:
+        cv2.rectangle(img, (int(20 * s), int(20 * s)), (int(32 * s), int(70 * s)), 250, -1)
+        cv2.rectangle(img, (int(20 * s), int(58 * s)), (int(55 * s), int(70 * s)), 250, -1)
+    img = cv2.GaussianBlur(img, (0, 0), 2.0 * s + 0.5)
+    texture = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 1.5)
+    img += 12.0 * texture / (texture.std() + 1e-6)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _ribs(img: np.ndarray, s: float, jitter: float) -> None:
+    """Seven pairs of rib arcs on ``img``, ``s`` pixels per 512-pixel unit, shifted
+    down by ``jitter``."""
+    for k in range(7):
+        y = (150 + 38 * k + jitter) * s
         for side in (-1, 1):
             cv2.ellipse(
                 img,
@@ -104,17 +121,6 @@ def phantom_chest(
                 max(1, int(6 * s)),
                 cv2.LINE_AA,
             )
-    if opacity:
-        ell(165 + j[7], 280, 38, 48, 140)
-    if findings:
-        _plant(ell, rng, findings)
-    if marker:
-        cv2.rectangle(img, (int(20 * s), int(20 * s)), (int(32 * s), int(70 * s)), 250, -1)
-        cv2.rectangle(img, (int(20 * s), int(58 * s)), (int(55 * s), int(70 * s)), 250, -1)
-    img = cv2.GaussianBlur(img, (0, 0), 2.0 * s + 0.5)
-    texture = cv2.GaussianBlur(rng.normal(0, 1, img.shape).astype(np.float32), (0, 0), 1.5)
-    img += 12.0 * texture / (texture.std() + 1e-6)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _plant(ell, rng, findings) -> None:

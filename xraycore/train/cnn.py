@@ -19,29 +19,23 @@ scaler), fp32 on the CPU. ``torch``, ``monai`` and ``onnxscript`` (the
 ``torch`` extra) are imported by the functions that use them, never when this
 module is imported.
 
-This module is the fit loop; the network, its device and checkpoints are in
-:mod:`._network`, the scores and the ONNX export in :mod:`._export`, all
-re-exported here.
+This module checks a run's settings and opens its loaders; the run itself (its
+state, batches, epochs, validation and checkpoints) is in :mod:`._run`, the
+network, its device and checkpoints in :mod:`._network`, the scores and the ONNX
+export in :mod:`._export`, all but :mod:`._run` re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import os
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xraycore._validate import check_int, check_positive
-from xraycore.predict.contract import ModelContract, prepare_batch
-from xraycore.predict.roc import roc_auc, youden_threshold
-from xraycore.train._checkpoint import BEST, LAST, checkpoint_dir, load_state, save_state
+from xraycore.predict.contract import ModelContract
+from xraycore.train._checkpoint import checkpoint_dir
 from xraycore.train._export import cnn_scores, export_cnn_onnx
 from xraycore.train._network import (
     ARCHITECTURES,
@@ -53,7 +47,7 @@ from xraycore.train._network import (
     load_checkpoint,
     save_checkpoint,
 )
-from xraycore.train._schedule import lr_schedule, masked_bce, set_stage
+from xraycore.train._run import Run, finish_run, resume_run, run_epochs, set_schedule, start_run
 from xraycore.train.lineage import loader_settings, training_lineage
 
 __all__ = [
@@ -120,51 +114,6 @@ def cnn_contract(
     return contract
 
 
-def _prepare(batch: dict, *, contract: ModelContract):
-    """A loader batch as (inputs, targets, mask) tensors; runs in the DataLoader's
-    workers. Targets are (B, K) float32; a batch of one label column is (B, 1)."""
-    import torch
-
-    x = prepare_batch(np.asarray(batch["preprocessed"]), contract)
-    y = np.asarray(batch["target"], np.float32)
-    y = y.reshape(len(y), -1)
-    mask = batch.get("target_mask")
-    mask = np.ones(y.shape, bool) if mask is None else np.asarray(mask).reshape(y.shape)
-    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask)
-
-
-def _one_thread(worker_id: int) -> None:
-    # Each DataLoader worker is one process among several: OpenCV's and torch's
-    # own thread pools would oversubscribe the cores.
-    import cv2
-    import torch
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def _batches(loader, contract: ModelContract, *, workers: int, device):
-    """(inputs, targets, mask) on ``device`` for one pass over ``loader`` from
-    where it stands."""
-    from torch.utils.data import DataLoader
-
-    from xraycore.train._torch import worker_context
-
-    options = dict(
-        collate_fn=functools.partial(_prepare, contract=contract),
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_one_thread if workers else None,
-    )
-    batches = DataLoader(
-        loader.to_torch(),
-        batch_size=None,  # the loader batches
-        num_workers=workers,
-        **worker_context(workers, options),
-    )
-    for x, y, m in batches:
-        yield tuple(t.to(device, non_blocking=True) for t in (x, y, m))
-
-
 def _loaders(store, *, split, validation, targets, uncertain, where, reading):
     """The training split's loader and, when the store has that split with a
     label in ``targets``, the validation one's."""
@@ -192,228 +141,22 @@ def _loaders(store, *, split, validation, targets, uncertain, where, reading):
     return train, (val if len(val) else None)
 
 
-@dataclasses.dataclass
-class _Run:
-    """What one training run holds between steps, and what its checkpoints save."""
-
-    model: TrainedCNN
-    train: Any
-    val: Any
-    optimiser: Any
-    scaler: Any
-    scheduler: Any
-    autocast: Any
-    pos_weight: Any
-    device: Any
-    options: dict[str, Any]
-    config: dict[str, Any]
-    epoch_losses: list[float] = dataclasses.field(default_factory=list)
-    best_score: float = -math.inf
-    best_state: dict | None = None
-    thresholds: tuple[float, ...] = ()
-    since_best: int = 0
-
-    @property
-    def folder(self) -> Path | None:
-        return self.options["checkpoints"]
-
-
-def _fit(run: _Run, epoch: int) -> None:
-    """Steps of epoch ``epoch`` from where the loader stands, up to its end or
-    ``max_steps``; each step's loss kept, a checkpoint every ``checkpoint_steps``."""
-    model, opts = run.model, run.options
-    frozen = epoch < opts["freeze_epochs"]
-    set_stage(model.network, frozen=frozen)
-    every = opts["checkpoint_steps"]
-    for x, y, m in _batches(run.train, model.contract, workers=opts["workers"], device=run.device):
-        if opts["max_steps"] is not None and model.steps >= opts["max_steps"]:
-            break
-        with run.autocast():
-            logits = model.network(x)
-        loss = masked_bce(logits.float(), y, m, run.pos_weight)
-        run.optimiser.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimiser)
-        run.scaler.update()
-        # One number per step: a checkpoint needs the losses so far as floats anyway.
-        run.epoch_losses.append(float(loss.detach()))
-        run.train.consumed += 1
-        model.steps += 1
-        model.scans += len(y)
-        if every and model.steps % every == 0 and run.train.consumed < len(run.train):
-            _save_last(run)
-
-
-def _validate(run: _Run):
-    """The validation split's loss (unweighted), per-finding AUROC and their mean,
-    the scans scored, and each finding's scores and labels."""
-    import torch
-
-    model, network = run.model, run.model.network
-    network.eval()
-    run.val.set_epoch(0)
-    scores, targets, masks, loss, counted = [], [], [], 0.0, 0
-    with torch.no_grad():
-        batches = _batches(
-            run.val, model.contract, workers=run.options["workers"], device=run.device
-        )
-        for x, y, m in batches:
-            with run.autocast():
-                logits = network(x)
-            logits = logits.float()
-            loss += float(masked_bce(logits, y, m, None)) * int(m.sum())
-            counted += int(m.sum())
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-            targets.append(y.cpu().numpy())
-            masks.append(m.cpu().numpy())
-    s, t, k = (np.concatenate(a) for a in (scores, targets, masks))
-    names = _finding_names(model.contract, run.train)
-    auroc = {n: roc_auc(t[k[:, i], i], s[k[:, i], i]) for i, n in enumerate(names)}
-    defined = [v for v in auroc.values() if not math.isnan(v)]
-    mean = float(np.mean(defined)) if defined else math.nan
-    return loss / max(counted, 1), auroc, mean, len(s), (s, t, k)
-
-
-def _finding_names(contract: ModelContract, train) -> tuple[str, ...]:
-    return contract.findings or tuple(train.target_names)
-
-
-def _end_epoch(run: _Run, epoch: int, seconds: float) -> EpochResult:
-    """Score the epoch on the validation split, keep it if it is the best, and
-    count the epochs since the best (``run.since_best``, for patience)."""
-    model = run.model
-    v_loss, auroc, mean, count, found = None, {}, None, 0, None
-    if run.val is not None:
-        v_loss, auroc, mean, count, found = _validate(run)
-    score = mean if mean is not None and not math.isnan(mean) else -math.inf
-    if run.val is None or score > run.best_score or model.best_epoch is None:
-        run.best_score, run.since_best = score, 0
-        model.best_epoch = epoch + 1
-        run.best_state = {
-            k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()
-        }
-        if found is not None:
-            s, t, k = found
-            run.thresholds = tuple(
-                youden_threshold(t[k[:, i], i], s[k[:, i], i]) for i in range(s.shape[1])
-            )
-        if run.folder is not None:
-            save_state(run.best_state, run.folder / BEST)
-    else:
-        run.since_best += 1
-    result = EpochResult(
-        epoch=epoch + 1,
-        epochs=run.options["epochs"],
-        steps=len(run.epoch_losses),
-        loss=float(np.mean(run.epoch_losses)) if run.epoch_losses else math.nan,
-        seconds=seconds,
-        validation_loss=v_loss,
-        validation_auroc=auroc,
-        validation_mean_auroc=mean,
-        validation_count=count,
-    )
-    model.losses += run.epoch_losses
-    model.epochs.append(result)
-    run.epoch_losses = []
-    with warnings.catch_warnings():
-        # fp16's gradient scaler may skip every step of a short epoch (an inf at
-        # its first scale); the schedule is per epoch, so no value of it is lost.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-        run.scheduler.step()
-    return result
-
-
-# -- checkpoints ----------------------------------------------------------------
-def _save_last(run: _Run) -> None:
-    if run.folder is None:
-        return
-    import torch
-
-    model = run.model
-    state = {
-        "network": model.network.state_dict(),
-        "optimiser": run.optimiser.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "loader": run.train.state_dict(),
-        "epoch": run.train.epoch,
-        "step": model.steps,
-        "scans": model.scans,
-        "losses": list(model.losses),
-        "epoch_losses": list(run.epoch_losses),
-        "epochs": [dataclasses.asdict(e) for e in model.epochs],
-        "best": {
-            "epoch": model.best_epoch,
-            "score": run.best_score,
-            "since": run.since_best,
-            "thresholds": list(run.thresholds),
-        },
-        "config": run.config,
-        "rng": torch.get_rng_state(),
-    }
-    save_state(state, run.folder / LAST)
-
-
-def _resume(run: _Run) -> None:
-    """Put ``run`` where its last checkpoint left it; refuse one of other settings."""
-    import torch
-
-    state = load_state(run.folder / LAST)
-    theirs = state.get("config", {})
-    wrong = [k for k in run.config if theirs.get(k) != run.config[k]]
-    if wrong:
-        detail = ", ".join(f"{k} {theirs.get(k)!r} (now {run.config[k]!r})" for k in wrong)
-        raise ValueError(
-            f"checkpoint {run.folder / LAST} is of a run with other settings: {detail}"
-        )
-    model = run.model
-    model.network.load_state_dict(state["network"])
-    run.optimiser.load_state_dict(state["optimiser"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.train.load_state_dict(state["loader"])
-    model.steps, model.scans = int(state["step"]), int(state["scans"])
-    model.losses, run.epoch_losses = list(state["losses"]), list(state["epoch_losses"])
-    model.epochs = [EpochResult(**e) for e in state["epochs"]]
-    best = state["best"]
-    model.best_epoch, run.best_score = best["epoch"], float(best["score"])
-    run.since_best, run.thresholds = int(best["since"]), tuple(best["thresholds"])
-    if model.best_epoch is not None:
-        run.best_state = load_state(run.folder / BEST)
-    torch.set_rng_state(state["rng"])
-
-
 # -- the run ----------------------------------------------------------------------
+# Packed a few to a line, in the docstring's order: one a line (ruff's way) would
+# take this function past a screen.
 def train_cnn(
-    store,
-    *,
-    target: str | None = None,
-    targets: list[str] | str | None = None,
-    contract: ModelContract | None = None,
-    arch: str = "densenet121",
-    split: str = "train",
-    validation: str | None = "validation",
-    epochs: int = 1,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    workers: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    max_steps: int | None = None,
-    weights: str | os.PathLike | None = None,
-    where: dict[str, Any] | None = None,
-    uncertain: str = "ignore",
-    balance: bool = True,
-    patience: int | None = None,
-    freeze_epochs: int = 0,
-    finetune_lr: float | None = None,
-    checkpoints: str | os.PathLike | None = None,
-    checkpoint_steps: int | None = None,
-    resume: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    store, *, target: str | None = None, targets: list[str] | str | None = None,
+    contract: ModelContract | None = None, arch: str = "densenet121",
+    split: str = "train", validation: str | None = "validation",
+    epochs: int = 1, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, workers: int = 0,
+    device: str = "auto", precision: str = "auto", max_steps: int | None = None,
+    weights: str | os.PathLike | None = None, where: dict[str, Any] | None = None,
+    uncertain: str = "ignore", balance: bool = True, patience: int | None = None,
+    freeze_epochs: int = 0, finetune_lr: float | None = None,
+    checkpoints: str | os.PathLike | None = None, checkpoint_steps: int | None = None,
+    resume: bool = False, storage_options: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
-) -> TrainedCNN:
+) -> TrainedCNN:  # fmt: skip
     """Train a CNN on a store's split to predict one finding or several.
 
     Parameters
@@ -474,6 +217,47 @@ def train_cnn(
         The best epoch's weights (by mean validation AUROC; the last epoch's
         without a validation split).
     """
+    run = _new_run(**locals())  # every parameter, by name (as pandas' read_csv passes its own)
+    if resume:
+        resume_run(run)
+    run_epochs(run, epochs=epochs, max_steps=max_steps, patience=patience, on_epoch=on_epoch)
+    return finish_run(run)
+
+
+def _new_run(
+    store,
+    *,
+    target,
+    targets,
+    contract,
+    arch,
+    split,
+    validation,
+    epochs,
+    batch_size,
+    lr,
+    seed,
+    workers,
+    device,
+    precision,
+    max_steps,
+    weights,
+    where,
+    uncertain,
+    balance,
+    patience,
+    freeze_epochs,
+    finetune_lr,
+    checkpoints,
+    checkpoint_steps,
+    resume,
+    storage_options,
+    on_epoch,
+) -> Run:
+    """:func:`train_cnn`'s checks, before anything is loaded, then its loaders, the
+    contract with the training's lineage, and the :class:`Run` ready for its first
+    step (or for :func:`resume_run`). ``on_epoch`` is :func:`run_epochs`'s: it is here
+    because :func:`train_cnn` passes every parameter on."""
     numbers = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     finetune_lr = check_positive(lr, "lr") / 10 if finetune_lr is None else finetune_lr
     schedule = {"patience": patience, "freeze_epochs": freeze_epochs, "finetune_lr": finetune_lr}
@@ -500,7 +284,9 @@ def train_cnn(
         lr=lr,
     )
     contract = dataclasses.replace(contract, training=lineage)
-    run = _start(torch, train, val, contract, arch, device, precision, seed=seed, weights=weights)
+    run = start_run(
+        torch, train, val, contract, arch, device, precision, seed=seed, weights=weights
+    )
     run.options.update(
         epochs=epochs,
         workers=workers,
@@ -512,88 +298,8 @@ def train_cnn(
     run.model.selection = {**selection, "targets": list(train.target_names)}
     run.config = {"arch": arch, "contract": contract.to_dict(), **run.model.selection, **numbers}
     run.config.update(schedule, balance=bool(balance), patience=patience)
-    _weights(run, balance=balance, lr=lr, finetune_lr=finetune_lr, freeze_epochs=freeze_epochs)
-    if resume:
-        _resume(run)
-    _epochs(run, epochs=epochs, max_steps=max_steps, patience=patience, on_epoch=on_epoch)
-    return _finish(run)
-
-
-def _start(torch, train, val, contract, arch, device, precision, *, seed, weights) -> _Run:
-    """The network on its device, its optimiser and mixed precision, in a :class:`_Run`."""
-    dev = torch.device(device)
-    network = _network_on(dev, arch, contract, seed=seed, weights=weights)
-    step = _mixed_precision(torch, dev, precision)  # autocast and scaler
-    model = TrainedCNN(network, contract, arch, device, precision)
-    optimiser = torch.optim.Adam(network.parameters(), lr=1.0)  # lr set by _weights
-    return _Run(
-        model=model,
-        train=train,
-        val=val,
-        optimiser=optimiser,
-        scheduler=None,
-        pos_weight=None,
-        device=dev,
-        options={},
-        config={},
-        **step,
-    )
-
-
-def _weights(run: _Run, *, balance: bool, lr: float, finetune_lr: float, freeze_epochs: int):
-    """Each finding's positive weight (negatives/positives of the training split,
-    1 where it has no positive) and the learning rate schedule."""
-    import torch
-
-    pos, neg = run.train.positives, run.train.negatives
-    weight = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0) if balance else np.ones(len(pos))
-    run.pos_weight = torch.as_tensor(weight, dtype=torch.float32, device=run.device)
-    for group in run.optimiser.param_groups:
-        group["lr"] = lr
-    run.scheduler = lr_schedule(
-        run.optimiser, lr=lr, finetune_lr=finetune_lr, freeze_epochs=freeze_epochs
-    )
-
-
-def _epochs(run: _Run, *, epochs: int, max_steps, patience, on_epoch) -> None:
-    """Epochs from the loader's (0, or a checkpoint's) up to ``epochs``, or until
-    ``max_steps`` or ``patience`` stop the run."""
-    model, train = run.model, run.train
-    first = train.epoch if train.consumed < len(train) or not len(train) else train.epoch + 1
-    for epoch in range(first, epochs):
-        if max_steps is not None and model.steps >= max_steps:
-            break
-        if patience is not None and run.since_best >= patience:
-            break
-        if not (train.epoch == epoch and 0 < train.consumed < len(train)):
-            train.set_epoch(epoch)  # a new epoch, not one a checkpoint left half done
-        t0 = time.perf_counter()
-        _fit(run, epoch)
-        # Stopped by max_steps inside the epoch: what it did is scored, and the
-        # checkpoint keeps the loader where it stopped.
-        partial = train.consumed < len(train)
-        result = _end_epoch(run, epoch, time.perf_counter() - t0)
-        if not partial:
-            train.set_epoch(epoch + 1)
-        _save_last(run)
-        if on_epoch is not None:
-            on_epoch(result)
-        if partial:
-            break
-
-
-def _finish(run: _Run) -> TrainedCNN:
-    """The best epoch's weights, on the CPU in fp32 and eval mode, with the
-    validation split's thresholds in a contract of several findings."""
-    model = run.model
-    if run.best_state is not None:
-        model.network.load_state_dict(run.best_state)
-    if model.contract.findings and run.thresholds:
-        model.contract = dataclasses.replace(model.contract, thresholds=run.thresholds)
-    for p in model.network.parameters():
-        p.requires_grad_(True)
-    model.network.to("cpu").float().eval()
-    return model
+    set_schedule(run, balance=balance, lr=lr, finetune_lr=finetune_lr, freeze_epochs=freeze_epochs)
+    return run
 
 
 def _check_checkpoints(checkpoints, checkpoint_steps, resume) -> None:
@@ -640,23 +346,3 @@ def _check_training(
     if weights is not None and not Path(weights).is_file():
         raise ValueError(f"weights file {weights} does not exist")
     return contract
-
-
-def _network_on(dev, arch: str, contract: ModelContract, *, seed: int, weights):
-    """A fresh network (``weights`` loaded when given) moved onto ``dev``."""
-    network = build_network(arch, channels=contract.channels, seed=seed, outputs=contract.outputs)
-    if weights is not None:
-        load_checkpoint(network, weights)
-    network.to(dev)
-    return network
-
-
-def _mixed_precision(torch, dev, precision: str):
-    """``autocast`` (a context factory for the forward pass) and the gradient ``scaler``."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    autocast = functools.partial(
-        torch.autocast, device_type=dev.type, dtype=dtype, enabled=dtype is not None
-    )
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    return {"autocast": autocast, "scaler": scaler}

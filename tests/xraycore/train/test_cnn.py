@@ -11,7 +11,7 @@ from stores import labelled_store
 
 from xraycore.predict.contract import ModelContract, OnnxClassifier, prepare_batch
 from xraycore.store import ScanStore
-from xraycore.train import cnn
+from xraycore.train import _run, cnn
 from xraycore.train.cnn import IMAGENET_MEAN, IMAGENET_STD, cnn_contract
 
 torch = pytest.importorskip("torch")
@@ -57,7 +57,7 @@ def test_contract_is_imagenet_normalised_and_batches_are_prepare_batch(store):
     assert (c.size, c.channels, c.output, c.layout) == (SIZE, 3, "sigmoid", "NCHW")
     assert c.mean == IMAGENET_MEAN and c.std == IMAGENET_STD
     scans = ScanStore.open(store).read("preprocessed", [0, 1, 2])
-    x, y, mask = cnn._prepare(
+    x, y, mask = _run.prepare_tensors(
         {"preprocessed": torch.from_numpy(scans), "target": torch.tensor([0, 1, 0])}, contract=c
     )
     # The numbers `xray classify` feeds the ONNX model, bit for bit.
@@ -177,7 +177,7 @@ def test_dataloader_workers_prepare_the_same_batches(store):
     seen = {}
     for workers in (0, 2):
         loader = ScanLoader(store, batch_size=8, target="finding_pneumonia", shuffle=False)
-        batches = cnn._batches(loader, c, workers=workers, device=torch.device("cpu"))
+        batches = _run.run_batches(loader, c, workers=workers, device=torch.device("cpu"))
         seen[workers] = sorted((y.tolist(), x.sum().item()) for x, y, _ in batches)
     assert len(seen[0]) == 4 and seen[0] == seen[2]
 
