@@ -3,7 +3,7 @@ steps on, its epochs, their scores on the validation split, and its checkpoints.
 
 :func:`xraycore.train.cnn.train_cnn` checks its inputs, opens the loaders and
 then calls, in order, :func:`start_run`, :func:`set_schedule`, :func:`resume_run`
-(when asked), :func:`run_epochs` and :func:`finish_run`. ``torch`` is imported by the functions
+(when asked), :func:`run_epochs` and :func:`finish_training`. ``torch`` is imported by the functions
 that use it, never when this module is imported.
 """
 
@@ -27,7 +27,7 @@ from xraycore.train._schedule import lr_schedule, masked_bce, set_stage
 
 __all__ = [
     "Run",
-    "finish_run",
+    "finish_training",
     "prepare_tensors",
     "resume_run",
     "run_batches",
@@ -300,7 +300,7 @@ def _end_epoch(run: Run, epoch: int, seconds: float) -> EpochResult:
     return result
 
 
-def finish_run(run: Run) -> TrainedCNN:
+def finish_training(run: Run) -> TrainedCNN:
     """The best epoch's weights, on the CPU in fp32 and eval mode, with the
     validation split's thresholds in a contract of several findings."""
     model = run.model

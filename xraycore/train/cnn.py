@@ -47,7 +47,14 @@ from xraycore.train._network import (
     load_checkpoint,
     save_checkpoint,
 )
-from xraycore.train._run import Run, finish_run, resume_run, run_epochs, set_schedule, start_run
+from xraycore.train._run import (
+    Run,
+    finish_training,
+    resume_run,
+    run_epochs,
+    set_schedule,
+    start_run,
+)
 from xraycore.train.lineage import loader_settings, training_lineage
 
 __all__ = [
@@ -221,7 +228,7 @@ def train_cnn(
     if resume:
         resume_run(run)
     run_epochs(run, epochs=epochs, max_steps=max_steps, patience=patience, on_epoch=on_epoch)
-    return finish_run(run)
+    return finish_training(run)
 
 
 def _new_run(
