@@ -171,11 +171,10 @@ def _commit(
     pipeline_hash: str,
     client: Any,
 ) -> int:
-    """Commit the run's end (on the cluster: compacting the batches' files is
-    the one step whose memory grows with the run) and announce it (a Prefect
-    event); the store's rows."""
+    """Commit the run's end and remove what killed writers left (on the cluster:
+    the steps whose memory grows with the run and its history), and announce it
+    (a Prefect event); the store's rows."""
     rows = commit_metadata(store, run_id, options, pipeline_hash, client=client)
-    target.remove_leftovers()  # of killed writers: this run's batches are done
     notify("committed", rows=rows)
     emit_event(
         event="xray.run.committed",

@@ -196,10 +196,15 @@ def finish_run(
     storage_options: dict[str, Any] | None = None,
     pipeline_hash: str | None = None,
 ) -> int:
-    """The end of a run (:meth:`~xraycore.store.ScanStore.finish_run`) wherever
-    it is called: a Dask worker, so that the flow's process never holds the
-    run's table files; returns the store's rows."""
-    return ScanStore.open(store, storage_options).finish_run(run_id, pipeline_hash=pipeline_hash)
+    """The end of a run wherever it is called (a Dask worker, so that the flow's
+    process never holds the run's table files or its history): the batches'
+    files compacted (:meth:`~xraycore.store.ScanStore.finish_run`), then what
+    killed writers left removed (:meth:`~xraycore.store.ScanStore.remove_leftovers`,
+    for the lease holder, whose batches are all done); returns the store's rows."""
+    target = ScanStore.open(store, storage_options)
+    rows = target.finish_run(run_id, pipeline_hash=pipeline_hash)
+    target.remove_leftovers()
+    return rows
 
 
 def classify_rows(
@@ -225,62 +230,44 @@ def classify_rows(
     ids = {int(row): image_id for row, image_id in items}
     rows = sorted(ids)
     scans = target.read("preprocessed", rows) if rows else np.zeros((0, 1, 1), np.uint8)
-    if classifier.contract.findings:
-        records, positive = _finding_predictions(classifier, rows, ids, scans, model, run_id)
-    else:
-        records, positive = _predictions(classifier, rows, ids, scans, model, run_id)
+    scored, positive = _scored(classifier, rows, scans)
+    now = datetime.now(UTC)
+    lineage = classifier.contract.training or {}
+    records = [
+        schema.prediction_row(
+            image_id=ids[r],
+            row=r,
+            score=score,
+            label=label,
+            model=model,
+            model_sha256=classifier.sha256,
+            run_id=run_id,
+            classified_at=now,
+            finding=finding,
+            training_store_version=lineage.get("store_version"),
+            training_rows_sha256=lineage.get("rows_sha256"),
+        )
+        for r, finding, score, label in scored
+    ]
     target.commit_predictions(records, run_id=run_id)
     return {"rows": len(rows), "positive": positive}
 
 
-def _predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict], int]:
-    """One prediction per row of a model of one finding, and how many are positive."""
-    scores = classifier.scores(scans) if rows else np.zeros(0)
-    labels = classifier.labels(scores)
-    now = datetime.now(UTC)
-    lineage = classifier.contract.training or {}
-    records = [
-        schema.prediction_row(
-            image_id=ids[r],
-            row=r,
-            score=s,
-            label=lab,
-            model=model,
-            model_sha256=classifier.sha256,
-            run_id=run_id,
-            classified_at=now,
-            training_store_version=lineage.get("store_version"),
-            training_rows_sha256=lineage.get("rows_sha256"),
-        )
-        for r, s, lab in zip(rows, scores, labels, strict=True)
-    ]
-    return records, sum(lab == classifier.contract.labels[1] for lab in labels)
-
-
-def _finding_predictions(classifier, rows, ids, scans, model, run_id) -> tuple[list[dict], int]:
-    """One prediction per row and finding of a multi-output model, and how many
-    rows have a finding called present."""
+def _scored(classifier, rows, scans) -> tuple[list[tuple], int]:
+    """(row, finding, score, label) per prediction (finding None for a model of one
+    finding, one per finding of a multi-output model), and how many rows are
+    positive (have a finding called present)."""
     findings = classifier.contract.findings
+    if not findings:
+        scores = classifier.scores(scans) if rows else np.zeros(0)
+        labels = classifier.labels(scores)
+        scored = [(r, None, s, lab) for r, s, lab in zip(rows, scores, labels, strict=True)]
+        return scored, sum(lab == classifier.contract.labels[1] for lab in labels)
     scores = classifier.scores(scans) if rows else np.zeros((0, len(findings)))
     labels = classifier.finding_labels(scores)
-    now = datetime.now(UTC)
-    lineage = classifier.contract.training or {}
-    records = [
-        schema.prediction_row(
-            image_id=ids[r],
-            row=r,
-            score=s,
-            label=lab,
-            model=model,
-            model_sha256=classifier.sha256,
-            run_id=run_id,
-            classified_at=now,
-            finding=f,
-            training_store_version=lineage.get("store_version"),
-            training_rows_sha256=lineage.get("rows_sha256"),
-        )
+    scored = [
+        (r, f, s, lab)
         for r, row_scores, row_labels in zip(rows, scores, labels, strict=True)
         for f, s, lab in zip(findings, row_scores, row_labels, strict=True)
     ]
-    positive = sum(any(not lab.startswith("no ") for lab in row) for row in labels)
-    return records, positive
+    return scored, sum(any(not lab.startswith("no ") for lab in row) for row in labels)
