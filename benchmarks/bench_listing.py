@@ -164,19 +164,24 @@ def _rss(sizes: list[int], folder: Path, env: dict[str, str]) -> list[tuple[int,
     return out
 
 
-def _report(args, listing, alone, noop, rss) -> None:
-    n = args.files
+def _report_listing(n: int, listing: dict, alone: tuple[float, float]) -> None:
     print(f"\nlisting, files/s ({n} DICOMs, {n // 20} of them 3 frames; {n} PNGs; 256x256)")
     for (kind, where), rate in listing.items():
         print(f"  {kind:4s} {where:6s} {rate:8.0f}")
     ratio = listing["dcm", "S3"] / listing["png", "S3"]
     print(f"  DICOMs/PNGs on S3: {ratio:.2f} (target >= 0.5)")
     print(f"moto alone: {alone[0]:.0f} ranged GETs/s in a loop, {alone[1]:.0f}/s via cat_ranges")
+
+
+def _report_noop(noop: dict) -> None:
     print("no-op xray run: s, GETs of source objects")
     for (kind, where), (seconds, gets) in noop.items():
         print(f"  {kind:4s} {where:6s} {seconds:6.1f} s {gets:6d}")
     noop_ratio = noop["dcm", "S3"][0] / noop["png", "S3"][0]
     print(f"  DICOMs/PNGs on S3: {noop_ratio:.2f} (target <= 1.5)")
+
+
+def _report_rss(rss: list[tuple[int, int, int, int]]) -> None:
     print("flow process: inputs, batch tasks, peak RSS, RSS before the commit (MB)")
     for size, tasks, peak, before in rss:
         print(f"  {size:7d} {tasks:6d} {peak / 1e6:8.0f} {before / 1e6:8.0f}")
@@ -191,11 +196,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--rss-sizes", default="10000,40000")
+    parser.add_argument(
+        "--parts", default="listing,noop,rss", help="which measurements (comma-separated)"
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         return _rss_child(args.rss_child, args.dir)
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-listing-") as tmp:
         tmp = Path(tmp)
         port, api_port = free_port(), free_port()
@@ -215,22 +224,24 @@ def main() -> None:
             for rel, data in files.items():
                 (tmp / "local" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / "local" / rel).write_bytes(data)
-            listing = {
-                (kind, where): _listing(url)
-                for kind in ("dcm", "png")
-                for where, url in (
-                    ("S3", f"s3://{bucket}/{kind}"),
-                    ("local", str(tmp / "local" / kind)),
-                )
-            }
-            alone = _moto_alone(bucket, args.files)
+            if "listing" in parts:
+                listing = {
+                    (kind, where): _listing(url)
+                    for kind in ("dcm", "png")
+                    for where, url in (
+                        ("S3", f"s3://{bucket}/{kind}"),
+                        ("local", str(tmp / "local" / kind)),
+                    )
+                }
+                _report_listing(args.files, listing, _moto_alone(bucket, args.files))
             with prefect_server_process(env, api_port, tmp / "server.log"):
-                noop = _noop_runs(bucket, tmp / "local", moto_url, env)
-                sizes = [int(s) for s in args.rss_sizes.split(",")]
-                rss = _rss(sizes, tmp / "rss", env)
+                if "noop" in parts:
+                    _report_noop(_noop_runs(bucket, tmp / "local", moto_url, env))
+                if "rss" in parts:
+                    sizes = [int(s) for s in args.rss_sizes.split(",")]
+                    _report_rss(_rss(sizes, tmp / "rss", env))
         finally:
             moto.terminate()
-    _report(args, listing, alone, noop, rss)
 
 
 if __name__ == "__main__":
