@@ -22,13 +22,13 @@ from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
 from tasks.classify import commit_predictions, score_batch
 from tasks.preprocess import commit_metadata, preprocess_batch
-from xraycore.batch import Batch, Plan, plan_batches
+from xraycore.batch import Batch, Plan, plan_batches, plan_later_frames
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.predict.contract import ModelContract
 from xraycore.predict.evaluation import evaluate_store
 from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
 from xraycore.store import ScanStore
-from xraycore.store.catalog import list_sources, read_labels
+from xraycore.store.catalog import SourceFile, list_sources, read_labels
 from xraycore.store.lease import DEFAULT_TTL_S, StoreLease
 from xraycore.store.schema import SHEET
 from xraycore.store.storage import Storage
@@ -87,22 +87,24 @@ def preprocess_dataset(
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
             previous = target.read_metadata()  # read once: for the listing and the plan
             sources = _list_sources(source, previous, options, started)
-            plan = _plan(
-                target, sources, previous, spec, batch_size, labels=labels, options=options
-            )
+            table = read_labels(labels, options) if labels else None
+            plan = _plan(target, sources, previous, spec, batch_size, labels=table)
             if plan.batches:  # from here on only this run's batches may commit rows
                 target.fence(run_id)
             # read once: every batch's scoring task gets the same contract
             scoring = ModelContract.for_model(model, options, **(contract or {})) if model else None
             client, dashboard = _connect(dask_cluster, plan)
             run = Batches(store=store, spec=spec.to_dict(), run_id=run_id, options=options)
-            run.process(
-                plan, client, lease=lease, batch_size=batch_size, model=model, contract=scoring
-            )
+            work = {"client": client, "lease": lease, "batch_size": batch_size, "model": model}
+            run.process(plan, contract=scoring, **work)
+            # the files that the batches found to hold several frames: their later frames
+            later = _plan_later_frames(target, run, batch_size, labels=table)
+            if later.batches:
+                run.process(later, contract=scoring, **work)
             lease.check()  # a run that lost its lease (broken, taken over) must not compact
             rows = _commit(target, store, run_id, options, spec.hash, client)
         report = _evaluate(target, run, model, scoring) if model else None
-        summary = _summary(run, plan, spec, sources, rows, started, dashboard, report)
+        summary = _summary(run, [plan, later], spec, sources, rows, started, dashboard, report)
         summary["store_version"] = target.version
         _publish(summary, target, run.sample(SHEET_ROWS) if sheet else [], options)
         run.raise_for_broken()
@@ -113,8 +115,9 @@ def _list_sources(
     source: str, previous: Any, options: dict[str, Any] | None, started: float
 ) -> list:
     """The scans under ``source``, announced with the seconds since the run started;
-    files the store's metadata (``previous``) knows unchanged are not read."""
-    sources = list_sources(Storage.from_url(source, options), previous)
+    files the store's metadata (``previous``) knows unchanged are not read, and
+    a new DICOM file's frames are counted by the batch that reads it."""
+    sources = list_sources(Storage.from_url(source, options), previous, count_frames=False)
     notify("listed", inputs=len(sources), seconds=time.perf_counter() - started)
     return sources
 
@@ -126,8 +129,7 @@ def _plan(
     spec: PipelineSpec,
     batch_size: int,
     *,
-    labels: str | None,
-    options: dict[str, Any] | None,
+    labels: dict | None,
 ) -> Plan:
     """The shard-aligned batches of the scans the store does not hold yet (or
     failed before), with room for them in the store's arrays."""
@@ -137,7 +139,7 @@ def _plan(
         pipeline_hash=spec.hash,
         first_free_row=target.capacity(),
         batch_size=batch_size,
-        labels=read_labels(labels, options) if labels else None,
+        labels=labels,
     )
     target.ensure_capacity(plan.end_row)
     images = sum(len(b.items) for b in plan.batches)
@@ -149,6 +151,22 @@ def _plan(
         batches=len(plan.batches),
         images=images,
     )
+    return plan
+
+
+def _plan_later_frames(
+    target: ScanStore, run: Batches, batch_size: int, *, labels: dict | None
+) -> Plan:
+    """The batches of the later frames of the files the run's batches found to
+    hold several (their frame 0 is stored), with room for them in the store's
+    arrays."""
+    plan = plan_later_frames(
+        run.found_frames, first_free_row=target.capacity(), batch_size=batch_size, labels=labels
+    )
+    if plan.batches:
+        target.ensure_capacity(plan.end_row)
+        images = sum(len(b.items) for b in plan.batches)
+        notify("later_frames", files=len(run.found_frames), images=images)
     return plan
 
 
@@ -186,7 +204,7 @@ def _commit(
 
 def _summary(
     run: Batches,
-    plan: Plan,
+    plans: list[Plan],
     spec: PipelineSpec,
     sources: list,
     rows: int,
@@ -202,11 +220,11 @@ def _summary(
         "flow_run_id": _flow_run("id"),
         "store": run.store,
         "pipeline_hash": spec.hash,
-        "inputs": len(sources),
+        "inputs": len(sources) + sum(p.new for p in plans[1:]),  # + the later frames
         "ok": run.ok,
         "failed": run.failed,
-        "skipped": plan.skipped,
-        "batches": len(plan.batches),
+        "skipped": plans[0].skipped,
+        "batches": sum(len(p.batches) for p in plans),
         "broken_batches": run.broken,
         "rows_in_store": rows,
         "seconds": elapsed,
@@ -263,14 +281,17 @@ class Batches:
     committed: int = 0  # batches
     #: The first rows this run wrote (for the comparison sheet), at most SHEET_ROWS.
     first_rows: list[int] = field(default_factory=list)
+    #: Files listed without a frame count that hold several: (input, frames).
+    found_frames: list[tuple[SourceFile, int]] = field(default_factory=list)
 
     def sample(self, n: int) -> list[int]:
         """The first ``n`` rows this run wrote (``n`` <= :data:`SHEET_ROWS`)."""
         return self.first_rows[:n]
 
-    def _count(self, result: dict[str, Any]) -> None:
+    def _count(self, batch: Batch, result: dict[str, Any]) -> None:
         """Keep what the summary needs of a committed batch's result, and drop the
         rest: a run of a million inputs holds counters, not every batch's rows."""
+        self.found_frames += [(batch.items[slot], n) for slot, n in result.get("frames", ())]
         self.ok += result["ok"]
         self.failed += result["failed"]
         self.failures += result["failures"]
@@ -321,7 +342,7 @@ class Batches:
                     "batch from row %d failed after retries: %s", batch.start, error
                 )
             else:
-                self._count(result)
+                self._count(batch, result)
                 emit_event(
                     event="xray.batch.committed",
                     resource=store_resource(self.store),

@@ -48,6 +48,9 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"{f['new']} new, "
         f"{f['retried']} to retry, {f['skipped']} already done"
     ),
+    "later_frames": lambda f: (
+        f"{f['files']} files hold several frames: {f['images']} more images to process"
+    ),
     "cluster": lambda f: f"Dask cluster: {f['workers']} workers, dashboard {f['dashboard']}",
     "workers_pending": lambda f: f"waiting for workers: {f['pending']}",
     "batch": lambda f: (

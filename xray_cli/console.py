@@ -153,6 +153,14 @@ class RunConsole:
             **f,
         )
 
+    def _on_later_frames(self, f: dict[str, Any]) -> None:
+        self._stop_bar()  # the later frames have a bar of their own
+        self.line(
+            f"{f['files']} files hold several frames: {f['images']} more images to process",
+            "later_frames",
+            **f,
+        )
+
     def _on_cluster(self, f: dict[str, Any]) -> None:
         dashboard = f" (dashboard {f['dashboard']})" if f.get("dashboard") else ""
         self.line(f"cluster: {f['workers']} Dask workers{dashboard}", "cluster", **f)

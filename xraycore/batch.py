@@ -19,14 +19,21 @@ import cv2
 import numpy as np
 
 from xraycore.image import measure
-from xraycore.image.decode import decode_image
+from xraycore.image.decode import ImageDecodeError, decode_image, dicom_frames, image_format
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import SourceFile, label_for
+from xraycore.store.catalog import SourceFile, counted, label_for, later_frames
 from xraycore.store.labels import LAYOUTS
 from xraycore.store.storage import Storage
 
-__all__ = ["Batch", "Plan", "finish_run", "plan_batches", "process_batch"]
+__all__ = [
+    "Batch",
+    "Plan",
+    "finish_run",
+    "plan_batches",
+    "plan_later_frames",
+    "process_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,36 @@ def plan_batches(
         if prev and (prev["source_size"], prev["source_mtime"]) == src.version:
             skipped += 1
             continue
-        retried += key in failed or key in done
+        # a file listed without its frame count had its frame 0's row, if any
+        again = {key, (src.uri, 0)} if src.frames is None else {key}
+        retried += bool(again & failed or again & done.keys())
         todo.append(src)
+    plan = _batches(todo, first_free_row=first_free_row, batch_size=batch_size, labels=labels)
+    plan.skipped, plan.retried, plan.new = skipped, retried, len(todo) - retried
+    return plan
+
+
+def plan_later_frames(
+    found: list[tuple[SourceFile, int]],
+    *,
+    first_free_row: int,
+    batch_size: int,
+    labels: dict[str, dict] | None = None,
+) -> Plan:
+    """The batches of frames 1 .. n-1 of the files that batches found to hold
+    n > 1 frames (``found``: the input as listed, without a frame count, and n;
+    :func:`process_batch` wrote its frame 0)."""
+    todo = [f for entry, frames in found for f in later_frames(entry, frames)]
+    plan = _batches(todo, first_free_row=first_free_row, batch_size=batch_size, labels=labels)
+    plan.new = len(todo)
+    return plan
+
+
+def _batches(
+    todo: list[SourceFile], *, first_free_row: int, batch_size: int, labels: dict | None
+) -> Plan:
+    """``todo`` in batches of ``batch_size`` from ``first_free_row`` rounded up to a
+    batch boundary."""
     start = math.ceil(first_free_row / batch_size) * batch_size
     batches = []
     for i in range(0, len(todo), batch_size):
@@ -94,9 +129,7 @@ def plan_batches(
         lab = tuple(label_for(labels, s.image_id) for s in chunk) if labels else ()
         batches.append(Batch(start=start + i, items=chunk, labels=lab))
     end = start + len(batches) * batch_size if batches else first_free_row
-    return Plan(
-        batches=batches, skipped=skipped, end_row=end, retried=retried, new=len(todo) - retried
-    )
+    return Plan(batches=batches, skipped=0, end_row=end)
 
 
 def _no_labelled_input(labels: dict[str, dict], sources: list[SourceFile]) -> None:
@@ -124,7 +157,10 @@ def process_batch(
 
     Every input gets a row; an input that cannot be read, decoded or processed
     becomes a ``failed`` row with its error class and message, and never fails
-    the batch. Pixels are written (whole shards, by the store's
+    the batch. An input listed without its frame count (``frames=None``) is
+    counted here: a multi-frame file's row is its frame 0, and the result's
+    ``frames`` names its slot and frame count, for :func:`plan_later_frames`.
+    Pixels are written (whole shards, by the store's
     :class:`~xraycore.store.ShardWriter`) before the metadata commit that
     describes them. With ``fence`` (the run id of the lease holder, see
     :meth:`~xraycore.store.ScanStore.fence`) the rows commit only while that
@@ -138,13 +174,14 @@ def process_batch(
     rows, t0 = [], time.perf_counter()
     pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
     last: tuple[str, bytes, str] | None = None  # the frames of one file are read once
+    found: list[tuple[int, int]] = []  # (slot, frames) of multi-frame files listed uncounted
     with target.writer(batch.start, len(batch.items)) as writer:
         for slot, item in enumerate(batch.items):
             row = schema.metadata_row(
                 image_id=item.image_id,
                 source=item.uri,
                 frame=item.frame,
-                frames=item.frames,
+                frames=item.frames or 0,  # 0: not counted yet
                 size=item.size,
                 mtime=item.mtime,
                 pipeline_hash=pipeline_hash,
@@ -155,7 +192,13 @@ def process_batch(
                     data = Storage.from_url(item.uri, source_options).read_bytes()
                     last = (item.uri, data, hashlib.sha256(data).hexdigest())
                 data, row["sha256"] = last[1], last[2]
-                image = decode_image(data, name=item.image_id, frame=item.frame)
+                if item.frames is None:  # listed without counting: this is frame 0
+                    frames = _frames_in(data)
+                    first = counted(item, frames)
+                    row.update(image_id=first.image_id, frame=first.frame, source_frames=frames)
+                    if frames > 1:
+                        found.append((slot, frames))
+                image = decode_image(data, name=row["image_id"], frame=row["frame"])
                 row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
                 row["channels"] = 1 if image.ndim == 2 else int(image.shape[2])
                 row["source_dtype"] = str(image.dtype)
@@ -186,7 +229,20 @@ def process_batch(
         "pid": os.getpid(),
         "rows": [r["row"] for r in rows if r["status"] == "ok"],
         "items": [(r["row"], r["image_id"]) for r in rows if r["status"] == "ok"],
+        "frames": found,
     }
+
+
+def _frames_in(data: bytes) -> int:
+    """The frames of a source file read whole: a DICOM's Number of Frames, 1 for
+    any other file and for a header that cannot be read (decoding then fails,
+    with the reason)."""
+    if image_format(data) != "dicom":
+        return 1
+    try:
+        return dicom_frames(data)
+    except ImageDecodeError:
+        return 1
 
 
 def finish_run(

@@ -1,5 +1,7 @@
 """Drill: the nightly run over a DICOM bucket, counted by a proxy in front of the S3
-server. A rerun with nothing to do sends no GET for any source object (no DICOM
+server. The first run reads each DICOM once, whole, where it is processed (its
+listing reads no DICOM header; a multi-frame file is read again for its later
+frames); a rerun with nothing to do sends no GET for any source object (no DICOM
 header, no pixel); a DICOM replaced by one of another frame count is re-listed
 and reprocessed, and is the only source object read."""
 
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -63,9 +66,18 @@ def test_a_nightly_noop_reads_no_source_object(tmp_path, moto_endpoint, monkeypa
     with FaultyProxy(moto_endpoint, faults=()) as proxy:
         first = _run(args, proxy)
         assert (first["ok"], first["failed"]) == (16, 0)  # 12 + 3 frames + IM0001
-        # The listing read each DICOM's header once, 8 KiB, and LICENSE's magic in the same way.
-        heads = [e for e in proxy.gets(under) if e[2] == "bytes=0-8191"]
-        assert sorted(e[1].removeprefix(under) for e in heads) == sorted(_sources())
+        gets = [(e[1].removeprefix(under), e[2]) for e in proxy.gets(under)]
+        # The listing read no .dcm, and only the first 8 KiB of the files without an
+        # extension, to tell DICOM (IM0001) from the rest (LICENSE).
+        heads = sorted(rel for rel, rng in gets if rng == "bytes=0-8191")
+        assert heads == ["LICENSE", "raw/IM0001"], gets
+        # The batches read each DICOM whole: once, the series again for its frames 1 and 2;
+        # the run's comparison sheet reads the sources of the store's first three rows.
+        whole = Counter(rel for rel, rng in gets if rng != "bytes=0-8191")
+        dicoms = Counter(r for r in _sources() if r != "LICENSE")
+        assert whole == dicoms + Counter(
+            ["dcm/series.dcm", "dcm/000.dcm", "dcm/001.dcm", "dcm/002.dcm"]
+        ), gets
 
         proxy.log.clear()
         noop = _run(args, proxy)

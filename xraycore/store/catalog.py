@@ -16,7 +16,9 @@ from xraycore.store.storage import Storage
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SourceFile",
+    "counted",
     "label_for",
+    "later_frames",
     "list_sources",
     "read_image",
     "read_labels",
@@ -46,7 +48,9 @@ class SourceFile:
     A multi-frame DICOM file is one input per frame: ``frame`` is its 0-based
     index (None for a single-frame file) and the id is ``<path>#<frame>``;
     ``frames`` is the number of frames of the file (recorded with each row,
-    so that the next listing need not read the header again).
+    so that the next listing need not read the header again). ``frames`` is
+    None for a DICOM file listed without counting them (``list_sources(...,
+    count_frames=False)``): the batch that reads the file counts them.
     """
 
     uri: str
@@ -54,7 +58,7 @@ class SourceFile:
     size: int
     mtime: float | None
     frame: int | None = None
-    frames: int = 1
+    frames: int | None = 1
 
     @property
     def version(self) -> tuple[int, float | None]:
@@ -77,7 +81,7 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return None
 
 
-def list_sources(source: Storage, previous=None) -> list[SourceFile]:
+def list_sources(source: Storage, previous=None, *, count_frames: bool = True) -> list[SourceFile]:
     """Every image under ``source``, sorted by id.
 
     Files with an image extension (case-insensitive) are listed; files without
@@ -97,6 +101,13 @@ def list_sources(source: Storage, previous=None) -> list[SourceFile]:
         count from it: no byte of it is read. The others' headers are read
         concurrently (:meth:`Storage.read_ranges`), a first 8 KiB and more
         only for a header that goes on.
+    count_frames : bool, optional
+        False: a new or changed file named ``.dcm`` or ``.dicom`` is listed
+        once, with ``frames=None``, and no byte of it is read; what reads it
+        whole (:func:`xraycore.batch.process_batch`) counts its frames. This
+        is the flow's listing: the first run over a DICOM bucket then sends
+        one GET per file, not a header GET and then the file's. Files without
+        an extension still have their first bytes read, to tell DICOM.
     """
     recorded = recorded_frames(previous)
     files: list[SourceFile] = []
@@ -117,6 +128,8 @@ def list_sources(source: Storage, previous=None) -> list[SourceFile]:
             files += _per_frame(entry, known)
         elif ext and ext not in _DICOM_EXTENSIONS:
             files.append(entry)
+        elif ext and not count_frames:
+            files.append(replace(entry, frames=None))
         else:
             unread.append((rel, entry))
     for i in range(0, len(unread), _HEADS_AT_ONCE):
@@ -146,6 +159,8 @@ def recorded_frames(previous) -> dict[str, dict[tuple[int, float | None], int]]:
     counted: dict[tuple, int] = {}
     for r in rows:
         version = (r["source_size"], r["source_mtime"])
+        if r.get("source_frames") == 0:
+            continue
         if r.get("source_frames"):
             recorded.setdefault(r["source"], {})[version] = r["source_frames"]
         elif r["frame"] is not None:
@@ -157,14 +172,27 @@ def recorded_frames(previous) -> dict[str, dict[tuple[int, float | None], int]]:
     return recorded
 
 
-def _per_frame(entry: SourceFile, frames: int) -> list[SourceFile]:
-    """The inputs of a file of ``frames`` frames: itself, or one per frame."""
+def _per_frame(entry: SourceFile, frames: int, first: int = 0) -> list[SourceFile]:
+    """The inputs of a file of ``frames`` frames: itself, or one per frame
+    (from frame ``first``)."""
     if frames == 1:
-        return [entry]
+        return [entry] if first == 0 else []
     return [
         replace(entry, image_id=f"{entry.image_id}#{k}", frame=k, frames=frames)
-        for k in range(frames)
+        for k in range(first, frames)
     ]
+
+
+def counted(entry: SourceFile, frames: int) -> SourceFile:
+    """The first input of a file listed without counting its frames
+    (``frames=None``) once they are known: itself, or its frame 0."""
+    return _per_frame(entry, frames)[0]
+
+
+def later_frames(entry: SourceFile, frames: int) -> list[SourceFile]:
+    """The inputs of frames 1 .. ``frames - 1`` of a file listed without
+    counting them (its frame 0 is :func:`counted`)."""
+    return _per_frame(entry, frames, first=1)
 
 
 def _order(f: SourceFile) -> tuple[str, int]:
@@ -182,6 +210,8 @@ def _read_frames(source: Storage, files: list[tuple[str, SourceFile]]) -> list[i
     frames: list[int | None] = [None] * len(files)
     pending = list(range(len(files)))
     for rnd, length in enumerate(_DICOM_HEADS):
+        if not pending:
+            break
         heads = source.read_ranges(
             [files[i][0] for i in pending], [0] * len(pending), [length] * len(pending)
         )

@@ -338,7 +338,8 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
 #: (null for a single-frame file); a row is one (source, frame), and
 #: ``source_frames`` the number of frames of its source file (so an unchanged
 #: file's next listing reads no header; null in rows written before it, which
-#: readers take as unknown). ``checksum``
+#: readers take as unknown; 0 for a file listed without its frame count that
+#: could not be read, so nothing is known of it). ``checksum``
 #: is the CRC-32 of the stored ``preprocessed`` bytes, so a store can be
 #: verified after the fact.
 METADATA_COLUMNS: dict[str, str] = {

@@ -10,12 +10,12 @@ import pytest
 from dicom_files import make_dicom
 from stores import build_store
 
-from xraycore.batch import plan_batches
+from xraycore.batch import plan_batches, plan_later_frames, process_batch
 from xraycore.image.decode import decode_image, dicom_frames
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.image.synth import phantom_chest
 from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import list_sources
+from xraycore.store.catalog import list_sources, recorded_frames
 from xraycore.store.schema import StoreFormatError
 from xraycore.store.storage import Storage
 from xraycore.store.verify import repair_store, verify_store
@@ -246,3 +246,53 @@ def test_a_header_cut_anywhere_is_never_given_a_wrong_frame_count():
         assert dicom_frames(data[:cut], complete=False) in (None, 3), cut
     assert dicom_frames(data[: pixels + 12], complete=False) == 3  # up to its length
     assert dicom_frames(data) == 3
+
+
+def test_a_listing_that_does_not_count_frames_reads_no_dcm(source, monkeypatch):
+    (source / "IM0001").write_bytes((source / "single.dcm").read_bytes())  # DICOM by its magic
+    asked: list[list[str]] = []
+    read_ranges = Storage.read_ranges
+    monkeypatch.setattr(
+        Storage,
+        "read_ranges",
+        lambda self, rels, *a: asked.append(rels) or read_ranges(self, rels, *a),
+    )
+    listed = list_sources(Storage.from_url(str(source)), count_frames=False)
+    assert [(f.image_id, f.frame, f.frames) for f in listed] == [
+        ("IM0001", None, 1),  # no extension: its first bytes were read, and counted
+        ("plain.png", None, 1),
+        ("series/tomo.dcm", None, None),  # counted by the batch that reads it
+        ("single.dcm", None, None),
+    ]
+    assert asked == [["IM0001"]]
+
+
+def test_a_batch_counts_the_frames_of_an_uncounted_file_and_records_none_it_cannot_read(
+    source, tmp_path
+):
+    store = ScanStore.open(str(tmp_path / "store"))
+    store.initialise(SPEC, batch_size=BATCH)
+    listed = list_sources(Storage.from_url(str(source)), count_frames=False)
+    (source / "single.dcm").unlink()  # gone between the listing and its batch
+    plan = plan_batches(listed, None, pipeline_hash=SPEC.hash, first_free_row=0, batch_size=BATCH)
+    store.ensure_capacity(plan.end_row)
+    (batch,) = plan.batches
+    result = process_batch(batch, store=store.storage.url, spec=SPEC, run_id="r1")
+    assert result["frames"] == [(1, 3)]  # slot 1, tomo.dcm: 3 frames
+    rows = {r["image_id"]: r for r in store.read_metadata().to_pylist()}
+    assert sorted(rows) == ["plain.png", "series/tomo.dcm#0", "single.dcm"]
+    assert (rows["series/tomo.dcm#0"]["frame"], rows["series/tomo.dcm#0"]["source_frames"]) == (
+        0,
+        3,
+    )
+    assert rows["single.dcm"]["status"] == "failed"
+    assert rows["single.dcm"]["source_frames"] == 0  # not counted: nothing recorded
+    assert "single.dcm" not in str(recorded_frames(store.read_metadata()))
+
+    ((frame0, frames),) = [(batch.items[slot], n) for slot, n in result["frames"]]
+    later = plan_later_frames([(frame0, frames)], first_free_row=plan.end_row, batch_size=BATCH)
+    assert [(f.image_id, f.frame, f.frames) for b in later.batches for f in b.items] == [
+        ("series/tomo.dcm#1", 1, 3),
+        ("series/tomo.dcm#2", 2, 3),
+    ]
+    assert later.batches[0].start == plan.end_row
