@@ -119,6 +119,11 @@ def _conflict(exc: Exception) -> bool:
     return isinstance(exc, CommitFailedError)
 
 
+#: Commit files :meth:`VersionedTable.kept_files` reads at once (concurrently on an
+#: object store): its memory is bounded whatever the length of the history.
+_COMMITS_AT_ONCE = 256
+
+
 @dataclass
 class VersionedTable:
     """The Delta table ``name`` under ``storage``; rows unique per ``key``.
@@ -221,15 +226,16 @@ class VersionedTable:
             return set()
         start, latest = self.history_start(), table.version()
         kept = self.files(start) if start < latest else self.files()
-        for version in range(start + 1, latest + 1):
-            try:
-                log = self.storage.read_bytes(f"{self.name}/_delta_log/{version:020d}.json")
-            except FileNotFoundError:  # cleaned up after a checkpoint: its files are live
-                continue
-            for line in log.splitlines():
-                action = json.loads(line) if line.strip() else {}
-                if "add" in action:
-                    kept.add(action["add"]["path"])
+        for first in range(start + 1, latest + 1, _COMMITS_AT_ONCE):  # concurrent on S3
+            last = min(first + _COMMITS_AT_ONCE, latest + 1)
+            logs = self.storage.read_many(
+                [f"{self.name}/_delta_log/{v:020d}.json" for v in range(first, last)]
+            )
+            for log in logs:  # None: cleaned up after a checkpoint, its files are live
+                for line in (log or b"").splitlines():
+                    action = json.loads(line) if line.strip() else {}
+                    if "add" in action:
+                        kept.add(action["add"]["path"])
         return kept
 
     def untracked_files(self, *, older_than_s: float) -> list[str]:
