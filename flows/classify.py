@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cluster import DaskCluster, resolve_cluster
+from flows.commits import GroupCommits
 from flows.credentials import with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import notify
@@ -19,7 +20,7 @@ from tasks.classify import commit_predictions, score_batch
 from xraycore.predict.contract import ModelContract
 from xraycore.predict.evaluation import REPORT, evaluate_store, model_sha256
 from xraycore.predict.report import report_markdown
-from xraycore.predict.scoring import batch_groups, unscored_rows
+from xraycore.predict.scoring import batch_groups, rescored_images, unscored_rows
 from xraycore.store import ScanStore
 from xraycore.store.schema import IMAGES
 
@@ -57,11 +58,24 @@ def classify_store(
     options = with_block_credentials(storage_options, aws_credentials)
     target_store, info = _open_store(store, options)
     c = ModelContract.for_model(model, options, **(contract or {}))
-    batch_size, groups = _plan(target_store, info, model_sha256(model, options), rows)
+    sha = model_sha256(model, options)
+    batch_size, groups = _plan(target_store, info, sha, rows)
     scored = 0
     if groups:
+        target_store.open_classification(run_id)
+        again = set(rescored_images(target_store, sha, [i for g in groups for i in g]))
+        commits = GroupCommits(
+            lambda files, group, replacing: target_store.commit_prediction_files(
+                files, run_id=run_id, group=group, replacing=replacing
+            )
+        )
         task = dict(store=store, model=model, contract=c.to_dict(), run_id=run_id)
-        scored = _score(groups, batch_size, cluster=cluster, storage_options=options, **task)
+        try:
+            scored = _score(
+                groups, batch_size, commits, again, cluster=cluster, storage_options=options, **task
+            )
+        finally:
+            commits.flush()  # what was scored before a failure is kept
         commit_predictions(store, run_id, options)
     report = None
     if scored or not target_store.storage.exists(REPORT):  # unchanged predictions: same report
@@ -99,23 +113,31 @@ def _plan(
     return batch_size, groups
 
 
-def _score(groups: list, batch_size: int, *, cluster, **task: Any) -> int:
+def _score(
+    groups: list, batch_size: int, commits: GroupCommits, again: set[str], *, cluster, **task: Any
+) -> int:
     """Score ``groups`` in waves (a few per worker in flight), here or on the Dask
-    cluster ``cluster`` names; the rows scored. A batch that failed after its
-    retries fails the run, and nothing more is handed out."""
+    cluster ``cluster`` names, the prediction files committed in groups by
+    ``commits`` (merged on the image ids in ``again``); the rows scored. A batch
+    that failed after its retries fails the run, and nothing more is handed out."""
     dask_cluster = DaskCluster(resolve_cluster(cluster)) if cluster else None
     try:
         client = dask_cluster.client() if dask_cluster else None
         workers = dask_cluster.workers if dask_cluster else 1
 
         def submit(group):
-            return score_batch.submit(group, batch=group[0][0] // batch_size, client=client, **task)
+            batch = group[0][0] // batch_size
+            return score_batch.submit(group, batch=batch, commit=False, client=client, **task)
 
         todo, scored, started = sum(len(g) for g in groups), 0, time.perf_counter()
         waves = in_waves(groups, submit, window=max(SCORING_THREADS, 2 * workers))
-        for done, (_, result, error) in enumerate(waves, 1):
+        for done, (group, result, error) in enumerate(waves, 1):
             if error is not None:
                 raise error
+            replacing = tuple(i for _, i in group if i in again)
+            commits.add(None, result["table_file"], replacing)
+            if commits.due():
+                commits.flush()
             scored += result["rows"]
             notify(
                 "batch",

@@ -17,6 +17,7 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 
 from flows.cluster import DaskCluster, resolve_cluster
+from flows.commits import GroupCommits
 from flows.credentials import with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
@@ -89,16 +90,19 @@ def preprocess_dataset(
             sources = _list_sources(source, previous, options, started)
             table = read_labels(labels, options) if labels else None
             plan = _plan(target, sources, previous, spec, batch_size, labels=table)
-            if plan.batches:  # from here on only this run's batches may commit rows
+            if plan.batches:  # from here on only this run's committer may commit rows
                 target.fence(run_id)
             # read once: every batch's scoring task gets the same contract
             scoring = ModelContract.for_model(model, options, **(contract or {})) if model else None
+            if model and plan.batches:
+                target.open_classification(run_id)
             client, dashboard = _connect(dask_cluster, plan)
             run = Batches(store=store, spec=spec.to_dict(), run_id=run_id, options=options)
+            run.commits = _committer(target, run_id, spec.hash)
             work = {"client": client, "lease": lease, "batch_size": batch_size, "model": model}
             run.process(plan, contract=scoring, **work)
             # the files that the batches found to hold several frames: their later frames
-            later = _plan_later_frames(target, run, batch_size, labels=table)
+            later = _plan_later_frames(target, run, batch_size, labels=table, previous=previous)
             if later.batches:
                 run.process(later, contract=scoring, **work)
             lease.check()  # a run that lost its lease (broken, taken over) must not compact
@@ -155,19 +159,39 @@ def _plan(
 
 
 def _plan_later_frames(
-    target: ScanStore, run: Batches, batch_size: int, *, labels: dict | None
+    target: ScanStore, run: Batches, batch_size: int, *, labels: dict | None, previous: Any
 ) -> Plan:
     """The batches of the later frames of the files the run's batches found to
     hold several (their frame 0 is stored), with room for them in the store's
     arrays."""
     plan = plan_later_frames(
-        run.found_frames, first_free_row=target.capacity(), batch_size=batch_size, labels=labels
+        run.found_frames,
+        first_free_row=target.capacity(),
+        batch_size=batch_size,
+        labels=labels,
+        previous=previous,
     )
     if plan.batches:
         target.ensure_capacity(plan.end_row)
         images = sum(len(b.items) for b in plan.batches)
         notify("later_frames", files=len(run.found_frames), images=images)
     return plan
+
+
+def _committer(target: ScanStore, run_id: str, pipeline_hash: str) -> GroupCommits:
+    """The run's one committer of its batches' metadata files, fenced by its lease."""
+
+    def commit(files: list, group: int, replacing: list[str]) -> bool:
+        return target.commit_row_files(
+            files,
+            run_id=run_id,
+            group=group,
+            fence=run_id,
+            replacing=replacing,
+            pipeline_hash=pipeline_hash,
+        )
+
+    return GroupCommits(commit)
 
 
 def _connect(dask_cluster: DaskCluster, plan: Plan) -> tuple[Any, str | None]:
@@ -283,6 +307,9 @@ class Batches:
     first_rows: list[int] = field(default_factory=list)
     #: Files listed without a frame count that hold several: (input, frames).
     found_frames: list[tuple[SourceFile, int]] = field(default_factory=list)
+    #: The run's committer of metadata files (set by the flow once it fenced).
+    commits: GroupCommits | None = None
+    prediction_groups: int = 0
 
     def sample(self, n: int) -> list[int]:
         """The first ``n`` rows this run wrote (``n`` <= :data:`SHEET_ROWS`)."""
@@ -308,9 +335,11 @@ class Batches:
         model: str | None,
         contract: ModelContract | None,
     ) -> None:
-        """Run the plan's batches in waves (a few per worker in flight), announce
-        each committed batch (a Prefect event) and, with a model, score it on the
-        same cluster."""
+        """Run the plan's batches in waves (a few per worker in flight); the run's
+        committer (:attr:`commits`) commits the files they write in groups, and
+        each committed batch is announced (a Prefect event) and, with a model,
+        scored on the same cluster. The predictions are committed once the
+        scoring is done."""
         total = sum(len(b.items) for b in plan.batches)
         progress = create_progress_artifact(
             progress=0.0,
@@ -318,7 +347,8 @@ class Batches:
             description=f"Images processed (% of {total}) into {self.store}",
         )
         workers = len(client.scheduler_info(n_workers=-1)["workers"]) if client else 1
-        scoring, done, t0, shown = [], 0, time.perf_counter(), 0.0
+        done, t0, shown = 0, time.perf_counter(), 0.0
+        scoring: list[tuple[Any, Batch, list]] = []
 
         def submit(batch: Batch) -> Any:
             return preprocess_batch.submit(
@@ -331,6 +361,21 @@ class Batches:
                 client=client,
             )
 
+        def committed() -> None:  # the group of pending batches, committed now
+            lease.check()  # a run that lost its lease commits nothing more
+            for batch, result in self.commits.flush():
+                self._count(batch, result)
+                emit_event(
+                    event="xray.batch.committed",
+                    resource=store_resource(self.store),
+                    payload={"store": self.store, "start": batch.start, "rows": result["rows"]},
+                )
+                if model and result["items"]:
+                    future = self._score(
+                        result["items"], batch.start // batch_size, model, contract, client
+                    )
+                    scoring.append((future, batch, result["items"]))
+
         # lease.check: stop handing out rows once another run holds the store
         waves = in_waves(
             plan.batches, submit, window=max(4, 2 * workers), before_submit=lease.check
@@ -342,18 +387,9 @@ class Batches:
                     "batch from row %d failed after retries: %s", batch.start, error
                 )
             else:
-                self._count(batch, result)
-                emit_event(
-                    event="xray.batch.committed",
-                    resource=store_resource(self.store),
-                    payload={"store": self.store, "start": batch.start, "rows": result["rows"]},
-                )
-                if model and result["items"]:
-                    scoring.append(
-                        self._score(
-                            result["items"], batch.start // batch_size, model, contract, client
-                        )
-                    )
+                self.commits.add((batch, result), result.pop("table_file"), batch.replacing)
+            if self.commits.due():
+                committed()
             done += len(batch.items)
             elapsed = max(time.perf_counter() - t0, 1e-9)
             notify(
@@ -361,18 +397,36 @@ class Batches:
                 done=done,
                 total=total,
                 failed=self.failed,
-                batches_done=self.committed + len(self.broken),
+                batches_done=self.committed + len(self.commits.pending) + len(self.broken),
                 batches=len(plan.batches),
                 rate=done / elapsed,
             )
             if elapsed - shown >= LOG_EVERY_S or done == total:  # one API call per 2 s at most
                 shown = elapsed
                 update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
-        for future in scoring:
+        committed()
+        self._commit_predictions(scoring)
+
+    def _commit_predictions(self, scoring: list[tuple[Any, Batch, list]]) -> None:
+        """Wait for the scoring tasks and commit the prediction files they wrote
+        in one version (merged on the images of batches that replaced rows)."""
+        files, replacing = [], []
+        for future, batch, items in scoring:
             try:
-                self.scored += future.result()["rows"]
+                result = future.result()
             except Exception as exc:  # unscored rows are picked up by the next scoring run
                 get_run_logger().error("scoring failed: %s", exc)
+                continue
+            if result.get("table_file") is not None:
+                files.append(result["table_file"])
+                if batch.replacing:
+                    replacing += [image_id for _, image_id in items]
+            self.scored += result["rows"]
+        if files:
+            self.prediction_groups += 1
+            ScanStore.open(self.store, self.options).commit_prediction_files(
+                files, run_id=self.run_id, group=self.prediction_groups, replacing=replacing
+            )
 
     def _score(
         self, items: list, batch: int, model: str, contract: ModelContract, client: Any
@@ -386,6 +440,7 @@ class Batches:
             contract=contract.to_dict(),
             run_id=self.run_id,
             storage_options=self.options,
+            commit=False,
             client=client,
         )
 

@@ -39,11 +39,13 @@ def score_batch(
     contract: dict | None,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
+    commit: bool = True,
     client: Any = None,
 ) -> dict[str, Any]:
     """Score one batch's (row, image_id) pairs (batch number ``batch`` of the
-    store) and commit their predictions (a version); reads pixels from the
-    store, returns counts."""
+    store) and commit their predictions (a version), or with ``commit=False``
+    write them as a file for the run's committer (the result's ``table_file``);
+    reads pixels from the store, returns counts."""
     return on_cluster(
         client,
         classify_rows,
@@ -53,6 +55,7 @@ def score_batch(
         contract=contract,
         run_id=run_id,
         storage_options=storage_options,
+        commit=commit,
     )
 
 

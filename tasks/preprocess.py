@@ -80,9 +80,9 @@ def preprocess_batch(
     """Read, process and store one batch of scans on the cluster; returns
     counts, never pixels. Logs a WARNING naming the inputs that failed.
 
-    Retries are safe: a batch rewrites its own whole shards and merges its
-    rows by key, so a retry replaces rather than appends. Its rows commit
-    only while this run holds the store's lease (``fence``).
+    Retries are safe: a batch rewrites its own whole shards and writes its
+    rows as a file of its own (:mod:`xraycore.store._files`), which only the
+    run's committer commits, while this run holds the store's lease.
     """
     result = on_cluster(
         client,
@@ -94,6 +94,7 @@ def preprocess_batch(
         storage_options=storage_options,
         source_options=source_options,
         fence=run_id,
+        commit=False,
     )
     if result["failed"]:
         named = "; ".join(f"{i} ({e})" for i, e in result["failures"][:FAILURES_NAMED])

@@ -46,6 +46,9 @@ class Batch:
     start: int
     items: tuple[SourceFile, ...]
     labels: tuple[dict | None, ...] = ()
+    #: The sources of ``items`` that have rows in the store already (a retried
+    #: failure, a changed file): the run's committer replaces their rows.
+    replacing: tuple[str, ...] = ()
 
 
 @dataclass
@@ -85,7 +88,7 @@ def plan_batches(
                 done[key] = r
             else:
                 failed.add(key)
-    todo, skipped, retried = [], 0, 0
+    todo, skipped, retried, replacing = [], 0, 0, set()
     for src in sources:
         key = (src.uri, src.frame)
         prev = done.get(key)
@@ -94,9 +97,17 @@ def plan_batches(
             continue
         # a file listed without its frame count had its frame 0's row, if any
         again = {key, (src.uri, 0)} if src.frames is None else {key}
-        retried += bool(again & failed or again & done.keys())
+        if again & failed or again & done.keys():
+            replacing.add(src.uri)
+            retried += 1
         todo.append(src)
-    plan = _batches(todo, first_free_row=first_free_row, batch_size=batch_size, labels=labels)
+    plan = _batches(
+        todo,
+        first_free_row=first_free_row,
+        batch_size=batch_size,
+        labels=labels,
+        replacing=replacing,
+    )
     plan.skipped, plan.retried, plan.new = skipped, retried, len(todo) - retried
     return plan
 
@@ -107,27 +118,48 @@ def plan_later_frames(
     first_free_row: int,
     batch_size: int,
     labels: dict[str, dict] | None = None,
+    previous=None,
 ) -> Plan:
     """The batches of frames 1 .. n-1 of the files that batches found to hold
     n > 1 frames (``found``: the input as listed, without a frame count, and n;
-    :func:`process_batch` wrote its frame 0)."""
+    :func:`process_batch` wrote its frame 0); those whose source has rows in
+    ``previous`` (the metadata the run started from) replace them."""
     todo = [f for entry, frames in found for f in later_frames(entry, frames)]
-    plan = _batches(todo, first_free_row=first_free_row, batch_size=batch_size, labels=labels)
+    replacing: set[str] = set()
+    if previous is not None and todo:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        uris = pa.array(sorted({f.uri for f in todo}), pa.string())
+        replacing = set(uris.filter(pc.is_in(uris, previous.column("source"))).to_pylist())
+    plan = _batches(
+        todo,
+        first_free_row=first_free_row,
+        batch_size=batch_size,
+        labels=labels,
+        replacing=replacing,
+    )
     plan.new = len(todo)
     return plan
 
 
 def _batches(
-    todo: list[SourceFile], *, first_free_row: int, batch_size: int, labels: dict | None
+    todo: list[SourceFile],
+    *,
+    first_free_row: int,
+    batch_size: int,
+    labels: dict | None,
+    replacing: set[str] = frozenset(),
 ) -> Plan:
     """``todo`` in batches of ``batch_size`` from ``first_free_row`` rounded up to a
-    batch boundary."""
+    batch boundary; ``replacing``: the sources that have rows already."""
     start = math.ceil(first_free_row / batch_size) * batch_size
     batches = []
     for i in range(0, len(todo), batch_size):
         chunk = tuple(todo[i : i + batch_size])
         lab = tuple(label_for(labels, s.image_id) for s in chunk) if labels else ()
-        batches.append(Batch(start=start + i, items=chunk, labels=lab))
+        again = tuple(dict.fromkeys(s.uri for s in chunk if s.uri in replacing))
+        batches.append(Batch(start=start + i, items=chunk, labels=lab, replacing=again))
     end = start + len(batches) * batch_size if batches else first_free_row
     return Plan(batches=batches, skipped=0, end_row=end)
 
@@ -152,6 +184,7 @@ def process_batch(
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
     fence: str | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
     """Process one batch end to end and return a small summary (no pixels).
 
@@ -161,10 +194,14 @@ def process_batch(
     counted here: a multi-frame file's row is its frame 0, and the result's
     ``frames`` names its slot and frame count, for :func:`plan_later_frames`.
     Pixels are written (whole shards, by the store's
-    :class:`~xraycore.store.ShardWriter`) before the metadata commit that
-    describes them. With ``fence`` (the run id of the lease holder, see
-    :meth:`~xraycore.store.ScanStore.fence`) the rows commit only while that
-    run is still the store's writer.
+    :class:`~xraycore.store.ShardWriter`) before the metadata that describes
+    them. With ``commit=False`` (a run's batch task) the rows are written as a
+    file of the metadata table and not committed: the result's ``table_file``
+    (a :class:`~xraycore.store._files.TableFile`, a few hundred bytes) is what
+    the run's committer commits (:meth:`~xraycore.store.ScanStore.commit_row_files`).
+    Otherwise they are committed here, merged by key; with ``fence`` (the run
+    id of the lease holder, see :meth:`~xraycore.store.ScanStore.fence`) only
+    while that run is still the store's writer.
     """
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
     # A batch runs in a worker that owns one core; OpenCV's own thread pool would
@@ -217,9 +254,14 @@ def process_batch(
                 row.update(batch.labels[slot])
             rows.append(row)
         compute_s = time.perf_counter() - t0
-    target.commit_rows(rows, run_id=run_id, fence=fence, pipeline_hash=pipeline_hash)
+    if commit:
+        target.commit_rows(rows, run_id=run_id, fence=fence, pipeline_hash=pipeline_hash)
+        written = None
+    else:
+        written = target.write_rows(rows, run_id=run_id, part=batch.start)
     ok = sum(r["status"] == "ok" for r in rows)
     return {
+        "table_file": written,
         "start": batch.start,
         "ok": ok,
         "failed": len(rows) - ok,
@@ -255,11 +297,11 @@ def finish_run(
     """The end of a run wherever it is called (a Dask worker, so that the flow's
     process never holds the run's table files or its history): the batches'
     files compacted (:meth:`~xraycore.store.ScanStore.finish_run`), then what
-    killed writers left removed (:meth:`~xraycore.store.ScanStore.remove_leftovers`,
-    for the lease holder, whose batches are all done); returns the store's rows."""
+    killed writers left removed (:meth:`~xraycore.store.ScanStore.end_run`, for
+    the lease holder, whose batches are all done); returns the store's rows."""
     target = ScanStore.open(store, storage_options)
     rows = target.finish_run(run_id, pipeline_hash=pipeline_hash)
-    target.remove_leftovers()
+    target.end_run(run_id)
     return rows
 
 
@@ -271,12 +313,15 @@ def classify_rows(
     contract: dict | None = None,
     run_id: str,
     storage_options: dict[str, Any] | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
     """Score stored rows with an ONNX model and commit their predictions.
 
     ``items`` are (row, image_id) pairs, known to the caller from the metadata
     it already holds. Reads ``preprocessed`` for those rows from the store (no
-    pixels travel through the caller) and returns counts only.
+    pixels travel through the caller) and returns counts only. With
+    ``commit=False`` the predictions are written as a file of their table for
+    the run's committer, and the result's ``table_file`` describes it.
     """
     from xraycore.predict.contract import ModelContract, OnnxClassifier
 
@@ -305,8 +350,13 @@ def classify_rows(
         )
         for r, finding, score, label in scored
     ]
-    target.commit_predictions(records, run_id=run_id)
-    return {"rows": len(rows), "positive": positive}
+    written = None
+    if not commit and records:
+        written = target.write_predictions(records, run_id=run_id, part=min(rows, default=0))
+    elif commit:
+        target.commit_predictions(records, run_id=run_id)
+    counts = {"rows": len(rows), "positive": positive}
+    return counts if commit else {**counts, "table_file": written}
 
 
 def _scored(classifier, rows, scans) -> tuple[list[tuple], int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from xraycore.store import ScanStore, select_rows
 
-__all__ = ["batch_groups", "unscored_rows"]
+__all__ = ["batch_groups", "rescored_images", "unscored_rows"]
 
 
 def batch_groups(items: list[tuple[int, str]], batch_size: int) -> list[list[tuple[int, str]]]:
@@ -74,3 +74,18 @@ def unscored_rows(
         )
         if (r, i) not in done and (wanted is None or r in wanted)
     )
+
+
+def rescored_images(store: ScanStore, model_sha256: str, items: list[tuple[int, str]]) -> list[str]:
+    """The image ids among ``items`` (row, image_id) that have a prediction of
+    the model ``model_sha256`` already (at another row: an image processed again):
+    the commit that adds their new predictions replaces those."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    preds = store.read_predictions()
+    if preds is None or not items:
+        return []
+    mine = preds.filter(pc.equal(preds.column("model_sha256"), model_sha256))
+    ids = pa.array(sorted({i for _, i in items}), pa.string())
+    return ids.filter(pc.is_in(ids, mine.column("image_id"))).to_pylist()

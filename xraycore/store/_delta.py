@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from xraycore.store._files import TableFile
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -63,6 +64,15 @@ WRITER = "xray.writer"
 #: Table properties saying where the kept history starts, and what removed the rest.
 HISTORY_START = "xray.history_start"
 HISTORY_REASON = "xray.history_reason"
+
+#: The folder of a table that holds a marker per run whose batches may still
+#: write files into it (Delta readers and VACUUM skip names starting "_").
+RUNS = "_xray_runs"
+#: Properties of every table the store writes: the log is kept whole, so every
+#: version stays loadable until ``xray vacuum`` removes it (delta-rs would
+#: otherwise delete log entries older than 30 days after a checkpoint, and with
+#: them the versions that models name as their training data).
+TABLE_PROPERTIES = {"delta.enableExpiredLogCleanup": "false"}
 
 _ATTEMPTS = 200
 _MAX_BACKOFF_S = 0.5
@@ -218,15 +228,28 @@ class VersionedTable:
     def kept_files(self) -> set[str]:
         """Every data file (relative to the table) that some kept version reads:
         the files of the first kept version, and every file a later commit added
-        (from the log's commit files, read once each)."""
-        import json
-
+        (from the log's commit files, read once each). Its cost grows with the
+        history: ``xray verify`` uses it, a run's end does not
+        (:meth:`remove_uncommitted`)."""
         table = self.open()
         if table is None:
             return set()
         start, latest = self.history_start(), table.version()
         kept = self.files(start) if start < latest else self.files()
-        for first in range(start + 1, latest + 1, _COMMITS_AT_ONCE):  # concurrent on S3
+        return kept | self.added_since(start, latest)
+
+    def added_since(self, version: int, latest: int | None = None) -> set[str]:
+        """The data files that the commits after ``version`` (up to ``latest``)
+        added, from the log's commit files, read 256 at a time (concurrently on an
+        object store): the cost follows the commits read, not the history."""
+        import json
+
+        if latest is None:
+            latest = self.current_version()
+            if latest is None:
+                return set()
+        added: set[str] = set()
+        for first in range(version + 1, latest + 1, _COMMITS_AT_ONCE):
             last = min(first + _COMMITS_AT_ONCE, latest + 1)
             logs = self.storage.read_many(
                 [f"{self.name}/_delta_log/{v:020d}.json" for v in range(first, last)]
@@ -235,8 +258,8 @@ class VersionedTable:
                 for line in (log or b"").splitlines():
                     action = json.loads(line) if line.strip() else {}
                     if "add" in action:
-                        kept.add(action["add"]["path"])
-        return kept
+                        added.add(action["add"]["path"])
+        return added
 
     def untracked_files(self, *, older_than_s: float) -> list[str]:
         """Data files of the table (relative to the store) that no kept version
@@ -276,6 +299,7 @@ class VersionedTable:
             schema=arrow_schema,
             mode="ignore",
             storage_options=self.storage.table_options(),
+            configuration=TABLE_PROPERTIES,
             commit_properties=CommitProperties(custom_metadata=info),
         )
 
@@ -288,12 +312,13 @@ class VersionedTable:
             properties,
             raise_if_not_exists=False,
             commit_properties=CommitProperties(custom_metadata=info),
+            post_commithook_properties=_hooks(),
         )
 
     def fence(self, run_id: str, arrow_schema, info: dict[str, str]) -> None:
         """Make ``run_id`` the only run whose batches may commit (see the module)."""
         self.create(arrow_schema, commit_info("create", run_id))
-        self.set_properties({WRITER: run_id}, info)
+        self.set_properties({WRITER: run_id, **TABLE_PROPERTIES}, info)
 
     def merge(self, table, info: dict[str, str], *, fence: str | None = None) -> dict:
         """Commit ``table``'s rows, replacing the rows of their keys (a row
@@ -307,12 +332,7 @@ class VersionedTable:
 
         self._writable()
         table = latest_rows(table, self.key, self.time_column)
-        on = " AND ".join(
-            f"t.`{k}` IS NOT DISTINCT FROM s.`{k}`"
-            if k in self.nullable_key
-            else f"t.`{k}` = s.`{k}`"
-            for k in self.key
-        )
+        on = " AND ".join(self._key_terms())
         for attempt in range(_ATTEMPTS):
             target = self.open()
             try:
@@ -322,7 +342,9 @@ class VersionedTable:
                         table,
                         mode="error",
                         storage_options=self.storage.table_options(),
+                        configuration=TABLE_PROPERTIES,
                         commit_properties=CommitProperties(custom_metadata=info),
+                        post_commithook_properties=_hooks(),
                     )
                     return {"num_target_rows_inserted": table.num_rows}
                 self._check_fence(target, fence)
@@ -334,6 +356,7 @@ class VersionedTable:
                         target_alias="t",
                         merge_schema=True,
                         commit_properties=CommitProperties(custom_metadata=info),
+                        post_commithook_properties=_hooks(),
                     )
                     .when_matched_update_all(
                         predicate=f"s.`{self.time_column}` >= t.`{self.time_column}`"
@@ -346,6 +369,166 @@ class VersionedTable:
                     raise
                 time.sleep(random.uniform(0, min(_MAX_BACKOFF_S, 0.01 * 2**attempt)))
         raise AssertionError("unreachable")
+
+    def commit_files(
+        self,
+        files: list[TableFile],
+        info: dict[str, str],
+        *,
+        transaction: tuple[str, int],
+        fence: str | None = None,
+        replacing: tuple[str, list[str]] | None = None,
+    ) -> bool:
+        """Commit the data files that workers wrote (:mod:`xraycore.store._files`)
+        in one transaction; False when ``transaction`` was committed already.
+
+        ``transaction`` is (application id, sequence number), recorded in the same
+        commit (Delta's ``txn`` action): a committer retried or restarted after a
+        crash checks it first and never commits a group twice. New keys are a
+        blind append; with ``replacing`` (a key column and the values in the
+        table that the files' rows replace), the files' rows are merged instead,
+        on a predicate that names those values, so the merge reads the files that
+        can hold them, not the whole table. With ``fence``, only while that run is
+        the table's writer (:class:`FencedCommitError` otherwise). A commit that
+        loses a race is retried on the new version.
+        """
+        from deltalake import CommitProperties, Transaction
+
+        self._writable()
+        app_id, seq = transaction
+        props = CommitProperties(
+            custom_metadata=info, app_transactions=[Transaction(app_id=app_id, version=seq)]
+        )
+        for attempt in range(_ATTEMPTS):
+            target = self.open()
+            if target is None:
+                raise ValueError(f"{self.uri} has no table yet: create it before committing files")
+            if (target.transaction_version(app_id) or -1) >= seq:
+                return False
+            self._check_fence(target, fence)
+            try:
+                target = self._with_columns(target, files, info)
+                if replacing:
+                    self._merge_files(target, files, replacing, props)
+                else:
+                    target.create_write_transaction(
+                        [f.add_action() for f in files],
+                        mode="append",
+                        schema=target.schema(),
+                        commit_properties=props,
+                        post_commithook_properties=_hooks(),
+                    )
+                return True
+            except Exception as exc:
+                if not _conflict(exc) or attempt == _ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0, min(_MAX_BACKOFF_S, 0.01 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    def _with_columns(self, target, files: list[TableFile], info: dict[str, str]):
+        """``target``, with the columns of ``files`` it lacks added first (label
+        columns of a first run with labels): a commit of its own."""
+        from deltalake import CommitProperties, Schema
+
+        known = {f.name for f in target.schema().fields}
+        new = next((f for f in files if set(f.columns) - known), None)
+        if new is None:
+            return target
+        import pyarrow.parquet as pq
+
+        with self.storage.open(f"{self.name}/{new.path}") as handle:
+            arrow = pq.read_schema(handle)
+        fields = [f for f in Schema.from_arrow(arrow).fields if f.name not in known]
+        target.alter.add_columns(
+            fields,
+            commit_properties=CommitProperties(custom_metadata=info),
+            post_commithook_properties=_hooks(),
+        )
+        return self.open()
+
+    def _merge_files(self, target, files: list[TableFile], replacing, props) -> None:
+        """Merge the rows of ``files`` by key, on a predicate that also names the
+        values of ``replacing`` (column, values) the target's matched rows hold."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = []
+        for f in files:
+            with self.storage.open(f"{self.name}/{f.path}") as handle:
+                parts.append(pq.read_table(handle))
+        rows = latest_rows(
+            pa.concat_tables(parts, promote_options="default"), self.key, self.time_column
+        )
+        column, values = replacing
+        listed = ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(set(values)))
+        on = " AND ".join([*self._key_terms(), f"(t.`{column}` IN ({listed}))"])
+        (
+            target.merge(
+                rows,
+                on,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+                streamed_exec=False,
+                commit_properties=props,
+                post_commithook_properties=_hooks(),
+            )
+            .when_matched_update_all(predicate=f"s.`{self.time_column}` >= t.`{self.time_column}`")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    def _key_terms(self) -> list[str]:
+        # Each term in parentheses: delta-rs's parser binds IS NOT DISTINCT FROM
+        # looser than AND ("Int64 AND Boolean") when another term follows it.
+        return [
+            f"(t.`{k}` IS NOT DISTINCT FROM s.`{k}`)"
+            if k in self.nullable_key
+            else f"(t.`{k}` = s.`{k}`)"
+            for k in self.key
+        ]
+
+    def open_run(self, run_id: str) -> None:
+        """Record that ``run_id``'s batches may write files into this table from
+        now on (a marker under ``_xray_runs/``, which Delta readers skip), and
+        the version they start from: the run's end, or the next run's, removes
+        its files that no commit since lists (:meth:`remove_uncommitted`)."""
+        import json
+
+        since = self.current_version()
+        marker = json.dumps({"run_id": run_id, "since": -1 if since is None else since})
+        self.storage.write_bytes_atomic(f"{self.name}/{RUNS}/{run_id}.json", marker.encode())
+
+    def remove_uncommitted(self, run_ids: list[str] | None = None) -> list[str]:
+        """Delete the files that the open runs (``run_ids``, else every one with a
+        marker) wrote and no commit since their start lists, then their markers;
+        returns the deleted paths (relative to the store). Its cost follows the
+        runs' own files and commits, never the table's history."""
+        import json
+
+        from xraycore.store._files import run_folder
+
+        if not self.storage.exists(self.name, RUNS):
+            return []
+        if run_ids is None:
+            run_ids = [n.removesuffix(".json") for n in self.storage.ls(f"{self.name}/{RUNS}")]
+        removed: list[str] = []
+        for run_id in run_ids:
+            marker = f"{self.name}/{RUNS}/{run_id}.json"
+            try:
+                since = int(json.loads(self.storage.read_bytes(marker))["since"])
+            except FileNotFoundError:
+                continue
+            folder = f"{self.name}/{run_folder(run_id)}"
+            written = self.storage.find(folder) if self.storage.exists(folder) else {}
+            if written:
+                committed = self.added_since(since)
+                for path in sorted(written):
+                    if path[len(self.name) + 1 :] not in committed:
+                        self.storage.remove(path)
+                        removed.append(path)
+            self.storage.remove(marker)
+        return removed
 
     def _check_fence(self, target, fence: str | None) -> None:
         if fence is None:
@@ -369,6 +552,7 @@ class VersionedTable:
             schema_mode="overwrite",
             storage_options=self.storage.table_options(),
             commit_properties=CommitProperties(custom_metadata=info),
+            post_commithook_properties=_hooks(),
         )
 
     def optimize(self, info: dict[str, str]) -> bool:
@@ -380,7 +564,10 @@ class VersionedTable:
         target = self.open()
         if target is None or len(target.file_uris()) < 2:
             return False
-        metrics = target.optimize.compact(commit_properties=CommitProperties(custom_metadata=info))
+        metrics = target.optimize.compact(
+            commit_properties=CommitProperties(custom_metadata=info),
+            post_commithook_properties=_hooks(),
+        )
         return bool(metrics.get("numFilesRemoved"))
 
     def history(self) -> list[dict[str, Any]]:
@@ -437,6 +624,15 @@ class VersionedTable:
         if start > int(target.metadata().configuration.get(HISTORY_START, 0)):
             self.set_properties({HISTORY_START: str(start), HISTORY_REASON: reason}, info)
         return list(removed)
+
+
+def _hooks():
+    """After every commit: a checkpoint when one is due (every 100 versions, so a
+    reader replays at most 100 commit files), and no log clean-up, which lists the
+    whole log (:data:`TABLE_PROPERTIES`)."""
+    from deltalake import PostCommitHookProperties
+
+    return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
 
 
 def _add_actions(table):

@@ -16,7 +16,9 @@ from xraycore.store._delta import (
     VersionedTable,
     VersionRemovedError,
     commit_info,
+    latest_rows,
 )
+from xraycore.store._files import TableFile, write_table_file
 from xraycore.store._layout import (
     array_rows,
     create_arrays,
@@ -292,7 +294,44 @@ class ScanStore:
         commit rows (:mod:`xraycore.store._delta`): a batch of a run that lost
         the lease raises :class:`~xraycore.store._delta.FencedCommitError`."""
         self._writable()
+        self.metadata.open_run(run_id)  # before any batch of it writes a file
         self.metadata.fence(run_id, schema.arrow_schema([]), commit_info("fence", run_id))
+
+    def write_rows(self, rows: list[dict[str, Any]], *, run_id: str, part: int) -> TableFile:
+        """Write metadata rows as a file of the table for the run's committer to
+        commit (:meth:`commit_row_files`): what a batch task does instead of
+        committing. ``part`` names the batch (its first row)."""
+        import pyarrow as pa
+
+        self._writable()
+        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
+        table = latest_rows(table, schema.METADATA_KEY, schema.METADATA_TIME)
+        return write_table_file(self.storage, schema.METADATA, table, run_id=run_id, part=part)
+
+    def commit_row_files(
+        self,
+        files: list[TableFile],
+        *,
+        run_id: str,
+        group: int,
+        fence: str | None = None,
+        replacing: list[str] = (),
+        pipeline_hash: str | None = None,
+    ) -> bool:
+        """Commit the metadata files of a group of batches in one version (kind
+        ``batch``, ``group`` its number in the run); False when the run committed
+        that group already. ``replacing``: the sources among the files' rows that
+        already have rows in the table (they are replaced: a merge on them)."""
+        self._writable()
+        rows = sum(f.rows for f in files)
+        info = commit_info("batch", run_id, pipeline_hash=pipeline_hash, rows=rows, detail=group)
+        return self.metadata.commit_files(
+            files,
+            info,
+            transaction=(f"xray-{run_id}", group),
+            fence=fence,
+            replacing=("source", list(replacing)) if replacing else None,
+        )
 
     def commit_rows(
         self,
@@ -373,6 +412,36 @@ class ScanStore:
         info = commit_info("classification", run_id, rows=len(records))
         return self.predictions.merge(table, info)
 
+    def open_classification(self, run_id: str) -> None:
+        """Record that ``run_id``'s scoring tasks may write prediction files."""
+        self._writable()
+        self.predictions.create(schema.prediction_schema(), commit_info("create", run_id))
+        self.predictions.open_run(run_id)
+
+    def write_predictions(self, records: list[dict[str, Any]], *, run_id: str, part: int):
+        """Write predictions as a file of their table for the run's committer
+        (:meth:`commit_prediction_files`)."""
+        import pyarrow as pa
+
+        self._writable()
+        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
+        table = latest_rows(table, schema.PREDICTION_KEY, schema.PREDICTION_TIME)
+        return write_table_file(self.storage, schema.PREDICTIONS, table, run_id=run_id, part=part)
+
+    def commit_prediction_files(
+        self, files: list[TableFile], *, run_id: str, group: int, replacing: list[str] = ()
+    ) -> bool:
+        """Commit prediction files in one version; ``replacing``: the image ids
+        among them that may have predictions already (merged on them)."""
+        self._writable()
+        info = commit_info("classification", run_id, rows=sum(f.rows for f in files), detail=group)
+        return self.predictions.commit_files(
+            files,
+            info,
+            transaction=(f"xray-{run_id}", group),
+            replacing=("image_id", list(replacing)) if replacing else None,
+        )
+
     def read_predictions(self):
         """Predictions, one per (image, model) (re-classifying replaces), or
         None; at a version, those committed by then."""
@@ -398,9 +467,11 @@ class ScanStore:
         return self.predictions.open(max(committed))
 
     def finish_classification(self, run_id: str) -> int:
-        """Compact a classification run's predictions; returns their rows."""
+        """Compact a classification run's predictions and remove the files of its
+        scoring tasks that no commit lists; returns their rows."""
         self._writable()
         self.predictions.optimize(commit_info("classification-end", run_id))
+        self.predictions.remove_uncommitted([run_id])
         return self.predictions.rows()
 
     def history(self) -> list[dict[str, Any]]:
@@ -443,4 +514,16 @@ class ScanStore:
         removed += self.predictions.untracked_files(older_than_s=older_than_s)
         for path in removed:
             self.storage.remove(path)
-        return removed
+        return removed + self.metadata.remove_uncommitted()
+
+    def end_run(self, run_id: str) -> list[str]:
+        """What a run's end removes, at a cost that follows the runs since the last
+        clean end and never the history: temporary files, and the files that this
+        run's batches, and those of runs killed before it, wrote and no commit
+        lists (:meth:`~xraycore.store._delta.VersionedTable.remove_uncommitted`;
+        for the lease holder), and this run's uncommitted prediction files."""
+        removed = self.temporary_files()
+        for path in removed:
+            self.storage.remove(path)
+        removed += self.metadata.remove_uncommitted()
+        return removed + self.predictions.remove_uncommitted([run_id])

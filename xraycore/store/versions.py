@@ -35,18 +35,25 @@ def _rows(entry: dict[str, Any]) -> str:
     return ""
 
 
+#: The commits of one run, shown as one line: a preprocessing run's fence,
+#: group commits and end; a classification's groups and end.
+_RUN_KINDS = {
+    "fence": "run",
+    "batch": "run",
+    "run-end": "run",
+    "classification": "classification",
+    "classification-end": "classification",
+}
+
+
 def log_lines(history: list[dict[str, Any]]) -> list[str]:
     """``xray log``'s lines for ``history`` (:meth:`ScanStore.history`, newest
-    first): one per version, a run's consecutive batch commits summed up in one."""
+    first): a run's consecutive commits (its fence, the groups of batches its
+    committer committed, its end) in one line, every other version in one."""
     groups: list[list[dict[str, Any]]] = []
     for entry in history:
-        last = groups[-1][0] if groups else None
-        if (
-            last is not None
-            and entry.get("kind") == "batch" == last.get("kind")
-            and entry.get("run_id") == last.get("run_id")
-            and entry["table"] == last["table"]
-        ):
+        run = _run_of(entry)
+        if groups and run is not None and run == _run_of(groups[-1][0]):
             groups[-1].append(entry)
         else:
             groups.append([entry])
@@ -56,16 +63,28 @@ def log_lines(history: list[dict[str, Any]]) -> list[str]:
         kind = head.get("kind") or (head.get("operation") or "?").lower()
         table = "" if head["table"] == "metadata" else f" [{head['table']}]"
         if len(group) > 1:
-            added = sum(
-                int((e.get("metrics") or {}).get("num_target_rows_inserted") or 0) for e in group
-            )
-            what = f"{len(group)} batches, +{added} rows"
+            kind = _RUN_KINDS[kind]
+            what = _run_rows(group)
         else:
             what = _rows(head)
         stamp = head["timestamp"][:19].replace("T", " ")
         run = head.get("run_id") or "-"
         lines.append(f"{_span(group):>9}{table}  {stamp}  {kind:<18} run {run:<14} {what}".rstrip())
     return lines
+
+
+def _run_of(entry: dict[str, Any]) -> tuple | None:
+    """Which run's commits ``entry`` is one of (None: a version of its own)."""
+    kind = _RUN_KINDS.get(entry.get("kind"))
+    return None if kind is None else (kind, entry.get("run_id"), entry["table"])
+
+
+def _run_rows(commits: list[dict[str, Any]]) -> str:
+    """``3 groups, 192 rows, compacted``: what one run's commits did."""
+    parts = [e for e in commits if e.get("kind") in ("batch", "classification")]
+    rows = sum(int(e.get("rows") or 0) for e in parts)
+    ended = any(e.get("kind", "").endswith("end") for e in commits)
+    return f"{len(parts)} groups, {rows} rows" + (", compacted" if ended else "")
 
 
 def vacuum_store(
