@@ -13,6 +13,7 @@ minutes about ten.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,16 +21,29 @@ from typing import Any
 
 from xraycore.store._files import TableFile
 
-__all__ = ["FIRST_S", "GROWTH", "LONGEST_S", "GroupCommits"]
+__all__ = ["FIRST_S", "GROWTH", "LONGEST_S", "GroupCommits", "first_commit_s"]
 
 #: Seconds the first group waits; each later one waits GROWTH times longer, at
-#: most LONGEST_S.
+#: most LONGEST_S. ``XRAY_COMMIT_FIRST_S`` sets the first (0: every batch its own
+#: group, one version per batch: the drills that kill a run between two batches).
 FIRST_S = 5.0
 GROWTH = 1.5
 LONGEST_S = 60.0
 #: Tries of a group commit that failed for a reason other than the lease (a
 #: network fault that outlived the client's own retries).
 TRIES = 3
+
+
+def first_commit_s() -> float:
+    """The first group's wait: ``XRAY_COMMIT_FIRST_S``, else :data:`FIRST_S`."""
+    text = os.environ.get("XRAY_COMMIT_FIRST_S", "").strip()
+    try:
+        value = float(text) if text else FIRST_S
+    except ValueError:
+        raise ValueError(f"XRAY_COMMIT_FIRST_S must be a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise ValueError(f"XRAY_COMMIT_FIRST_S must be >= 0, got {text!r}")
+    return value
 
 
 @dataclass
@@ -42,7 +56,7 @@ class GroupCommits:
     """
 
     commit: Callable[[list[TableFile], int, list[str]], bool]
-    first_s: float = FIRST_S
+    first_s: float = field(default_factory=lambda: first_commit_s())
     growth: float = GROWTH
     longest_s: float = LONGEST_S
     clock: Callable[[], float] = time.monotonic

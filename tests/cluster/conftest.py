@@ -325,3 +325,10 @@ def network(tmp_path):
         yield net
     finally:
         net.close()
+
+
+@pytest.fixture(autouse=True)
+def one_version_per_batch(monkeypatch):
+    """Every batch its own group commit (flows/commits.py): these tests wait for a
+    committed batch and kill the run before the next."""
+    monkeypatch.setenv("XRAY_COMMIT_FIRST_S", "0")

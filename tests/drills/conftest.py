@@ -17,3 +17,10 @@ def dask_processes(tmp_path, prefect_server, start_dask_processes):
     """`dask scheduler` and two `dask worker` processes (each with its nanny) on loopback."""
     with start_dask_processes(tmp_path) as (address, _):
         yield address
+
+
+@pytest.fixture(autouse=True)
+def one_version_per_batch(monkeypatch):
+    """Every batch its own group commit (flows/commits.py): the drills kill a run
+    between two committed batches, which a run's default groups would merge."""
+    monkeypatch.setenv("XRAY_COMMIT_FIRST_S", "0")

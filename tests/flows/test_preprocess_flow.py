@@ -284,3 +284,30 @@ def test_the_cluster_is_one_parameter():
         params = inspect.signature(flow.fn).parameters
         assert "cluster" in params, flow.name
         assert not {"scheduler", "workers", "cluster_class", "cluster_kwargs"} & set(params)
+
+
+def test_a_run_commits_its_batches_in_groups_one_log_line(source_dir, tmp_path, bad_inputs):
+    """Workers write, the flow's one committer commits (issue 29): a run of many
+    batches adds its fence, a few group commits and its end, not a version per
+    batch; every batch file it wrote is committed (none left), and ``xray log``
+    shows the run in one line."""
+    from xraycore.store import schema
+    from xraycore.store.versions import log_lines
+
+    out = tmp_path / "store"
+    summary = run_flow(
+        preprocess_dataset, source=str(source_dir), store=str(out), size=SIZE, batch_size=1,
+        cluster=local_cluster(1), sheet=False,
+    )  # fmt: skip
+    store = ScanStore.open(str(out))
+    batches = summary["batches"]
+    history = [e for e in store.history() if e["table"] == "metadata"]
+    groups = [e for e in history if e.get("kind") == "batch"]
+    assert batches >= 10 and 1 <= len(groups) < batches / 2, (batches, len(groups))
+    assert sum(int(e["rows"]) for e in groups) == summary["ok"] + summary["failed"]
+    assert {e["run_id"] for e in groups} == {summary["run_id"]}
+    written = store.storage.find(f"{schema.METADATA}/batches")
+    assert len(written) == batches and store.metadata.untracked_files(older_than_s=0) == []
+    line = log_lines(store.history())[0]
+    assert f"run {summary['run_id']}" in line and f"{len(groups)} groups" in line, line
+    assert f"{summary['ok'] + summary['failed']} rows, compacted" in line, line
