@@ -1,0 +1,209 @@
+"""Runs at the scale the store exists for, each in one go (issue 29's run goals):
+
+- ``scale``: ``xray run`` over N tiny PNGs (16x16, default 112,120: ChestX-ray8's
+  count) with a ChestX-ray8 labels CSV, ``--size 16 --batch-size 64``, 2
+  workers; the images/s over the first and the last 10% of the inputs (from
+  the progress events' times, after the first batch) and the metadata
+  versions the run added.
+- ``nights``: ``--nights`` runs into one store, each adding 64 new files, with
+  a no-op run after the 2nd and after the last; wall time of each. Then a
+  table with a year of nights' versions (365 x the commits a night makes:
+  fence, a group, its end), made through the store's own commit path, and one
+  more night and a no-op on it.
+- ``workers``: ``xray run`` over 8,000 tiny PNGs in batches of 16 with
+  ``--workers 2`` and with ``--workers 8``: images/s of each.
+
+Every ``xray run`` is the command line against a Prefect server started here
+(as a user's runs reuse theirs).
+
+    .venv/bin/python benchmarks/bench_nights.py [--parts scale,nights,workers]
+        [--images 112120] [--nights 40] [--year 365]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers import free_port, prefect_env, prefect_server_process  # noqa: E402
+
+XRAY = Path(sys.executable).parent / "xray"
+
+
+def _pngs(folder: Path, n: int, first: int = 0) -> None:
+    """``n`` tiny PNGs ``00000123_000.png`` (ChestX-ray8's names), 4 distinct images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(first)
+    blobs = [cv2.imencode(".png", rng.integers(0, 255, (16, 16), np.uint8))[1].tobytes()]
+    blobs += [cv2.imencode(".png", rng.integers(0, 255, (16, 16), np.uint8))[1].tobytes()]
+    for i in range(first, first + n):
+        (folder / f"{i:08d}_000.png").write_bytes(blobs[i % 2])
+
+
+def _labels(path: Path, n: int) -> None:
+    findings = ("No Finding", "Effusion", "Cardiomegaly|Effusion", "Mass")
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender"]
+    lines += [f"{i:08d}_000.png,{findings[i % 4]},0,{i // 3},50,M" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _xray_run(env: dict, source: Path, store: Path, *extra: str) -> tuple[float, list[dict]]:
+    """Wall seconds of one ``xray run`` and its JSON events (with the time each
+    was read)."""
+    args = [str(XRAY), "run", str(source), "--store", str(store), "--size", "16"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*args, *extra, "--log-format", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    events = []
+    for line in proc.stdout:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        record["_t"] = time.perf_counter() - t0
+        events.append(record)
+    err = proc.stderr.read()
+    if proc.wait():
+        raise RuntimeError(err[-3000:])
+    return time.perf_counter() - t0, events
+
+
+def _progress(events: list[dict]) -> list[tuple[float, int]]:
+    """(time, images done) of each progress line."""
+    return [(e["time"], e["done"]) for e in events if e.get("event") == "progress"]
+
+
+def _rate(a: tuple[float, int], b: tuple[float, int]) -> float:
+    return (b[1] - a[1]) / max(b[0] - a[0], 1e-9)
+
+
+def _versions(store: Path) -> int:
+    from xraycore.store import ScanStore
+
+    return ScanStore.open(str(store)).version or 0
+
+
+def _scale(env: dict, work: Path, n: int) -> None:
+    source, store, csv = work / "cxr8", work / "store-cxr8", work / "Data_Entry_2017.csv"
+    _pngs(source, n)
+    _labels(csv, n)
+    _, events = _xray_run(env, source, store, "--batch-size", "64", "--labels", str(csv))
+    progress = _progress(events)
+    t_first = progress[0][0]
+    # The progress lines come every 10% (or 10 s): the first 10% runs from the
+    # first batch to the first line past 10%, the last from the last line
+    # before 90% to the end.
+    tenth = next(i for i, (_, d) in enumerate(progress) if d >= 0.1 * n)
+    ninth = max(i for i, (_, d) in enumerate(progress) if d <= 0.9 * n)
+    first, last = _rate(progress[0], progress[tenth]), _rate(progress[ninth], progress[-1])
+    whole = _rate(progress[0], progress[-1])
+    print(
+        f"scale: {n} inputs, {progress[-1][0] - t_first:.0f} s after the first batch; images/s first 10% {first:.0f}, "
+        f"last 10% {last:.0f} (ratio {last / first:.2f}), whole {whole:.0f}; "
+        f"versions added {_versions(store)}"
+    )
+
+
+def _nights(env: dict, work: Path, nights: int, year: int) -> None:
+    source, store = work / "nightly", work / "store-nightly"
+    walls, noops = [], {}
+    for night in range(nights):
+        _pngs(source, 64, first=night * 64)
+        walls.append(_xray_run(env, source, store, "--batch-size", "64")[0])
+        if night in (1, nights - 1):
+            noops[night + 1] = _xray_run(env, source, store, "--batch-size", "64")[0]
+    print(
+        f"nights: run 2 {walls[1]:.1f} s, run {nights} {walls[-1]:.1f} s "
+        f"(ratio {walls[-1] / walls[1]:.2f}); no-op after run 2 {noops[2]:.1f} s, after run "
+        f"{nights} {noops[nights]:.1f} s (ratio {noops[nights] / noops[2]:.2f}); "
+        f"versions {_versions(store)}; runs: {' '.join(f'{w:.1f}' for w in walls)}"
+    )
+    t = time.perf_counter()
+    _year_of_versions(store, year)
+    made = time.perf_counter() - t
+    _pngs(source, 64, first=nights * 64)
+    night = _xray_run(env, source, store, "--batch-size", "64")[0]
+    noop = _xray_run(env, source, store, "--batch-size", "64")[0]
+    print(
+        f"year: {year} nights' commits added in {made:.0f} s, {_versions(store)} versions; "
+        f"then a night {night:.1f} s (x{night / walls[1]:.2f} run 2), a no-op {noop:.1f} s "
+        f"(x{noop / noops[2]:.2f})"
+    )
+
+
+def _year_of_versions(store: Path, nights: int) -> None:
+    """The commits ``nights`` nights make, through the store's commit path: the
+    fence, one group of 64 rows (sources that no listing finds) and the run's end."""
+    from xraycore.store import ScanStore, schema
+
+    target = ScanStore.open(str(store))
+    pipeline = target.info()["pipeline_hash"]
+    for night in range(nights):
+        run = f"year{night:04d}"
+        target.fence(run)
+        rows = []
+        for i in range(64):
+            row = schema.metadata_row(
+                image_id=f"y{night}-{i}.png", source=f"/elsewhere/y{night}-{i}.png", size=1,
+                mtime=0.0, pipeline_hash=pipeline, run_id=run,
+            )  # fmt: skip
+            rows.append(row)  # failed rows: they point at no pixels
+        written = target.write_rows(rows, run_id=run, part=night * 64)
+        target.commit_row_files([written], run_id=run, group=1, fence=run)
+        target.finish_run(run)
+        target.end_run(run)
+
+
+def _workers(env: dict, work: Path) -> None:
+    source = work / "eight-thousand"
+    _pngs(source, 8000)
+    rates = {}
+    for workers in (2, 8):
+        store = work / f"store-w{workers}"
+        _, events = _xray_run(env, source, store, "--batch-size", "16", "--workers", str(workers))
+        progress = _progress(events)
+        rates[workers] = _rate(progress[0], progress[-1])
+    print(
+        f"workers: 8,000 inputs in batches of 16: --workers 2 {rates[2]:.0f} images/s, "
+        f"--workers 8 {rates[8]:.0f} images/s (ratio {rates[8] / rates[2]:.2f})"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="scale,nights,workers")
+    ap.add_argument("--images", type=int, default=112_120)
+    ap.add_argument("--nights", type=int, default=40)
+    ap.add_argument("--year", type=int, default=365)
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    with tempfile.TemporaryDirectory(prefix="bench-nights-") as tmp:
+        work, port = Path(tmp), free_port()
+        env = prefect_env(work / "prefect", port)
+        with prefect_server_process(env, port, work / "prefect.log"):
+            if "scale" in parts:
+                _scale(env, work, args.images)
+            if "nights" in parts:
+                _nights(env, work, args.nights, args.year)
+            if "workers" in parts:
+                _workers(env, work)
+
+
+if __name__ == "__main__":
+    main()
