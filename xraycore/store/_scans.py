@@ -306,6 +306,10 @@ class ScanStore:
         self._writable()
         table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
         table = latest_rows(table, schema.METADATA_KEY, schema.METADATA_TIME)
+        # A label column with no value in this batch has no type: left out, a
+        # Delta reader reads it as null for these rows.
+        typed = [f.name for f in table.schema if not pa.types.is_null(f.type)]
+        table = table.select(typed)
         return write_table_file(self.storage, schema.METADATA, table, run_id=run_id, part=part)
 
     def commit_row_files(
