@@ -403,7 +403,8 @@ class VersionedTable:
             target = self.open()
             if target is None:
                 raise ValueError(f"{self.uri} has no table yet: create it before committing files")
-            if (target.transaction_version(app_id) or -1) >= seq:
+            done = target.transaction_version(app_id)
+            if done is not None and done >= seq:
                 return False
             self._check_fence(target, fence)
             try:

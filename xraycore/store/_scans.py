@@ -319,7 +319,7 @@ class ScanStore:
         run_id: str,
         group: int,
         fence: str | None = None,
-        replacing: list[str] = (),
+        replacing: list[str] | tuple[str, ...] = (),
         pipeline_hash: str | None = None,
     ) -> bool:
         """Commit the metadata files of a group of batches in one version (kind
@@ -433,7 +433,12 @@ class ScanStore:
         return write_table_file(self.storage, schema.PREDICTIONS, table, run_id=run_id, part=part)
 
     def commit_prediction_files(
-        self, files: list[TableFile], *, run_id: str, group: int, replacing: list[str] = ()
+        self,
+        files: list[TableFile],
+        *,
+        run_id: str,
+        group: int,
+        replacing: list[str] | tuple[str, ...] = (),
     ) -> bool:
         """Commit prediction files in one version; ``replacing``: the image ids
         among them that may have predictions already (merged on them)."""
