@@ -437,8 +437,7 @@ class VersionedTable:
             return target
         import pyarrow.parquet as pq
 
-        with self.storage.open(f"{self.name}/{new.path}") as handle:
-            arrow = pq.read_schema(handle)
+        arrow = pq.read_schema(self._file(new))
         fields = [f for f in Schema.from_arrow(arrow).fields if f.name not in known]
         target.alter.add_columns(
             fields,
@@ -453,10 +452,7 @@ class VersionedTable:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = []
-        for f in files:
-            with self.storage.open(f"{self.name}/{f.path}") as handle:
-                parts.append(pq.read_table(handle))
+        parts = [pq.read_table(self._file(f)) for f in files]
         rows = latest_rows(
             pa.concat_tables(parts, promote_options="default"), self.key, self.time_column
         )
@@ -478,6 +474,14 @@ class VersionedTable:
             .when_not_matched_insert_all()
             .execute()
         )
+
+    def _file(self, written: TableFile):
+        """A written file's bytes, to read with pyarrow: one whole GET (a file
+        object would trust a size the filesystem's listing cache may hold from
+        before the file was written, and read nothing)."""
+        import pyarrow as pa
+
+        return pa.BufferReader(self.storage.read_bytes(f"{self.name}/{written.path}"))
 
     def _key_terms(self) -> list[str]:
         # Each term in parentheses: delta-rs's parser binds IS NOT DISTINCT FROM
