@@ -1,17 +1,35 @@
-"""How an ``xray`` command ends when it cannot do its work: one ``error:`` line
+"""How an ``xray`` command ends: when it cannot do its work, one ``error:`` line
 and an exit code, 2 when the command was refused before any work (bad input, a
 store held or of another format, credentials in the options), 1 when the work
-itself failed (a rerun resumes it).
+itself failed (a rerun resumes it); and, whatever the code, how the process
+ends with it (:func:`end_process`).
+
+Why the process does not end the usual way: reading a Delta table goes through
+a pyarrow dataset over delta-rs's Python file system (``PyFileSystem``), and
+Arrow tears that scan down on one of its own threads once the table is handed
+over, releasing the Python buffers it read (``arrow::py::PyBuffer``), which takes
+the GIL. When that is late and the interpreter is already finalizing, the thread
+is ended by ``pthread_exit`` inside a ``noexcept`` destructor: ``terminate called
+without an active exception``, SIGABRT, exit 134 instead of the command's own
+(apache/arrow#34314; a core of ``xray train`` refused, in docs/benchmarks.md).
+The interpreter's exit handlers run as usual (threads joined, Prefect's queues
+drained, logging flushed, child processes ended); only the finalization that
+follows them, and the C++ static destructors of the native thread pools, are
+skipped.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
-from typing import Any
+import os
+import sys
+import threading
+from typing import Any, NoReturn
 
 import typer
 
-__all__ = ["fail", "refused", "run_flow"]
+__all__ = ["end_process", "fail", "refused", "run_flow"]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -68,3 +86,30 @@ def run_flow(flow_name: str, console, *, verbose: bool, **params: Any) -> dict[s
         fail(f"run failed: {type(exc).__name__}: {exc}{hint}")
     finally:
         console.close()
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process with ``code``: the interpreter's exit handlers first, then
+    ``os._exit``, with no interpreter finalization for a native thread to race.
+
+    Parameters
+    ----------
+    code : int
+        The exit status, the command's own (0, 1 or 2).
+
+    Notes
+    -----
+    The steps of ``Py_FinalizeEx`` that matter, in its order: join the threads
+    that are not daemons and run ``threading``'s exit hooks (Prefect's services
+    drain their queues there), then the :mod:`atexit` handlers (logging's
+    shutdown, multiprocessing's children, zarr's event loop, Arrow's S3). As
+    when Python fails to flush standard output at exit, that failure is exit 120.
+    """
+    threading._shutdown()  # what Py_FinalizeEx calls first; no public name for it
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream
+            code = code or 120
+    os._exit(code)

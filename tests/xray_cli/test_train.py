@@ -19,18 +19,18 @@ from xraycore.store import ScanStore
 from xraycore.train.loader import ScanLoader
 
 ROOT = Path(__file__).resolve().parents[2]
-# Run as if torch were not installed: the import fails as it would.
+# Run as if torch were not installed: the import fails as it would. The process
+# ends as the console script's does (end_process), or an Arrow thread may abort it.
 WITHOUT_TORCH = (
     "import sys\n"
     "sys.modules['torch'] = None\n"
-    "from xray_cli.main import app\n"
-    "try:\n"
-    "    app(sys.argv[1:])\n"
-    "except SystemExit as exc:\n"
-    "    code = exc.code\n"
+    "from xray_cli.exits import end_process\n"
+    "from xray_cli.main import run_command\n"
+    "code = run_command(sys.argv[1:])\n"
     "loaded = [m for m, v in sys.modules.items() if v and m.split('.')[0] in ('torch', 'monai')]\n"
-    "assert not loaded, loaded\n"
-    "sys.exit(code)\n"
+    "if loaded:\n"
+    "    print(f'loaded without torch: {loaded}', file=sys.stderr)\n"
+    "end_process(3 if loaded else code)\n"
 )
 
 
