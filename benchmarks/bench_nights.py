@@ -8,22 +8,24 @@
 - ``nights``: ``--nights`` runs into one store, each adding 64 new files, with
   a no-op run after the 2nd and after the last; wall time of each. Then a
   table with a year of nights' versions (365 x the commits a night makes:
-  fence, a group, its end), made through the store's own commit path, and one
-  more night and a no-op on it.
+  fence, a group, its end), made through the store's own commit path, and three
+  more nights, each with a no-op, on it (medians).
 - ``workers``: ``xray run`` over 8,000 tiny PNGs in batches of 16 with
-  ``--workers 2`` and with ``--workers 8``: images/s of each.
+  ``--workers 2`` and with ``--workers 8``, alternating ``--repeat`` times:
+  the median images/s of each.
 
 Every ``xray run`` is the command line against a Prefect server started here
 (as a user's runs reuse theirs).
 
     .venv/bin/python benchmarks/bench_nights.py [--parts scale,nights,workers]
-        [--images 112120] [--nights 40] [--year 365]
+        [--images 112120] [--nights 40] [--year 365] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,16 @@ def _versions(store: Path) -> int:
     return ScanStore.open(str(store)).version or 0
 
 
+def _rows(store: Path) -> tuple[int, int]:
+    """(rows, ok rows) of the store's latest version, as any Delta reader counts them."""
+    from deltalake import DeltaTable
+
+    from xraycore.store import schema
+
+    table = DeltaTable(str(store / schema.METADATA)).to_pyarrow_table(columns=["status"])
+    return table.num_rows, table["status"].to_pylist().count("ok")
+
+
 def _scale(env: dict, work: Path, n: int) -> None:
     source, store, csv = work / "cxr8", work / "store-cxr8", work / "Data_Entry_2017.csv"
     _pngs(source, n)
@@ -117,7 +129,7 @@ def _scale(env: dict, work: Path, n: int) -> None:
         f"scale: {n} inputs, {progress[-1][0] - t_first:.0f} s after the first batch; "
         f"images/s first 10% {first:.0f}, "
         f"last 10% {last:.0f} (ratio {last / first:.2f}), whole {whole:.0f}; "
-        f"versions added {_versions(store)}"
+        f"versions added {_versions(store)}; rows {_rows(store)[0]} ({_rows(store)[1]} ok)"
     )
 
 
@@ -138,13 +150,18 @@ def _nights(env: dict, work: Path, nights: int, year: int) -> None:
     t = time.perf_counter()
     _year_of_versions(store, year)
     made = time.perf_counter() - t
-    _pngs(source, 64, first=nights * 64)
-    night = _xray_run(env, source, store, "--batch-size", "64")[0]
-    noop = _xray_run(env, source, store, "--batch-size", "64")[0]
+    after, after_noop = [], []
+    for k in range(3):  # three more nights, each with its no-op: medians
+        _pngs(source, 64, first=(nights + k) * 64)
+        after.append(_xray_run(env, source, store, "--batch-size", "64")[0])
+        after_noop.append(_xray_run(env, source, store, "--batch-size", "64")[0])
+    early = statistics.median(walls[1:4])
     print(
-        f"year: {year} nights' commits added in {made:.0f} s, {_versions(store)} versions; "
-        f"then a night {night:.1f} s (x{night / walls[1]:.2f} run 2), a no-op {noop:.1f} s "
-        f"(x{noop / noops[2]:.2f})"
+        f"year: {year} nights' commits added in {made:.0f} s, {_versions(store)} versions, "
+        f"{_rows(store)[0]} rows; then 3 nights, median {statistics.median(after):.1f} s "
+        f"(x{statistics.median(after) / early:.2f} the median of runs 2-4, {early:.1f} s), "
+        f"their no-ops median {statistics.median(after_noop):.1f} s "
+        f"(x{statistics.median(after_noop) / noops[2]:.2f} the no-op after run 2)"
     )
 
 
@@ -171,18 +188,23 @@ def _year_of_versions(store: Path, nights: int) -> None:
         target.end_run(run)
 
 
-def _workers(env: dict, work: Path) -> None:
+def _workers(env: dict, work: Path, repeat: int) -> None:
     source = work / "eight-thousand"
     _pngs(source, 8000)
-    rates = {}
-    for workers in (2, 8):
-        store = work / f"store-w{workers}"
-        _, events = _xray_run(env, source, store, "--batch-size", "16", "--workers", str(workers))
-        progress = _progress(events)
-        rates[workers] = _rate(progress[0], progress[-1])
+    rates: dict[int, list[float]] = {2: [], 8: []}
+    for attempt in range(repeat):  # alternating, so the machine's load moves both
+        for workers in (2, 8):
+            store = work / f"store-w{workers}-{attempt}"
+            _, events = _xray_run(
+                env, source, store, "--batch-size", "16", "--workers", str(workers)
+            )
+            progress = _progress(events)
+            rates[workers].append(_rate(progress[0], progress[-1]))
+    two, eight = statistics.median(rates[2]), statistics.median(rates[8])
     print(
-        f"workers: 8,000 inputs in batches of 16: --workers 2 {rates[2]:.0f} images/s, "
-        f"--workers 8 {rates[8]:.0f} images/s (ratio {rates[8] / rates[2]:.2f})"
+        f"workers: 8,000 inputs in batches of 16, median of {repeat}: --workers 2 {two:.0f} "
+        f"images/s, --workers 8 {eight:.0f} images/s (ratio {eight / two:.2f}); each: "
+        f"{' '.join(f'{r:.0f}' for r in rates[2])} / {' '.join(f'{r:.0f}' for r in rates[8])}"
     )
 
 
@@ -192,6 +214,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=112_120)
     ap.add_argument("--nights", type=int, default=40)
     ap.add_argument("--year", type=int, default=365)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each --workers")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-nights-") as tmp:
@@ -203,7 +226,7 @@ def main() -> None:
             if "nights" in parts:
                 _nights(env, work, args.nights, args.year)
             if "workers" in parts:
-                _workers(env, work)
+                _workers(env, work, args.repeat)
 
 
 if __name__ == "__main__":
