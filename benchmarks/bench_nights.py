@@ -6,10 +6,12 @@
   the progress events' times, after the first batch) and the metadata
   versions the run added.
 - ``nights``: ``--nights`` runs into one store, each adding 64 new files, with
-  a no-op run after the 2nd and after the last; wall time of each. Then a
-  table with a year of nights' versions (365 x the commits a night makes:
-  fence, a group, its end), made through the store's own commit path, and three
-  more nights, each with a no-op, on it (medians).
+  a no-op run after the 2nd and after the last; wall time of each.
+- ``year``: a store with a year of nights' versions (``--year`` x the commits a
+  night makes: fence, a group of 64 rows, its end), made through the store's own
+  commit path, and a store with the same rows committed in one version; three
+  nights, each with a no-op, on each, alternating (medians): what the versions
+  cost, apart from what the rows cost.
 - ``workers``: ``xray run`` over 8,000 tiny PNGs in batches of 16 with
   ``--workers 2`` and with ``--workers 8``, alternating ``--repeat`` times:
   the median images/s of each.
@@ -133,7 +135,7 @@ def _scale(env: dict, work: Path, n: int) -> None:
     )
 
 
-def _nights(env: dict, work: Path, nights: int, year: int) -> None:
+def _nights(env: dict, work: Path, nights: int) -> None:
     source, store = work / "nightly", work / "store-nightly"
     walls, noops = [], {}
     for night in range(nights):
@@ -147,45 +149,76 @@ def _nights(env: dict, work: Path, nights: int, year: int) -> None:
         f"{nights} {noops[nights]:.1f} s (ratio {noops[nights] / noops[2]:.2f}); "
         f"versions {_versions(store)}; runs: {' '.join(f'{w:.1f}' for w in walls)}"
     )
+
+
+def _year(env: dict, work: Path, year: int) -> None:
+    """Nights on a store with a year of nights' versions, against nights on a store
+    with the same rows committed in one version: what the versions cost."""
+    stores = {"year": work / "store-year", "flat": work / "store-flat"}
+    sources = {name: work / f"nightly-{name}" for name in stores}
+    for name, store in stores.items():
+        _pngs(sources[name], 64)
+        _xray_run(env, sources[name], store, "--batch-size", "64")
     t = time.perf_counter()
-    _year_of_versions(store, year)
+    _year_of_versions(stores["year"], year)
     made = time.perf_counter() - t
-    after, after_noop = [], []
-    for k in range(3):  # three more nights, each with its no-op: medians
-        _pngs(source, 64, first=(nights + k) * 64)
-        after.append(_xray_run(env, source, store, "--batch-size", "64")[0])
-        after_noop.append(_xray_run(env, source, store, "--batch-size", "64")[0])
-    early = statistics.median(walls[1:4])
+    _year_of_versions(stores["flat"], year, one_commit=True)
+    walls: dict[str, list[float]] = {name: [] for name in stores}
+    noops: dict[str, list[float]] = {name: [] for name in stores}
+    for k in range(3):  # alternating, so the machine's load moves both
+        for name, store in stores.items():
+            _pngs(sources[name], 64, first=(k + 1) * 64)
+            walls[name].append(_xray_run(env, sources[name], store, "--batch-size", "64")[0])
+            noops[name].append(_xray_run(env, sources[name], store, "--batch-size", "64")[0])
+    night = {name: statistics.median(w) for name, w in walls.items()}
+    noop = {name: statistics.median(w) for name, w in noops.items()}
     print(
-        f"year: {year} nights' commits added in {made:.0f} s, {_versions(store)} versions, "
-        f"{_rows(store)[0]} rows; then 3 nights, median {statistics.median(after):.1f} s "
-        f"(x{statistics.median(after) / early:.2f} the median of runs 2-4, {early:.1f} s), "
-        f"their no-ops median {statistics.median(after_noop):.1f} s "
-        f"(x{statistics.median(after_noop) / noops[2]:.2f} the no-op after run 2)"
+        f"year: {year} nights' commits made in {made:.0f} s: {_versions(stores['year'])} "
+        f"versions, {_rows(stores['year'])[0]} rows; the same rows in one commit: "
+        f"{_versions(stores['flat'])} versions. A night on each, median of 3: "
+        f"{night['year']:.1f} s / {night['flat']:.1f} s (x{night['year'] / night['flat']:.2f}); "
+        f"a no-op {noop['year']:.1f} s / {noop['flat']:.1f} s "
+        f"(x{noop['year'] / noop['flat']:.2f})"
     )
 
 
-def _year_of_versions(store: Path, nights: int) -> None:
+def _year_of_versions(store: Path, nights: int, *, one_commit: bool = False) -> None:
     """The commits ``nights`` nights make, through the store's commit path: the
-    fence, one group of 64 rows (sources that no listing finds) and the run's end."""
-    from xraycore.store import ScanStore, schema
+    fence, one group of 64 rows (sources that no listing finds) and the run's end;
+    with ``one_commit``, the same rows in one group of one run."""
+    from xraycore.store import ScanStore
 
     target = ScanStore.open(str(store))
     pipeline = target.info()["pipeline_hash"]
+    if one_commit:
+        target.fence("flat")
+        files = [target.write_rows(_year_rows(n, pipeline, "flat"), run_id="flat", part=n * 64)
+                 for n in range(nights)]  # fmt: skip
+        target.commit_row_files(files, run_id="flat", group=1, fence="flat")
+        target.finish_run("flat")
+        target.end_run("flat")
+        return
     for night in range(nights):
         run = f"year{night:04d}"
         target.fence(run)
-        rows = []
-        for i in range(64):
-            row = schema.metadata_row(
-                image_id=f"y{night}-{i}.png", source=f"/elsewhere/y{night}-{i}.png", size=1,
-                mtime=0.0, pipeline_hash=pipeline, run_id=run,
-            )  # fmt: skip
-            rows.append(row)  # failed rows: they point at no pixels
-        written = target.write_rows(rows, run_id=run, part=night * 64)
+        written = target.write_rows(_year_rows(night, pipeline, run), run_id=run, part=night * 64)
         target.commit_row_files([written], run_id=run, group=1, fence=run)
         target.finish_run(run)
         target.end_run(run)
+
+
+def _year_rows(night: int, pipeline: str, run: str) -> list[dict]:
+    """A night's 64 rows: failed rows of sources that no listing finds (they point
+    at no pixels)."""
+    from xraycore.store import schema
+
+    return [
+        schema.metadata_row(
+            image_id=f"y{night}-{i}.png", source=f"/elsewhere/y{night}-{i}.png", size=1,
+            mtime=0.0, pipeline_hash=pipeline, run_id=run,
+        )
+        for i in range(64)
+    ]  # fmt: skip
 
 
 def _workers(env: dict, work: Path, repeat: int) -> None:
@@ -210,7 +243,7 @@ def _workers(env: dict, work: Path, repeat: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="scale,nights,workers")
+    ap.add_argument("--parts", default="scale,nights,year,workers")
     ap.add_argument("--images", type=int, default=112_120)
     ap.add_argument("--nights", type=int, default=40)
     ap.add_argument("--year", type=int, default=365)
@@ -224,7 +257,9 @@ def main() -> None:
             if "scale" in parts:
                 _scale(env, work, args.images)
             if "nights" in parts:
-                _nights(env, work, args.nights, args.year)
+                _nights(env, work, args.nights)
+            if "year" in parts:
+                _year(env, work, args.year)
             if "workers" in parts:
                 _workers(env, work, args.repeat)
 
