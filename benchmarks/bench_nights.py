@@ -234,9 +234,11 @@ def _workers(env: dict, work: Path, repeat: int) -> None:
             progress = _progress(events)
             rates[workers].append(_rate(progress[0], progress[-1]))
     two, eight = statistics.median(rates[2]), statistics.median(rates[8])
+    pairs = statistics.median(e / t for t, e in zip(rates[2], rates[8], strict=True))
     print(
         f"workers: 8,000 inputs in batches of 16, median of {repeat}: --workers 2 {two:.0f} "
-        f"images/s, --workers 8 {eight:.0f} images/s (ratio {eight / two:.2f}); each: "
+        f"images/s, --workers 8 {eight:.0f} images/s (ratio {eight / two:.2f}; median of the "
+        f"ratios pair by pair {pairs:.2f}); each: "
         f"{' '.join(f'{r:.0f}' for r in rates[2])} / {' '.join(f'{r:.0f}' for r in rates[8])}"
     )
 
