@@ -309,5 +309,6 @@ def test_a_run_commits_its_batches_in_groups_one_log_line(source_dir, tmp_path, 
     written = store.storage.find(f"{schema.METADATA}/batches")
     assert len(written) == batches and store.metadata.untracked_files(older_than_s=0) == []
     line = log_lines(store.history())[0]
-    assert f"run {summary['run_id']}" in line and f"{len(groups)} groups" in line, line
+    said = f"{len(groups)} group" + ("" if len(groups) == 1 else "s") + ","
+    assert f"run {summary['run_id']}" in line and said in line, line
     assert f"{summary['ok'] + summary['failed']} rows, compacted" in line, line

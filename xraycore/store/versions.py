@@ -80,11 +80,13 @@ def _run_of(entry: dict[str, Any]) -> tuple | None:
 
 
 def _run_rows(commits: list[dict[str, Any]]) -> str:
-    """``3 groups, 192 rows, compacted``: what one run's commits did."""
+    """``3 groups, 192 rows, compacted``: what one run's commits did (compacted:
+    the run's end committed; a run of one file has nothing to compact)."""
     parts = [e for e in commits if e.get("kind") in ("batch", "classification")]
     rows = sum(int(e.get("rows") or 0) for e in parts)
     ended = any(e.get("kind", "").endswith("end") for e in commits)
-    return f"{len(parts)} groups, {rows} rows" + (", compacted" if ended else "")
+    groups = f"{len(parts)} group" + ("" if len(parts) == 1 else "s")
+    return f"{groups}, {rows} rows" + (", compacted" if ended else "")
 
 
 def vacuum_store(
