@@ -49,6 +49,7 @@ KINDS = (
     "create",
     "fence",
     "batch",
+    "columns",
     "run-end",
     "split",
     "classification",
@@ -439,6 +440,9 @@ class VersionedTable:
 
         arrow = pq.read_schema(self._file(new))
         fields = [f for f in Schema.from_arrow(arrow).fields if f.name not in known]
+        # A commit of its own kind: no rows, and not one of the run's groups.
+        info = {k: v for k, v in info.items() if k != COMMIT_KEYS["rows"]}
+        info[COMMIT_KEYS["kind"]] = "columns"
         target.alter.add_columns(
             fields,
             commit_properties=CommitProperties(custom_metadata=info),

@@ -39,6 +39,7 @@ def _rows(entry: dict[str, Any]) -> str:
 #: group commits and end; a classification's groups and end.
 _RUN_KINDS = {
     "fence": "run",
+    "columns": "run",
     "batch": "run",
     "run-end": "run",
     "classification": "classification",

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from flows.commits import GroupCommits, first_commit_s
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.store import FencedCommitError, ScanStore, schema
+from xraycore.store.versions import log_lines
 
 SPEC = PipelineSpec(size=16)
 
@@ -248,3 +249,8 @@ def test_a_label_column_with_no_value_in_a_batch_is_left_out_and_reads_null(tmp_
     table = DeltaTable(store.metadata.uri).to_pyarrow_table()
     ages = dict(zip(table["source"].to_pylist(), table["patient_age"].to_pylist(), strict=True))
     assert [ages[f"/src/s{i:05d}.png"] for i in range(4)] == [40, 41, None, None]
+    # The new column is a commit of its own kind, not a group, in the run's one log line.
+    kinds = [e["kind"] for e in store.history() if e["table"] == "metadata"]
+    assert kinds[:2] == ["batch", "columns"], kinds
+    line = log_lines(store.history())[0]
+    assert "run r1" in line and "1 group, 4 rows" in line, line
