@@ -127,11 +127,12 @@ def _scale(env: dict, work: Path, n: int) -> None:
     ninth = max(i for i, (_, d) in enumerate(progress) if d <= 0.9 * n)
     first, last = _rate(progress[0], progress[tenth]), _rate(progress[ninth], progress[-1])
     whole = _rate(progress[0], progress[-1])
+    rows, ok = _rows(store)
     print(
         f"scale: {n} inputs, {progress[-1][0] - t_first:.0f} s after the first batch; "
         f"images/s first 10% {first:.0f}, "
         f"last 10% {last:.0f} (ratio {last / first:.2f}), whole {whole:.0f}; "
-        f"versions added {_versions(store)}; rows {_rows(store)[0]} ({_rows(store)[1]} ok)"
+        f"versions added {_versions(store)}; rows {rows} ({ok} ok)"
     )
 
 

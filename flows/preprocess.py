@@ -97,8 +97,13 @@ def preprocess_dataset(
             if model and plan.batches:
                 target.open_classification(run_id)
             client, dashboard = _connect(dask_cluster, plan)
-            run = Batches(store=store, spec=spec.to_dict(), run_id=run_id, options=options)
-            run.commits = _committer(target, run_id, spec.hash)
+            run = Batches(
+                store=store,
+                spec=spec.to_dict(),
+                run_id=run_id,
+                options=options,
+                commits=_committer(target, run_id, spec.hash),
+            )
             work = {"client": client, "lease": lease, "batch_size": batch_size, "model": model}
             run.process(plan, contract=scoring, **work)
             # the files that the batches found to hold several frames: their later frames
@@ -297,6 +302,8 @@ class Batches:
     spec: dict[str, Any]
     run_id: str
     options: dict[str, Any] | None
+    #: The run's one committer of the files its batches write.
+    commits: GroupCommits
     ok: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -307,8 +314,6 @@ class Batches:
     first_rows: list[int] = field(default_factory=list)
     #: Files listed without a frame count that hold several: (input, frames).
     found_frames: list[tuple[SourceFile, int]] = field(default_factory=list)
-    #: The run's committer of metadata files (set by the flow once it fenced).
-    commits: GroupCommits | None = None
     prediction_groups: int = 0
 
     def sample(self, n: int) -> list[int]:
