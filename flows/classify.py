@@ -38,6 +38,7 @@ def classify_store(
     contract: dict | None = None,
     target: str | None = None,
     rows: list[int] | str | None = None,
+    where: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     cluster: str | dict[str, Any] | None = None,
     aws_credentials: str | None = None,
@@ -51,7 +52,9 @@ def classify_store(
     so any number of triggers converge on one prediction per row. Scoring runs
     in this process unless ``cluster`` asks for a Dask cluster (an address, a
     spec name or path, or a mapping: see ``preprocess_dataset``). ``rows`` may be
-    JSON text, as an event trigger renders a list.
+    JSON text, as an event trigger renders a list. ``where`` keeps the rows whose
+    columns hold these values (a list: any of them), e.g. the frontal views
+    ``{"view_position": ["PA", "AP"]}``.
     """
     rows = _row_list(rows)
     run_id = uuid.uuid4().hex[:12]
@@ -59,7 +62,7 @@ def classify_store(
     target_store, info = _open_store(store, options)
     c = ModelContract.for_model(model, options, **(contract or {}))
     sha = model_sha256(model, options)
-    batch_size, groups = _plan(target_store, info, sha, rows)
+    batch_size, groups = _plan(target_store, info, sha, rows, where)
     scored = 0
     if groups:
         target_store.open_classification(run_id)
@@ -101,13 +104,13 @@ def _open_store(store: str, options: dict[str, Any] | None) -> tuple[ScanStore, 
 
 
 def _plan(
-    target_store: ScanStore, info: dict, sha: str, rows: list[int] | None
+    target_store: ScanStore, info: dict, sha: str, rows: list[int] | None, where: dict | None
 ) -> tuple[int, list[list[tuple[int, str]]]]:
     """The store's batch size and the groups of rows the model has not scored."""
     # One task per batch of the store (a whole number of its Zarr shards): a few
     # thousand task runs for ChestX-ray8, not one per 16-image shard.
     batch_size = int(info.get("batch_size") or info["shard_size"])
-    groups = batch_groups(unscored_rows(target_store, sha, rows=rows), batch_size)
+    groups = batch_groups(unscored_rows(target_store, sha, rows=rows, where=where), batch_size)
     todo = sum(len(g) for g in groups)
     notify("planned", new=todo, retried=0, skipped=0, batches=len(groups), images=todo)
     return batch_size, groups

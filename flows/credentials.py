@@ -9,9 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from xraycore.store.header import Pseudonyms
 from xraycore.store.storage import refuse_credentials
 
-__all__ = ["with_block_credentials"]
+__all__ = ["pseudonyms_from", "with_block_credentials"]
+
+
+def pseudonyms_from(block: str | None) -> Pseudonyms | None:
+    """The pseudonyms of the key in the Prefect ``Secret`` block named ``block``,
+    loaded inside the run (never a flow parameter); without a block, None: each
+    worker uses its environment's ``XRAY_PSEUDONYM_KEY``, which is checked here
+    when this process has one, so that a short key stops the run at its start."""
+    if not block:
+        Pseudonyms.from_environment()  # a short key: refused here, in one line
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = Secret.load(block)
+    except ValueError as exc:
+        raise ValueError(
+            f"no Prefect Secret block named {block!r} for the pseudonym key: create it "
+            f"(Secret(value=...).save({block!r})) or set XRAY_PSEUDONYM_KEY on every worker"
+        ) from exc
+    return Pseudonyms(str(secret.get()))
 
 
 def with_block_credentials(

@@ -18,7 +18,7 @@ from prefect.events import emit_event
 
 from flows.cluster import DaskCluster, resolve_cluster
 from flows.commits import GroupCommits
-from flows.credentials import with_block_credentials
+from flows.credentials import pseudonyms_from, with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
 from tasks.classify import commit_predictions, score_batch
@@ -30,6 +30,7 @@ from xraycore.predict.evaluation import evaluate_store
 from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
 from xraycore.store import ScanStore
 from xraycore.store.catalog import SourceFile, list_sources, read_labels
+from xraycore.store.header import Pseudonyms
 from xraycore.store.lease import DEFAULT_TTL_S, StoreLease
 from xraycore.store.schema import SHEET
 from xraycore.store.storage import Storage
@@ -57,6 +58,8 @@ def preprocess_dataset(
     wait_for_lease: bool = False,
     break_lease: bool = False,
     lease_ttl_s: float = DEFAULT_TTL_S,
+    pseudonym_key_block: str | None = None,
+    refresh_header: bool = False,
 ) -> dict[str, Any]:
     """List the source, plan shard-aligned batches, process them on a Dask
     cluster, commit the metadata and publish a summary.
@@ -74,10 +77,18 @@ def preprocess_dataset(
     process per core. With ``model`` (ONNX) each batch is scored as soon as it
     is committed. Credentials come from the environment, an AWS profile or the
     prefect-aws block named ``aws_credentials``, never from ``storage_options``.
+
+    A DICOM's patient, study and series are stored as keyed pseudonyms
+    (:mod:`xraycore.store.header`): the key is the Prefect Secret block named
+    ``pseudonym_key_block``, loaded inside the run, or each worker's
+    ``XRAY_PSEUDONYM_KEY``; without one they are not stored, and the run says so.
+    ``refresh_header`` fills the header columns of the DICOM rows stored before
+    them from their headers (ranged reads; no pixel read or written).
     """
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     options = with_block_credentials(storage_options, aws_credentials)
+    pseudonyms = pseudonyms_from(pseudonym_key_block)
     spec = PipelineSpec.load(pipeline, size=size)
     where = resolve_cluster(cluster)
     target = ScanStore.open(store, options)
@@ -90,6 +101,7 @@ def preprocess_dataset(
             sources = _list_sources(source, previous, options, started)
             table = read_labels(labels, options) if labels else None
             plan = _plan(target, sources, previous, spec, batch_size, labels=table)
+            refreshed = _refresh(target, run_id, plan, pseudonyms, options) if refresh_header else 0
             if plan.batches:  # from here on only this run's committer may commit rows
                 target.fence(run_id)
             # read once: every batch's scoring task gets the same contract
@@ -103,6 +115,7 @@ def preprocess_dataset(
                 run_id=run_id,
                 options=options,
                 commits=_committer(target, run_id, spec.hash),
+                pseudonyms=pseudonyms,
             )
             work = {"client": client, "lease": lease, "batch_size": batch_size, "model": model}
             run.process(plan, contract=scoring, **work)
@@ -115,6 +128,7 @@ def preprocess_dataset(
         report = _evaluate(target, run, model, scoring) if model else None
         summary = _summary(run, [plan, later], spec, sources, rows, started, dashboard, report)
         summary["store_version"] = target.version
+        summary["headers_refreshed"] = refreshed
         _publish(summary, target, run.sample(SHEET_ROWS) if sheet else [], options)
         run.raise_for_broken()
         return summary
@@ -150,6 +164,8 @@ def _plan(
         batch_size=batch_size,
         labels=labels,
     )
+    if plan.batches:
+        target.check_columns(previous)
     target.ensure_capacity(plan.end_row)
     images = sum(len(b.items) for b in plan.batches)
     notify(
@@ -161,6 +177,28 @@ def _plan(
         images=images,
     )
     return plan
+
+
+def _refresh(
+    target: ScanStore,
+    run_id: str,
+    plan: Plan,
+    pseudonyms: Pseudonyms | None,
+    options: dict[str, Any] | None,
+) -> int:
+    """Fill the header columns of the stored DICOM rows that this run does not
+    process again (a version of kind ``header``); the rows filled."""
+    processed = {s.uri for b in plan.batches for s in b.items}
+    filled, unkeyed = target.refresh_headers(
+        run_id=run_id,
+        pseudonyms=pseudonyms or Pseudonyms.from_environment(),
+        source_options=options,
+        skip=processed,
+    )
+    if unkeyed:
+        notify("unkeyed")
+    notify("headers", rows=filled)
+    return filled
 
 
 def _plan_later_frames(
@@ -304,6 +342,11 @@ class Batches:
     options: dict[str, Any] | None
     #: The run's one committer of the files its batches write.
     commits: GroupCommits
+    #: The key of the DICOM headers' pseudonyms when a block gave it (else each
+    #: worker's environment's).
+    pseudonyms: Pseudonyms | None = None
+    #: Rows whose header named a patient, study or series no key pseudonymised.
+    unkeyed: int = 0
     ok: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -328,6 +371,9 @@ class Batches:
         self.failed += result["failed"]
         self.failures += result["failures"]
         self.committed += 1
+        if result.get("unkeyed") and not self.unkeyed:
+            notify("unkeyed")
+        self.unkeyed += result.get("unkeyed", 0)
         self.first_rows = sorted([*self.first_rows, *result["rows"]])[:SHEET_ROWS]
 
     def process(
@@ -363,6 +409,7 @@ class Batches:
                 run_id=self.run_id,
                 storage_options=self.options,
                 source_options=self.options,
+                pseudonyms=self.pseudonyms,
                 client=client,
             )
 

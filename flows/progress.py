@@ -15,8 +15,10 @@ lease), ``lease_taken_over`` (run_id, holder, reason), ``listed`` (inputs,
 seconds), ``planned`` (new, retried, skipped, batches, images), ``cluster``
 (workers, dashboard), ``workers_pending`` (pending, waited_s: no Dask worker
 yet), ``batch`` (done, total, failed, batches_done, batches, rate),
-``committed`` (rows), ``scored`` (rows); and, from :mod:`flows.server`,
-``prefect_server`` (url: the local Prefect server being started).
+``committed`` (rows), ``scored`` (rows), ``headers`` (rows: header columns
+filled), ``unkeyed`` (once: headers named patients but no key was set); and,
+from :mod:`flows.server`, ``prefect_server`` (url: the local Prefect server
+being started).
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LOG_EVERY_S", "Observer", "log_line", "notify", "observe"]
+__all__ = ["LOG_EVERY_S", "UNKEYED", "Observer", "log_line", "notify", "observe"]
 
 Observer = Callable[[str, dict[str, Any]], None]
 _observers: list[Observer] = []
 
 #: Seconds between two progress lines in a flow run's log.
 LOG_EVERY_S = 2.0
+#: The one line of a run that stores DICOMs without their identifiers.
+UNKEYED = (
+    "DICOM headers name patients, studies or series, but no pseudonym key is set "
+    "(XRAY_PSEUDONYM_KEY on every worker, or --pseudonym-key-block): their ids are not "
+    "stored, and `xray split` places each such image on its own"
+)
 
 _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "waiting": lambda f: (
@@ -59,8 +67,10 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     ),
     "committed": lambda f: f"committed {f['rows']} rows",
     "scored": lambda f: f"scored {f['rows']} rows",
+    "headers": lambda f: f"filled the header columns of {f['rows']} stored DICOM rows",
+    "unkeyed": lambda f: UNKEYED,
 }
-_WARNINGS = {"lease_taken_over"}
+_WARNINGS = {"lease_taken_over", "unkeyed"}
 _last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
 
 

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from xraycore.batch import Batch, finish_run, process_batch
 from xraycore.store import FencedCommitError
+from xraycore.store.header import Pseudonyms
 
 __all__ = ["commit_metadata", "preprocess_batch", "transient"]
 
@@ -75,6 +76,7 @@ def preprocess_batch(
     run_id: str,
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    pseudonyms: Pseudonyms | None = None,
     client: Any = None,
 ) -> dict[str, Any]:
     """Read, process and store one batch of scans on the cluster; returns
@@ -95,6 +97,7 @@ def preprocess_batch(
         source_options=source_options,
         fence=run_id,
         commit=False,
+        pseudonyms=pseudonyms,
     )
     if result["failed"]:
         named = "; ".join(f"{i} ({e})" for i, e in result["failures"][:FAILURES_NAMED])

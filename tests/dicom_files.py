@@ -19,6 +19,7 @@ def make_dicom(
     palette: np.ndarray | None = None,
     preamble: bool = True,
     with_pixels: bool = True,
+    header: dict | None = None,
 ) -> bytes:
     """A minimal DICOM file (explicit VR little endian) in memory.
 
@@ -36,6 +37,9 @@ def make_dicom(
     palette : (N, 3) ndarray of uint8 or uint16, optional
         Red, green and blue palette entries for stored values 0..N-1; the
         photometric interpretation becomes PALETTE COLOR.
+    header : dict, optional
+        More elements by keyword (``{"PatientName": "DOE^JANE"}``); a value of
+        None leaves an element out (``{"Modality": None}``).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.filewriter import dcmwrite
@@ -79,6 +83,12 @@ def make_dicom(
             # 8-bit entries are still written as 16-bit words (PS3.3 C.7.6.3.1.6).
             words = palette[:, c].astype("<u2")
             setattr(ds, f"{colour}PaletteColorLookupTableData", words.tobytes())
+    for keyword, value in (header or {}).items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     if with_pixels:
         ds.PixelData = pixels.tobytes()
     buf = io.BytesIO()

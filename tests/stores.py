@@ -77,6 +77,7 @@ def png_files(folder: Path, images: list[np.ndarray]) -> list[Path]:
 
 def labelled_store(root: Path, *, n: int, size: int) -> str:
     """A store of ``n`` phantoms, the odd ones brightened ("finding_pneumonia"),
+    viewed PA, AP and LL in turn (``view_position``),
     stored as they are (no enhancement, which would undo the brightness); scans
     6 and 7 of every 8 in the validation split, the rest in train. For training."""
     from xraycore.image.synth import phantom_chest
@@ -87,7 +88,11 @@ def labelled_store(root: Path, *, n: int, size: int) -> str:
     images = [phantom_chest(size, seed=i) // 2 + (128 if i % 2 else 0) for i in range(n)]
     paths = png_files(src, [image.astype(np.uint8) for image in images])
     labels = {
-        p.name: {"finding_pneumonia": bool(i % 2), "patient_id": str(i)}
+        p.name: {
+            "finding_pneumonia": bool(i % 2),
+            "patient_id": str(i),
+            "view_position": ("PA", "AP", "LL")[i % 3],
+        }
         for i, p in enumerate(paths)
     }
     spec = PipelineSpec(size=size, enhance=(), outputs=())

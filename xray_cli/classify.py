@@ -14,8 +14,10 @@ from xray_cli.options import (
     LogFormat,
     StorageOptions,
     Verbose,
+    Where,
     cluster_value,
     parse_storage_options,
+    parse_where,
 )
 
 __all__ = ["classify"]
@@ -30,6 +32,7 @@ def classify(
     output: Annotated[str | None, typer.Option(help="Contract: sigmoid|softmax2.")] = None,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
+    where: Where = None,
     storage_options: StorageOptions = None,
     aws_credentials: AwsCredentials = None,
     verbose: Verbose = False,
@@ -52,6 +55,7 @@ def classify(
         store=store,
         model=model,
         contract=contract or None,
+        where=parse_where(where),
         storage_options=parse_storage_options(storage_options),
         aws_credentials=aws_credentials,
     )

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from flows.progress import UNKEYED
+
 __all__ = ["RunConsole", "one_line_errors", "print_report", "quiet_libraries", "run_console"]
 
 LINE_EVERY_S = 10.0
@@ -202,6 +204,12 @@ class RunConsole:
             "lease_taken_over",
             **f,
         )
+
+    def _on_unkeyed(self, f: dict[str, Any]) -> None:
+        self.line(UNKEYED, "unkeyed", **f)
+
+    def _on_headers(self, f: dict[str, Any]) -> None:
+        self.line(f"filled the header columns of {f['rows']} stored DICOM rows", "headers", **f)
 
     def _on_committed(self, f: dict[str, Any]) -> None:
         self._stop_bar()

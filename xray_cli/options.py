@@ -20,9 +20,11 @@ __all__ = [
     "LogFormat",
     "StorageOptions",
     "Verbose",
+    "Where",
     "cluster_value",
     "json_object",
     "parse_storage_options",
+    "parse_where",
 ]
 
 
@@ -45,6 +47,32 @@ AwsCredentials = Annotated[
     str | None,
     typer.Option(help="Name of a prefect-aws AwsCredentials block holding the S3 credentials."),
 ]
+
+
+Where = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Keep the rows whose COLUMN holds VALUE, or any of V1,V2 (repeatable; "
+        "COLUMN= keeps the rows without a value), e.g. view_position=PA,AP."
+    ),
+]
+
+
+def parse_where(given: list[str] | None) -> dict[str, Any] | None:
+    """``--where COLUMN=V1[,V2...]`` flags as a selection: one value as itself,
+    several as a list (any of them), an empty one as None (no value)."""
+    if not given:
+        return None
+    where: dict[str, Any] = {}
+    for text in given:
+        column, sep, values = text.partition("=")
+        if not sep or not column.strip():
+            raise typer.BadParameter(f"--where must be COLUMN=VALUE[,VALUE...], got {text!r}")
+        if column.strip() in where:
+            raise typer.BadParameter(f"--where names {column.strip()!r} twice: give V1,V2 once")
+        found = [v.strip() for v in values.split(",") if v.strip()]
+        where[column.strip()] = None if not found else found[0] if len(found) == 1 else found
+    return where
 
 
 def json_object(text: str | None, flag: str) -> dict[str, Any] | None:

@@ -70,6 +70,20 @@ def run(
             "--break-lease", help="Remove STORE's lease first: its holder is known to be dead."
         ),
     ] = False,
+    pseudonym_key_block: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefect Secret block holding the key of the DICOM headers' pseudonyms "
+            "(default: XRAY_PSEUDONYM_KEY of each worker's environment)."
+        ),
+    ] = None,
+    refresh_header: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-header",
+            help="Fill the header columns of DICOM rows stored before them (headers only).",
+        ),
+    ] = False,
     verbose: Verbose = False,
     log_format: Format = LogFormat.text,
 ) -> None:
@@ -95,6 +109,8 @@ def run(
         model=model,
         wait_for_lease=wait,
         break_lease=break_lease,
+        pseudonym_key_block=pseudonym_key_block,
+        refresh_header=refresh_header,
     )
 
 

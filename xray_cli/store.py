@@ -56,8 +56,30 @@ def inspect(
     rows = 0 if meta is None else meta.num_rows
     typer.echo(f"version: {st.version}" + (" (read-only)" if st.read_only else " (latest)"))
     typer.echo(f"rows: {rows} ({ok} ok, {len(failed)} failed), array capacity {st.capacity()}")
+    if meta is not None:
+        for line in _who_and_what(meta):
+            typer.echo(line)
     for r in failed:
         typer.echo(f"  failed {r['image_id']}: {r['error']}")
+
+
+def _who_and_what(meta) -> list[str]:
+    """The patients (by pseudonym or a labels file's id) and views of the rows,
+    counted: never a header's own identifier, which the store does not hold."""
+    from collections import Counter
+
+    lines = []
+    patients = Counter(v for v in meta.column("patient_id").to_pylist() if v is not None)
+    if patients:
+        shown = ", ".join(f"{p} ({n})" for p, n in patients.most_common(3))
+        more = f", ... ({len(patients) - 3} more)" if len(patients) > 3 else ""
+        lines.append(f"patients: {len(patients)}, most scans: {shown}{more}")
+    views = Counter(meta.column("view_position").to_pylist())
+    if any(v is not None for v in views):
+        lines.append(
+            "views: " + ", ".join(f"{v or 'none'} {n}" for v, n in sorted(views.items(), key=str))
+        )
+    return lines
 
 
 @contextlib.contextmanager

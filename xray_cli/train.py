@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from xray_cli.exits import fail
-from xray_cli.options import StorageOptions, parse_storage_options
+from xray_cli.options import StorageOptions, Where, parse_storage_options, parse_where
 
 __all__ = ["train"]
 
@@ -24,7 +24,7 @@ def _finding(target: str) -> tuple[str, tuple[str, str]]:
     return column, (f"no {name}", name)
 
 
-def _train_logistic(store, column, labels, *, size, split, out, storage_options) -> None:
+def _train_logistic(store, column, labels, *, size, split, where, out, storage_options) -> None:
     from xraycore.predict.contract import ModelContract
     from xraycore.store import ScanStore
     from xraycore.train.baseline import ScanDataset, export_logistic_onnx, train_logistic
@@ -33,12 +33,12 @@ def _train_logistic(store, column, labels, *, size, split, out, storage_options)
     try:
         latest = ScanStore.open(store, storage_options)  # pinned: the lineage's version
         pinned = ScanStore.open(store, storage_options, version=latest.version)
-        data = ScanDataset(pinned, split=split, target=column)
+        data = ScanDataset(pinned, split=split, target=column, where=where)
         images, y = data.arrays()
         lineage = training_lineage(
             pinned,
             [r["image_id"] for r in data.rows],
-            selection={"split": split, "where": None, "target": column},
+            selection={"split": split, "where": where, "target": column},
             loader={"shuffle": False},  # row order, as ScanDataset reads them
             arch="logistic",
             epochs=None,
@@ -223,6 +223,7 @@ def train(
     finetune_lr: FinetuneLr = None,
     checkpoint_steps: CheckpointSteps = None,
     resume: Resume = False,
+    where: Where = None,
     storage_options: StorageOptions = None,
 ) -> None:
     """Train a classifier of TARGET (or of several TARGETS) on a split of STORE and
@@ -254,7 +255,11 @@ def train(
     given = {k: v for k, v in given.items() if v is not None}  # the CNN's defaults for the rest
     # What both models are told: the rest of ``given`` is the CNN's alone.
     common = dict(
-        size=size, split=split, out=out, storage_options=parse_storage_options(storage_options)
+        size=size,
+        split=split,
+        where=parse_where(where),
+        out=out,
+        storage_options=parse_storage_options(storage_options),
     )
     if arch == "logistic":
         _refuse_cnn_flags(given, weights=weights, targets=targets, resume=resume)

@@ -86,6 +86,12 @@ def upgrade(
     if not done["upgraded"]:
         typer.echo(f"{store} is in format {done['to_format']} already: nothing to do")
         return
+    if done.get("conformed"):
+        typer.echo(
+            f"conformed {store}'s metadata ({'; '.join(done['conformed'])}): {done['rows']} "
+            f"rows are version {done['version']}; no pixel was rewritten"
+        )
+        return
     typer.echo(
         f"upgraded {store} from format {done['from_format']} to {done['to_format']}: "
         f"{done['rows']} metadata rows and {done['predictions']} predictions are "

@@ -23,7 +23,9 @@ from xraycore.image.decode import ImageDecodeError, decode_image, dicom_frames, 
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.store import ScanStore, schema
 from xraycore.store.catalog import SourceFile, counted, label_for, later_frames
+from xraycore.store.header import PSEUDONYM_COLUMNS, Pseudonyms, header_columns, read_header
 from xraycore.store.labels import LAYOUTS
+from xraycore.store.schema import HEADER_COLUMNS
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -185,6 +187,7 @@ def process_batch(
     source_options: dict[str, Any] | None = None,
     fence: str | None = None,
     commit: bool = True,
+    pseudonyms: Pseudonyms | None = None,
 ) -> dict[str, Any]:
     """Process one batch end to end and return a small summary (no pixels).
 
@@ -202,7 +205,14 @@ def process_batch(
     Otherwise they are committed here, merged by key; with ``fence`` (the run
     id of the lease holder, see :meth:`~xraycore.store.ScanStore.fence`) only
     while that run is still the store's writer.
+
+    A DICOM's header columns (:mod:`xraycore.store.header`) are read from the
+    bytes read for its pixels; its identifiers are pseudonymised with
+    ``pseudonyms``, else with the key of this process's environment
+    (``XRAY_PSEUDONYM_KEY``), else not stored: the result's ``unkeyed`` counts
+    the rows whose header named a patient, study or series then.
     """
+    pseudonyms = pseudonyms or Pseudonyms.from_environment()
     spec = spec if isinstance(spec, PipelineSpec) else PipelineSpec.from_dict(spec)
     # A batch runs in a worker that owns one core; OpenCV's own thread pool would
     # oversubscribe it.
@@ -212,6 +222,7 @@ def process_batch(
     pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
     last: tuple[str, bytes, str] | None = None  # the frames of one file are read once
     found: list[tuple[int, int]] = []  # (slot, frames) of multi-frame files listed uncounted
+    unkeyed = 0
     with target.writer(batch.start, len(batch.items)) as writer:
         for slot, item in enumerate(batch.items):
             row = schema.metadata_row(
@@ -229,6 +240,8 @@ def process_batch(
                     data = Storage.from_url(item.uri, source_options).read_bytes()
                     last = (item.uri, data, hashlib.sha256(data).hexdigest())
                 data, row["sha256"] = last[1], last[2]
+                if image_format(data) == "dicom":
+                    unkeyed += _header(row, data, pseudonyms)
                 if item.frames is None:  # listed without counting: this is frame 0
                     frames = _frames_in(data)
                     first = counted(item, frames)
@@ -251,7 +264,7 @@ def process_batch(
                 row["row"] = batch.start + slot
                 row["status"] = "ok"
             if batch.labels and batch.labels[slot]:
-                row.update(batch.labels[slot])
+                _label(row, batch.labels[slot])
             rows.append(row)
         compute_s = time.perf_counter() - t0
     if commit:
@@ -272,7 +285,28 @@ def process_batch(
         "rows": [r["row"] for r in rows if r["status"] == "ok"],
         "items": [(r["row"], r["image_id"]) for r in rows if r["status"] == "ok"],
         "frames": found,
+        "unkeyed": unkeyed,
     }
+
+
+def _header(row: dict[str, Any], data: bytes, pseudonyms: Pseudonyms | None) -> int:
+    """Fill ``row``'s header columns from a DICOM's bytes; 1 when its header
+    names a patient, study or series that no key could pseudonymise."""
+    ds = read_header(data)
+    if ds is None:
+        return 0
+    columns = header_columns(ds, pseudonyms)
+    named = columns.pop("_identifiers")
+    row.update(columns)
+    return int(named and pseudonyms is None)
+
+
+def _label(row: dict[str, Any], labels: dict[str, Any]) -> None:
+    """A labels file's columns over ``row``'s: its values win where it has one
+    (MIMIC-CXR's and ChestX-ray8's ids stay theirs), a header's where it has none."""
+    row.update({k: v for k, v in labels.items() if v is not None or k not in HEADER_COLUMNS})
+    if not any(row[k] is not None and labels.get(k) is None for k in PSEUDONYM_COLUMNS):
+        row["pseudonym_key"] = None  # no pseudonym of the header's is left
 
 
 def _frames_in(data: bytes) -> int:

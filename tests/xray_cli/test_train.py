@@ -223,3 +223,22 @@ def test_a_two_word_finding_names_its_column(tmp_path):
         assert "trained on 16 scans (8 positive)" in res.stdout
         contract = json.loads(out.with_name(out.name + ".json").read_text())
         assert contract["labels"] == [f"no {column}", column]
+
+
+def test_where_selects_any_of_its_values_and_the_lineage_records_it(store, tmp_path):
+    out = tmp_path / "frontal.onnx"
+    res = _xray(
+        "train", store, "--target", "Pneumonia", "--out", str(out),
+        "--where", "view_position=PA,AP", code=WITHOUT_TORCH,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    training = json.loads(Path(f"{out}.json").read_text())["training"]
+    assert training["selection"]["where"] == {"view_position": ["PA", "AP"]}
+    st = ScanStore.open(store)
+    frontal = st.select(split="train", where={"view_position": ["PA", "AP"]})
+    assert training["rows"] == frontal.num_rows
+    assert 0 < frontal.num_rows < st.select(split="train").num_rows
+    assert set(frontal["view_position"].to_pylist()) == {"PA", "AP"}
+    bad = _xray("train", store, "--target", "Pneumonia", "--out", str(out), "--where", "PA",
+                code=WITHOUT_TORCH)  # fmt: skip
+    assert bad.returncode == 2 and "COLUMN=VALUE" in bad.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 
 import cv2
@@ -166,7 +167,7 @@ def dicom_frames(head: bytes, *, complete: bool = True) -> int | None:
         if not complete:
             return None
         raise ImageDecodeError(
-            f"DICOM header could not be read ({type(exc).__name__}: {_short(exc)})"
+            f"DICOM header could not be read ({type(exc).__name__}: {_dicom_error(exc)})"
         ) from exc
     if not complete and last <= _NUMBER_OF_FRAMES:
         return None
@@ -179,6 +180,22 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     # pydicom quotes the offending value, which can be a whole LUT or pixel buffer.
     text = str(exc)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: A quoted value in an exception's text: '...', "..." or b'...'.
+_QUOTED = re.compile(r"""b?(['"])(.*?)\1""")
+#: What a quoted DICOM keyword looks like ('PatientName'): kept.
+_KEYWORD = re.compile(r"[A-Z][A-Za-z]*")
+
+
+def _dicom_error(exc: BaseException) -> str:
+    """The text of a pydicom error with the values it quotes left out: a header's
+    value may identify a patient, and the text is stored as the row's error."""
+
+    def value(found: re.Match) -> str:
+        return found.group(0) if _KEYWORD.fullmatch(found.group(2)) else "<value>"
+
+    return _QUOTED.sub(value, _short(exc))
 
 
 def _check_size(height: int, width: int, label: str, limit: int) -> None:
@@ -278,7 +295,7 @@ def _decode_dicom(data: bytes, label: str, limit: int, frame: int | None) -> np.
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
         raise ImageDecodeError(
-            f"{label}: corrupt DICOM ({type(exc).__name__}: {_short(exc)})"
+            f"{label}: corrupt DICOM ({type(exc).__name__}: {_dicom_error(exc)})"
         ) from exc
     if "PixelData" not in ds:
         raise ImageDecodeError(f"{label}: DICOM file has no pixel data")
@@ -290,7 +307,7 @@ def _decode_dicom(data: bytes, label: str, limit: int, frame: int | None) -> np.
         # A malformed header value (a Number of Frames of "1A", a Window Width
         # of 0 for LINEAR) surfaces deep inside pydicom as a bare ValueError.
         raise ImageDecodeError(
-            f"{label}: DICOM could not be decoded ({type(exc).__name__}: {_short(exc)})"
+            f"{label}: DICOM could not be decoded ({type(exc).__name__}: {_dicom_error(exc)})"
         ) from exc
 
 

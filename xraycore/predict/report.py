@@ -127,8 +127,17 @@ def comparison_sheet(
         )
         entry["original"] = fit_to_size(fuse_channels(original), info["size"])
         panels.append(entry)
-        titles.append(ok[row]["image_id"])
+        titles.append(_title(ok[row]))
     return viz.comparison_figure(panels, path, titles=titles)
+
+
+def _title(row: dict[str, Any]) -> str:
+    """A panel's title: the image id, and its patient's pseudonym and view when known."""
+    known = [
+        f"patient {row['patient_id']}" if row.get("patient_id") else None,
+        row.get("view_position"),
+    ]
+    return " | ".join([row["image_id"], *(k for k in known if k)])
 
 
 def sheet_png(

@@ -10,6 +10,8 @@ costs time, never correctness.
 
 from __future__ import annotations
 
+from typing import Any
+
 from xraycore.store import ScanStore, select_rows
 
 __all__ = ["batch_groups", "rescored_images", "unscored_rows"]
@@ -37,7 +39,11 @@ def batch_groups(items: list[tuple[int, str]], batch_size: int) -> list[list[tup
 
 
 def unscored_rows(
-    store: ScanStore, model_sha256: str, *, rows: list[int] | None = None
+    store: ScanStore,
+    model_sha256: str,
+    *,
+    rows: list[int] | None = None,
+    where: dict[str, Any] | None = None,
 ) -> list[tuple[int, str]]:
     """The ok rows of ``store`` with no prediction from the model ``model_sha256``.
 
@@ -48,6 +54,9 @@ def unscored_rows(
         SHA-256 of the model file.
     rows : list of int, optional
         Only these rows (an event's batch); default all.
+    where : dict, optional
+        Only the rows whose columns hold these values (see
+        :func:`~xraycore.store.select_rows`: a list is any of its values).
 
     Returns
     -------
@@ -58,7 +67,8 @@ def unscored_rows(
     meta = store.read_metadata()
     if meta is None:
         return []
-    ok = select_rows(meta, url=store.storage.url, empty_ok=True).select(["row", "image_id"])
+    ok = select_rows(meta, url=store.storage.url, where=where, empty_ok=True)
+    ok = ok.select(["row", "image_id"])
     preds = store.read_predictions()
     done: set[tuple[int, str]] = set()
     if preds is not None:

@@ -50,6 +50,7 @@ KINDS = (
     "fence",
     "batch",
     "columns",
+    "header",
     "run-end",
     "split",
     "classification",

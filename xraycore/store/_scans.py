@@ -359,11 +359,30 @@ class ScanStore:
         return self.metadata.merge(table, info, fence=fence)
 
     def read_metadata(self):
-        """All metadata rows of this version, sorted by image_id (None: no rows)."""
+        """All metadata rows of this version, sorted by image_id (None: no rows);
+        a fixed column the table lacks (written before it) is read as null."""
+        import pyarrow as pa
+
         table = self.metadata.read()
         if table is None or table.num_rows == 0:
             return None
+        fixed = schema.arrow_schema([])
+        for field in fixed:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         return table.sort_by([("image_id", "ascending")])
+
+    def check_columns(self, table) -> None:
+        """Refuse new rows for a metadata ``table`` (this store's) whose fixed
+        columns are not of their type (:func:`~xraycore.store.schema.metadata_conflicts`),
+        saying how to conform it."""
+        found = schema.metadata_conflicts(table.schema) if table is not None else []
+        if found:
+            raise ValueError(
+                f"store {self.storage.url}: metadata column {'; '.join(found)} was written "
+                f"before the header columns; conform it, no pixel reprocessed: "
+                f"`xray upgrade {self.storage.url}`"
+            )
 
     def select(
         self,
@@ -404,6 +423,67 @@ class ScanStore:
         table = transform(table.sort_by([("image_id", "ascending")]))
         self.metadata.replace(table, commit_info(kind, run_id, rows=table.num_rows))
         return table.num_rows
+
+    def refresh_headers(
+        self,
+        *,
+        run_id: str,
+        pseudonyms=None,
+        source_options: dict[str, Any] | None = None,
+        skip: set[str] | frozenset[str] = frozenset(),
+    ) -> tuple[int, int]:
+        """Fill the header columns (:mod:`xraycore.store.header`) of the stored
+        DICOM rows (a source named ``.dcm``, ``.dicom`` or nothing) where they
+        are null, from the files' headers: ranged reads, no pixel read or
+        written; one version of kind ``header``. ``skip``: sources a run
+        processes anyway. Returns (rows filled, rows whose identifiers had no key)."""
+        import posixpath
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from xraycore.store.header import PSEUDONYM_COLUMNS, read_headers
+
+        self._writable()
+        table = self.read_metadata()
+        if table is None:
+            return 0, 0
+        sources = table.column("source").to_pylist()
+        wanted = sorted(
+            {
+                s
+                for s in sources
+                if s not in skip
+                and posixpath.splitext(posixpath.basename(s))[1].lower() in ("", ".dcm", ".dicom")
+            }
+        )
+        found: dict[str, dict] = {}
+        for i in range(0, len(wanted), 512):  # 512 heads in memory at a time
+            chunk = wanted[i : i + 512]
+            headers = read_headers(chunk, pseudonyms, source_options)
+            for uri, columns in zip(chunk, headers, strict=True):
+                if columns is not None:
+                    found[uri] = columns
+        if not found:
+            return 0, 0
+        unkeyed = sum(1 for s in sources if found.get(s, {}).get("_identifiers"))
+        unkeyed = unkeyed if pseudonyms is None else 0
+
+        def filled(rows):
+            rows = rows.sort_by([("image_id", "ascending")])
+            these = [found.get(s) for s in rows.column("source").to_pylist()]
+            for name in schema.HEADER_COLUMNS:
+                field = rows.schema.field(name)
+                new = pa.array([c.get(name) if c else None for c in these], field.type)
+                if name == "pseudonym_key":  # only where this fill gave a pseudonym
+                    gave = pc.and_(*[pc.is_null(rows[c]) for c in list(PSEUDONYM_COLUMNS)[:2]])
+                    new = pc.if_else(gave, new, pa.nulls(len(new), field.type))
+                column = pc.coalesce(rows[name], new)
+                rows = rows.set_column(rows.column_names.index(name), field, column)
+            return rows
+
+        self.replace_rows(filled, run_id=run_id, kind="header")
+        return sum(1 for s in sources if s in found), unkeyed
 
     def commit_predictions(self, records: list[dict[str, Any]], *, run_id: str) -> dict:
         """Commit predictions (a version of the predictions table)."""

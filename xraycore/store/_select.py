@@ -32,7 +32,8 @@ def select_rows(
     split : str, optional
         Keep the rows of this split (``xray split`` writes them).
     where : dict, optional
-        Column -> value; None matches a missing value.
+        Column -> value, or a list of values (any of them:
+        ``{"view_position": ["PA", "AP"]}``); None matches a missing value.
     target : str, optional
         Keep the rows that have a value in this column.
     status : str or None, optional
@@ -65,7 +66,7 @@ def select_rows(
     for col, value in (where or {}).items():
         if col not in columns:
             raise ValueError(f"metadata has no column {col!r}; columns: {columns}")
-        mask = both(pc.is_null(table[col]) if value is None else pc.equal(table[col], value))
+        mask = both(_matches(table[col], col, value))
     if target is not None:
         if target not in columns:
             raise ValueError(
@@ -81,3 +82,25 @@ def select_rows(
             f"(split={split!r}, where={where!r}, target={target!r})"
         )
     return chosen
+
+
+def _matches(column, name: str, value):
+    """Where ``column`` holds ``value`` (None: is null), or any of a list of values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = list(value) if isinstance(value, list | tuple | set | frozenset) else [value]
+    if not values:
+        raise ValueError(f"where {name!r}: an empty list of values selects nothing")
+    given = [v for v in values if v is not None]
+    try:
+        wanted = pa.array(given).cast(column.type) if given else None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise ValueError(
+            f"where {name!r}: {given!r} cannot be compared with the column's {column.type} values"
+        ) from None
+    found = pc.is_in(column, value_set=wanted) if given else None
+    if None in values:
+        missing = pc.is_null(column)
+        found = missing if found is None else pc.or_(found, missing)
+    return found

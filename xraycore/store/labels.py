@@ -189,10 +189,23 @@ def _chestxray8(table) -> dict[str, dict]:
         for src, dst in _CHESTXRAY8_COLUMNS.items():
             if src in names:
                 value = r[src]
-                numeric = dst in ("follow_up", "patient_age")
-                entry[dst] = value if value is None or numeric else str(value)
+                if dst == "patient_age":
+                    entry[dst] = _years(value)
+                elif dst == "follow_up":
+                    entry[dst] = value
+                else:
+                    entry[dst] = None if value is None else str(value)
         labels[str(r["Image Index"])] = entry
     return labels
+
+
+def _years(value) -> int | None:
+    """An age as whole years: ``58``, ``58.0`` or ChestX-ray8's first release's
+    ``058Y``; None for anything else (the metadata's ``patient_age`` is int64)."""
+    if isinstance(value, int | float) and value == value:
+        return int(value)
+    text = str(value or "").strip().upper().removesuffix("Y")
+    return int(text) if text.isdigit() else None
 
 
 def _observation(value, column: str, url: str) -> int | None:
@@ -236,7 +249,10 @@ def _chexpert(table, url: str) -> dict[str, dict]:
         entry["patient_id"] = parts[-3]
         for dst, column in extra.items():
             value = column[i]
-            entry[dst] = value if value is None or dst == "patient_age" else str(value)
+            if dst == "patient_age":
+                entry[dst] = _years(value)
+            else:
+                entry[dst] = None if value is None else str(value)
         labels["/".join(parts[-3:])] = entry
     return labels
 
@@ -275,7 +291,7 @@ def _mimic(table, url: str, storage_options: dict[str, Any] | None) -> dict[str,
         findings = by_study.get((subject, study))
         if findings is None:  # a study the labeller did not label
             continue
-        entry: dict[str, Any] = {**findings, "patient_id": str(subject), "study_id": int(study)}
+        entry: dict[str, Any] = {**findings, "patient_id": str(subject), "study_id": str(study)}
         if views is not None:
             entry["view_position"] = None if views[i] is None else str(views[i])
         labels[str(dicom)] = entry

@@ -50,8 +50,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFUSION",
     "FORMAT",
+    "HEADER_COLUMNS",
     "IMAGES",
     "LEGACY_TABLES",
+    "conform_metadata",
+    "metadata_conflicts",
     "LEASE",
     "METADATA",
     "METADATA_COLUMNS",
@@ -333,6 +336,28 @@ def check_format(attrs: dict[str, Any], url: str) -> None:
     )
 
 
+#: What a DICOM header says of its scan (:mod:`xraycore.store.header`), null for
+#: other files and where the header says nothing; a labels file's values win
+#: where it names the same column. ``patient_id``, ``study_id`` and
+#: ``series_id`` are keyed pseudonyms (or a labels file's own ids),
+#: ``pseudonym_key`` the fingerprint of the key that made them; ``patient_age``
+#: is in whole years, 90 for any age over 89; ``study_year`` is the year alone;
+#: ``pixel_spacing_mm`` is (row, column). A table written before these columns
+#: is read with them null.
+HEADER_COLUMNS: dict[str, str] = {
+    "patient_id": "string",
+    "study_id": "string",
+    "series_id": "string",
+    "view_position": "string",
+    "modality": "string",
+    "body_part": "string",
+    "patient_sex": "string",
+    "patient_age": "int64",
+    "study_year": "int64",
+    "pixel_spacing_mm": "list<double>",
+    "pseudonym_key": "string",
+}
+
 #: The metadata columns every row has, in order (label columns from a labels
 #: file follow them). ``frame`` is the 0-based frame of a multi-frame DICOM
 #: (null for a single-frame file); a row is one (source, frame), and
@@ -365,7 +390,48 @@ METADATA_COLUMNS: dict[str, str] = {
     "median": "double",
     "checksum": "string",
     "processed_at": "timestamp[us, tz=UTC]",
+    **HEADER_COLUMNS,
 }
+
+
+def metadata_conflicts(arrow_schema) -> list[str]:
+    """The fixed columns whose type in ``arrow_schema`` (a metadata table's) is
+    not theirs, as ``"name (found, expected)"``: a table written before the
+    header columns with a labels file's ``study_id`` as integers, say. Such a
+    table takes no new rows until ``xray upgrade`` conforms it
+    (:func:`conform_metadata`)."""
+    found = []
+    for field in arrow_schema:
+        want = METADATA_COLUMNS.get(field.name)
+        if want is not None and field.type != _arrow_type(want):
+            found.append(f"{field.name} ({field.type}, expected {_arrow_type(want)})")
+    return found
+
+
+def conform_metadata(table):
+    """``table`` (metadata rows) with every fixed column present (null where
+    missing) and in its type: integer ids as text, an age such as ``058Y`` as
+    years (an age that is not a number of years becomes null). Any other value
+    that has no form in its column's type raises."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fields = []
+    for name in table.column_names:
+        want = METADATA_COLUMNS.get(name)
+        fields.append(pa.field(name, _arrow_type(want)) if want else table.schema.field(name))
+        if name == "patient_age" and pa.types.is_string(table.schema.field(name).type):
+            years = pc.extract_regex(table[name], r"^\s*0*(?P<n>\d{1,3})\s*[Yy]?\s*$")
+            table = table.set_column(
+                table.column_names.index(name), name, pc.struct_field(years, "n")
+            )
+    for name, want in METADATA_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(
+                pa.field(name, _arrow_type(want)), pa.nulls(table.num_rows, _arrow_type(want))
+            )
+            fields.append(pa.field(name, _arrow_type(want)))
+    return table.cast(pa.schema(fields))
 
 
 #: The columns of a prediction (one per image and model; re-scoring replaces).
@@ -553,6 +619,8 @@ def _arrow_type(name: str):
 
     if name.startswith("timestamp"):
         return pa.timestamp("us", tz="UTC")
+    if name.startswith("list<"):
+        return pa.list_(pa.type_for_alias(name[5:-1]))
     return pa.type_for_alias(name)
 
 

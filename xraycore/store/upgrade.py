@@ -7,6 +7,12 @@ commits what they held as version 0 of each Delta table (commit kind
 ``upgrade``), then records format 4 on the Zarr group and removes the parts.
 An upgrade that is interrupted is run again: until the format is bumped the
 store is still format 3 and its parts are still there.
+
+A format-4 store whose metadata holds a fixed column in another type (written
+before the DICOM header columns: MIMIC-CXR's ``study_id`` as integers, an age
+as ``058Y``) is conformed the same way: its rows committed again in the
+columns' types (:func:`~xraycore.store.schema.conform_metadata`), one version
+of kind ``upgrade``; no pixel is touched.
 """
 
 from __future__ import annotations
@@ -68,6 +74,28 @@ def _bump_format(storage: Storage) -> None:
     storage.write_bytes_atomic(path, json.dumps(document, indent=2).encode())
 
 
+def _conform(storage: Storage, url: str) -> dict[str, Any]:
+    """A format-4 store's metadata in its columns' types (see the module)."""
+    from xraycore.store._scans import ScanStore
+    from xraycore.store.lease import StoreLease
+
+    store = ScanStore(storage)
+    table = store.metadata.read()
+    found = schema.metadata_conflicts(table.schema) if table is not None else []
+    if not found:
+        return {"upgraded": False, "rows": None, "predictions": None, "version": None}
+    run_id = f"upgrade-{uuid.uuid4().hex[:8]}"
+    with StoreLease.acquire(storage, run_id, description="xray upgrade"):
+        rows = store.replace_rows(schema.conform_metadata, run_id=run_id, kind="upgrade")
+    return {
+        "upgraded": True,
+        "conformed": found,
+        "rows": rows,
+        "predictions": 0,
+        "version": store.metadata.current_version(),
+    }
+
+
 def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Move the store at ``url`` to :data:`~xraycore.store.schema.FORMAT`.
 
@@ -93,7 +121,7 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
     found = attrs.get("format", 1)
     summary = {"store": url, "from_format": found, "to_format": schema.FORMAT}
     if found == schema.FORMAT:
-        return {**summary, "upgraded": False, "rows": None, "predictions": None, "version": None}
+        return {**summary, **_conform(storage, url)}
     if found not in schema.UPGRADABLE:
         schema.check_format(attrs, url)  # refuses it, saying how to rebuild it
     run_id = f"upgrade-{uuid.uuid4().hex[:8]}"
@@ -121,8 +149,9 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
                 counts[name] = 0
                 continue
             if arrow_schema is None:
-                arrow_schema = schema.arrow_schema([])  # its label columns as they are
-            rows = _with_columns(rows, arrow_schema)
+                rows = schema.conform_metadata(rows)  # its label columns as they are
+            else:
+                rows = _with_columns(rows, arrow_schema)
             info = commit_info("upgrade", run_id, rows=rows.num_rows, detail=f"format {found}")
             table.replace(rows, info)
             counts[name] = rows.num_rows

@@ -238,17 +238,17 @@ def test_a_committer_killed_after_its_commit_is_restarted_and_commits_nothing_tw
 
 def test_a_label_column_with_no_value_in_a_batch_is_left_out_and_reads_null(tmp_path):
     store = _store(tmp_path)
-    labelled = [{**r, "patient_age": 40 + i} for i, r in enumerate(_rows(0, 2, "r1"))]
-    empty = [{**r, "patient_age": None} for r in _rows(2, 2, "r1")]  # no value: no type
+    labelled = [{**r, "follow_up": 40 + i} for i, r in enumerate(_rows(0, 2, "r1"))]
+    empty = [{**r, "follow_up": None} for r in _rows(2, 2, "r1")]  # no value: no type
     files = [
         store.write_rows(labelled, run_id="r1", part=0),
         store.write_rows(empty, run_id="r1", part=2),
     ]
-    assert "patient_age" not in files[1].columns
+    assert "follow_up" not in files[1].columns
     store.commit_row_files(files, run_id="r1", group=1, fence="r1")
     table = DeltaTable(store.metadata.uri).to_pyarrow_table()
-    ages = dict(zip(table["source"].to_pylist(), table["patient_age"].to_pylist(), strict=True))
-    assert [ages[f"/src/s{i:05d}.png"] for i in range(4)] == [40, 41, None, None]
+    ups = dict(zip(table["source"].to_pylist(), table["follow_up"].to_pylist(), strict=True))
+    assert [ups[f"/src/s{i:05d}.png"] for i in range(4)] == [40, 41, None, None]
     # The new column is a commit of its own kind, not a group, in the run's one log line.
     kinds = [e["kind"] for e in store.history() if e["table"] == "metadata"]
     assert kinds[:2] == ["batch", "columns"], kinds

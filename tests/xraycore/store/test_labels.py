@@ -116,7 +116,7 @@ def test_mimic_labels_go_from_studies_to_their_images(tmp_path, gz):
     first = labels["02aa804e-bde0afdd"]
     assert (first["patient_id"], first["study_id"], first["view_position"]) == (
         "10000032",
-        50414267,
+        "50414267",
         "PA",
     )
     assert labels["174413ec-4ec4c1f7"]["view_position"] == "LATERAL"
