@@ -98,6 +98,7 @@ def preprocess_dataset(
         batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
             previous = target.read_metadata()  # read once: for the listing and the plan
+            _check_key(previous, pseudonyms or Pseudonyms.from_environment())
             sources = _list_sources(source, previous, options, started)
             table = read_labels(labels, options) if labels else None
             plan = _plan(target, sources, previous, spec, batch_size, labels=table)
@@ -177,6 +178,18 @@ def _plan(
         images=images,
     )
     return plan
+
+
+def _check_key(previous: Any, pseudonyms: Pseudonyms | None) -> None:
+    """Say (once, a warning) when the store's pseudonyms were made with another
+    key than this run's: new scans of its patients would not join them."""
+    if previous is None or pseudonyms is None:
+        return
+    import pyarrow.compute as pc
+
+    stored = set(pc.unique(previous["pseudonym_key"]).drop_null().to_pylist())
+    if stored and pseudonyms.key_id not in stored:
+        notify("other_key", key_id=pseudonyms.key_id, stored=sorted(stored))
 
 
 def _refresh(

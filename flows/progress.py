@@ -16,7 +16,8 @@ seconds), ``planned`` (new, retried, skipped, batches, images), ``cluster``
 (workers, dashboard), ``workers_pending`` (pending, waited_s: no Dask worker
 yet), ``batch`` (done, total, failed, batches_done, batches, rate),
 ``committed`` (rows), ``scored`` (rows), ``headers`` (rows: header columns
-filled), ``unkeyed`` (once: headers named patients but no key was set); and,
+filled), ``unkeyed`` (once: headers named patients but no key was set),
+``other_key`` (key_id, stored: the store's pseudonyms came from another key); and,
 from :mod:`flows.server`, ``prefect_server`` (url: the local Prefect server
 being started).
 """
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LOG_EVERY_S", "UNKEYED", "Observer", "log_line", "notify", "observe"]
+__all__ = ["LOG_EVERY_S", "UNKEYED", "other_key_line", "Observer", "log_line", "notify", "observe"]
 
 Observer = Callable[[str, dict[str, Any]], None]
 _observers: list[Observer] = []
@@ -69,9 +70,18 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "scored": lambda f: f"scored {f['rows']} rows",
     "headers": lambda f: f"filled the header columns of {f['rows']} stored DICOM rows",
     "unkeyed": lambda f: UNKEYED,
+    "other_key": lambda f: other_key_line(f),
 }
-_WARNINGS = {"lease_taken_over", "unkeyed"}
+_WARNINGS = {"lease_taken_over", "unkeyed", "other_key"}
 _last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
+
+
+def other_key_line(f: dict[str, Any]) -> str:
+    """The warning of a run whose pseudonym key is not the one the store's were made with."""
+    return (
+        f"the store's pseudonyms were made with key {', '.join(f['stored'])}, this run's key is "
+        f"{f['key_id']}: its patients, studies and series get other ids than the stored ones"
+    )
 
 
 @contextlib.contextmanager

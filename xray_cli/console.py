@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from flows.progress import UNKEYED
+from flows.progress import UNKEYED, other_key_line
 
 __all__ = ["RunConsole", "one_line_errors", "print_report", "quiet_libraries", "run_console"]
 
@@ -207,6 +207,9 @@ class RunConsole:
 
     def _on_unkeyed(self, f: dict[str, Any]) -> None:
         self.line(UNKEYED, "unkeyed", **f)
+
+    def _on_other_key(self, f: dict[str, Any]) -> None:
+        self.line(other_key_line(f), "other_key", **f)
 
     def _on_headers(self, f: dict[str, Any]) -> None:
         self.line(f"filled the header columns of {f['rows']} stored DICOM rows", "headers", **f)

@@ -224,6 +224,10 @@ def test_another_key_gives_other_pseudonyms_and_no_key_stores_none(hospital, tmp
     for image_id, r in second.items():
         for column in ("patient_id", "study_id", "series_id"):
             assert r[column] is not None and r[column] != first[image_id][column]
+    again = _xray("run", source, "--store", other, "--size", "64", "--workers", "1",
+                  env={KEY_VARIABLE: KEY})  # fmt: skip
+    said = [line for line in again.stdout.splitlines() if "made with key" in line]
+    assert len(said) == 1 and "get other ids" in said[0], again.stdout
     bare = str(tmp_path / "bare")
     res = _xray("run", source, "--store", bare, "--size", "64", "--workers", "1",
                 env={KEY_VARIABLE: ""})  # fmt: skip
