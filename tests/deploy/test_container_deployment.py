@@ -101,6 +101,7 @@ def test_a_worker_container_runs_the_scheduled_deployment(
     ran_by = runs[0].labels["prefect.worker.name"]
     assert f"Worker {ran_by!r} started" in log, (ran_by, log)
     assert [w.name for w in workers] == [ran_by]
+    assert (store / "metadata.delta").is_dir(), f"no store at {store} on the host (the mount?)"
     reference = clean_reference(source, tmp_path / "reference", size=SIZE)
     figures = assert_store_complete(str(store), reference)
     seconds = time.monotonic() - t0
