@@ -68,8 +68,13 @@ if [ "$ENGINE" = podman ]; then
 else
   export DOCKER_BUILDKIT=1
 fi
+previous=$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 start=$(date +%s)
 "$ENGINE" "${build[@]}" . || fail "$ENGINE build failed (its output is above)"
+# The image this tag named before, now untagged: removed unless a container uses it.
+if [ -n "$previous" ] && [ "$previous" != "$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  "$ENGINE" rmi "$previous" >/dev/null 2>&1 || true
+fi
 seconds=$(($(date +%s) - start))
 bytes=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
 echo "build-image.sh: built $IMAGE on $BASE in ${seconds} s; image size $((bytes / 1000000)) MB"
