@@ -9,7 +9,7 @@ LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --ge
 SOURCE ?= $(if $(wildcard ../shared/data/chestxray8/*.png),../shared/data/chestxray8,)
 OUT ?= out
 
-.PHONY: install install-torch run test lint format bench lock clean
+.PHONY: install install-torch run test lint format bench lock image clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The container image (deploy/Dockerfile) as xray-pipeline:latest, with podman or docker;
+# with no image registry in reach, on a Debian base made here with mmdebstrap.
+image:
+	deploy/build-image.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench_ops.py

@@ -158,7 +158,8 @@ def dask_processes_on_loopback(folder: Path, env: dict | None = None, workers: i
         for _ in range(workers):
             procs.append(subprocess.Popen([*worker, "--host", "127.0.0.1"], **quiet))
         with Client(address, timeout=60) as client:
-            client.wait_for_workers(workers, timeout=120)
+            if workers:  # none: a scheduler for workers started elsewhere (containers)
+                client.wait_for_workers(workers, timeout=120)
             pids = set(client.run(os.getpid).values())
         yield address, pids
     finally:

@@ -13,7 +13,8 @@ own exit code, see :func:`xray_cli.exits.end_process`).
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from importlib.metadata import version
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -27,6 +28,26 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Chest X-ray collections -> Zarr + Delta Lake training stores, versioned.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"xray-pipeline {version('xray-pipeline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # The app's own options; its help text is the Typer's (above).
+    pass
+
 
 # In this order in `xray --help`.
 for command in (

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+from importlib.metadata import version
 
 import pyarrow as pa
 import pytest
 import typer
 
 from xray_cli.exits import refused
+from xray_cli.main import run_command
 from xray_cli.options import cluster_value
 from xraycore.store import ShardFormatError, StoreConflictError, StoreFormatError
 from xraycore.store.lease import LeaseHeldError, LeaseLostError
@@ -76,3 +78,8 @@ def test_refusals_exit_2(exc):
 )
 def test_a_failed_run_exits_1(exc):
     assert not refused(exc)
+
+
+def test_version_prints_the_installed_distribution(capsys):
+    assert run_command(["--version"]) == 0
+    assert capsys.readouterr().out == f"xray-pipeline {version('xray-pipeline')}\n"
