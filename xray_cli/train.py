@@ -17,7 +17,7 @@ __all__ = ["train"]
 def _finding(target: str) -> tuple[str, tuple[str, str]]:
     """The metadata column of ``--target`` (Pneumonia or finding_pneumonia) and the
     labels of the model's contract (no pneumonia, pneumonia)."""
-    from xraycore.store.schema import FINDING_PREFIX, finding_column
+    from xraycore.store.columns import FINDING_PREFIX, finding_column
 
     column = finding_column(target)
     name = column.removeprefix(FINDING_PREFIX)
@@ -62,7 +62,7 @@ def _epoch_line(result) -> str:
         f"({result.steps} steps, {result.seconds:.1f} s)"
     )
     if result.validation_count:
-        from xraycore.store.schema import FINDING_PREFIX
+        from xraycore.store.columns import FINDING_PREFIX
 
         each = ", ".join(
             f"{name.removeprefix(FINDING_PREFIX)} {auc:.3f}"

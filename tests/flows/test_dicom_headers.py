@@ -20,8 +20,8 @@ from dicom_files import make_dicom
 from onnx_models import mean_model
 
 from xraycore.image.synth import phantom_chest
+from xraycore.sources.header import KEY_VARIABLE
 from xraycore.store import ScanStore
-from xraycore.store.header import KEY_VARIABLE
 
 pytest.importorskip("pydicom")
 
@@ -240,7 +240,7 @@ def _as_before(store: str, **columns) -> None:
     import pyarrow as pa
 
     from xraycore.store._delta import commit_info
-    from xraycore.store.schema import HEADER_COLUMNS
+    from xraycore.store.columns import HEADER_COLUMNS
 
     st = ScanStore.open(store)
     table = st.metadata.read().sort_by("image_id")

@@ -18,8 +18,8 @@ from flows.cluster import local_cluster
 from flows.preprocess import preprocess_dataset
 from flows.server import run_flow
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
+from xraycore.sources.catalog import read_image
 from xraycore.store import ScanStore, StoreConflictError
-from xraycore.store.catalog import read_image
 
 SIZE = 128
 

@@ -195,7 +195,7 @@ def test_a_two_word_finding_names_its_column(tmp_path):
 
     from xraycore.image.pipeline import PipelineSpec
     from xraycore.image.synth import phantom_chest
-    from xraycore.store.catalog import read_labels
+    from xraycore.sources.catalog import read_labels
     from xraycore.train.baseline import write_splits
 
     images = [phantom_chest(64, seed=i) // 2 + (128 if i % 2 else 0) for i in range(16)]

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xraycore.store.schema import FINDING_PREFIX
+from xraycore.store.columns import FINDING_PREFIX
 from xraycore.store.storage import Storage
 
 __all__ = [

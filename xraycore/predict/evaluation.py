@@ -17,7 +17,8 @@ from xraycore.predict.contract import (
 )
 from xraycore.predict.roc import operating_point, roc_auc, roc_curve
 from xraycore.store import ScanStore, select_rows
-from xraycore.store.schema import CONFUSION, FINDING_PREFIX, REPORT, ROC, finding_column
+from xraycore.store.columns import FINDING_PREFIX, finding_column
+from xraycore.store.schema import CONFUSION, REPORT, ROC
 
 # model_sha256 is the contract's (where the model is read), named here too for the
 # callers that evaluate: predictions are found by it.

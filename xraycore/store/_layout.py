@@ -1,11 +1,11 @@
 """The Zarr layout of a store's images: one array per output, one image per
-chunk, ``shard_size`` images per shard, Blosc as :mod:`xraycore.store.schema` says."""
+chunk, ``shard_size`` images per shard, Blosc as :data:`xraycore.store._codec.COMPRESSORS` says."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from xraycore.store import schema
+from xraycore.store import _codec, packing, schema
 
 if TYPE_CHECKING:
     from xraycore.image.pipeline import PipelineSpec
@@ -61,13 +61,13 @@ def open_group(storage: Storage, mode: str = "r"):
     return zarr.open_group(storage.zarr_store(schema.IMAGES), mode=mode, zarr_format=3)
 
 
-def stored_arrays(group) -> dict[str, tuple[Any, schema.ArraySpec]]:
-    """Name -> (``zarr.Array``, its :class:`~xraycore.store.schema.ArraySpec`) of
+def stored_arrays(group) -> dict[str, tuple[Any, packing.ArraySpec]]:
+    """Name -> (``zarr.Array``, its :class:`~xraycore.store.packing.ArraySpec`) of
     every array the group's attributes list, in their order."""
     out = {}
     for name in group.attrs["arrays"]:
         arr = group[name]
-        spec = schema.ArraySpec.from_attributes(
+        spec = packing.ArraySpec.from_attributes(
             name, str(arr.dtype), arr.shape[1:], dict(arr.attrs)
         )
         out[name] = (arr, spec)
@@ -82,7 +82,7 @@ def create_arrays(storage: Storage, spec: PipelineSpec, batch_size: int) -> dict
 
     group = zarr.open_group(storage.zarr_store(schema.IMAGES), mode="w", zarr_format=3)
     shard = shard_rows(batch_size)
-    arrays = schema.array_specs(spec)
+    arrays = packing.array_specs(spec)
     for a in arrays:
         image = len(a.shape) == 2
         group.create_array(
@@ -91,7 +91,7 @@ def create_arrays(storage: Storage, spec: PipelineSpec, batch_size: int) -> dict
             dtype=a.dtype,
             chunks=(1, *a.shape) if image else (shard, *a.shape),
             shards=(shard, *a.shape) if image else None,
-            compressors=BloscCodec(**schema.COMPRESSORS[a.name]),
+            compressors=BloscCodec(**_codec.COMPRESSORS[a.name]),
             fill_value=a.fill_value,
             attributes=a.attributes(),
             dimension_names=("row", "y", "x") if image else ("row", "bin"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycore.store import schema
+from xraycore.store import columns, schema
 from xraycore.store._codec import ShardDecoder
 from xraycore.store._delta import (
     HISTORY_REASON,
@@ -28,7 +28,7 @@ from xraycore.store._layout import (
 )
 from xraycore.store._select import select_rows
 from xraycore.store._writer import ShardWriter
-from xraycore.store.schema import ArraySpec
+from xraycore.store.packing import ArraySpec
 from xraycore.store.storage import Storage
 
 __all__ = ["ScanStore", "StoreConflictError", "VersionRemovedError"]
@@ -57,16 +57,16 @@ class ScanStore:
         self.metadata = VersionedTable(
             storage,
             schema.METADATA,
-            schema.METADATA_KEY,
-            schema.METADATA_TIME,
+            columns.METADATA_KEY,
+            columns.METADATA_TIME,
             nullable_key=("frame",),
             version=version,
         )
         self.predictions = VersionedTable(
             storage,
             schema.PREDICTIONS,
-            schema.PREDICTION_KEY,
-            schema.PREDICTION_TIME,
+            columns.PREDICTION_KEY,
+            columns.PREDICTION_TIME,
             nullable_key=("finding",),
         )
 
@@ -181,7 +181,7 @@ class ScanStore:
         return batch_size
 
     def arrays(self) -> dict[str, ArraySpec]:
-        """Name -> :class:`~xraycore.store.schema.ArraySpec` of every stored array."""
+        """Name -> :class:`~xraycore.store.packing.ArraySpec` of every stored array."""
         self.info_or_raise()
         return {name: spec for name, (_, spec) in stored_arrays(self.group("r")).items()}
 
@@ -276,8 +276,8 @@ class ScanStore:
                 self.storage.remove(name)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         for table, empty in (
-            (self.metadata, schema.arrow_schema([])),
-            (self.predictions, schema.prediction_schema()),
+            (self.metadata, columns.arrow_schema([])),
+            (self.predictions, columns.prediction_schema()),
         ):
             if not table.exists():
                 continue
@@ -295,7 +295,7 @@ class ScanStore:
         the lease raises :class:`~xraycore.store._delta.FencedCommitError`."""
         self._writable()
         self.metadata.open_run(run_id)  # before any batch of it writes a file
-        self.metadata.fence(run_id, schema.arrow_schema([]), commit_info("fence", run_id))
+        self.metadata.fence(run_id, columns.arrow_schema([]), commit_info("fence", run_id))
 
     def write_rows(self, rows: list[dict[str, Any]], *, run_id: str, part: int) -> TableFile:
         """Write metadata rows as a file of the table for the run's committer to
@@ -304,8 +304,8 @@ class ScanStore:
         import pyarrow as pa
 
         self._writable()
-        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
-        table = latest_rows(table, schema.METADATA_KEY, schema.METADATA_TIME)
+        table = pa.Table.from_pylist(rows, schema=columns.arrow_schema(rows))
+        table = latest_rows(table, columns.METADATA_KEY, columns.METADATA_TIME)
         # A label column with no value in this batch has no type: left out, a
         # Delta reader reads it as null for these rows.
         typed = [f.name for f in table.schema if not pa.types.is_null(f.type)]
@@ -354,7 +354,7 @@ class ScanStore:
         self._writable()
         if not rows:
             return {}
-        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
+        table = pa.Table.from_pylist(rows, schema=columns.arrow_schema(rows))
         info = commit_info(kind, run_id, pipeline_hash=pipeline_hash, rows=len(rows))
         return self.metadata.merge(table, info, fence=fence)
 
@@ -366,7 +366,7 @@ class ScanStore:
         table = self.metadata.read()
         if table is None or table.num_rows == 0:
             return None
-        fixed = schema.arrow_schema([])
+        fixed = columns.arrow_schema([])
         for field in fixed:
             if field.name not in table.column_names:
                 table = table.append_column(field, pa.nulls(table.num_rows, field.type))
@@ -374,9 +374,9 @@ class ScanStore:
 
     def check_columns(self, table) -> None:
         """Refuse new rows for a metadata ``table`` (this store's) whose fixed
-        columns are not of their type (:func:`~xraycore.store.schema.metadata_conflicts`),
+        columns are not of their type (:func:`~xraycore.store.columns.metadata_conflicts`),
         saying how to conform it."""
-        found = schema.metadata_conflicts(table.schema) if table is not None else []
+        found = columns.metadata_conflicts(table.schema) if table is not None else []
         if found:
             raise ValueError(
                 f"store {self.storage.url}: metadata column {'; '.join(found)} was written "
@@ -424,67 +424,6 @@ class ScanStore:
         self.metadata.replace(table, commit_info(kind, run_id, rows=table.num_rows))
         return table.num_rows
 
-    def refresh_headers(
-        self,
-        *,
-        run_id: str,
-        pseudonyms=None,
-        source_options: dict[str, Any] | None = None,
-        skip: set[str] | frozenset[str] = frozenset(),
-    ) -> tuple[int, int]:
-        """Fill the header columns (:mod:`xraycore.store.header`) of the stored
-        DICOM rows (a source named ``.dcm``, ``.dicom`` or nothing) where they
-        are null, from the files' headers: ranged reads, no pixel read or
-        written; one version of kind ``header``. ``skip``: sources a run
-        processes anyway. Returns (rows filled, rows whose identifiers had no key)."""
-        import posixpath
-
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from xraycore.store.header import PSEUDONYM_COLUMNS, read_headers
-
-        self._writable()
-        table = self.read_metadata()
-        if table is None:
-            return 0, 0
-        sources = table.column("source").to_pylist()
-        wanted = sorted(
-            {
-                s
-                for s in sources
-                if s not in skip
-                and posixpath.splitext(posixpath.basename(s))[1].lower() in ("", ".dcm", ".dicom")
-            }
-        )
-        found: dict[str, dict] = {}
-        for i in range(0, len(wanted), 512):  # 512 heads in memory at a time
-            chunk = wanted[i : i + 512]
-            headers = read_headers(chunk, pseudonyms, source_options)
-            for uri, columns in zip(chunk, headers, strict=True):
-                if columns is not None:
-                    found[uri] = columns
-        if not found:
-            return 0, 0
-        unkeyed = sum(1 for s in sources if found.get(s, {}).get("_identifiers"))
-        unkeyed = unkeyed if pseudonyms is None else 0
-
-        def filled(rows):
-            rows = rows.sort_by([("image_id", "ascending")])
-            these = [found.get(s) for s in rows.column("source").to_pylist()]
-            for name in schema.HEADER_COLUMNS:
-                field = rows.schema.field(name)
-                new = pa.array([c.get(name) if c else None for c in these], field.type)
-                if name == "pseudonym_key":  # only where this fill gave a pseudonym
-                    gave = pc.and_(*[pc.is_null(rows[c]) for c in list(PSEUDONYM_COLUMNS)[:2]])
-                    new = pc.if_else(gave, new, pa.nulls(len(new), field.type))
-                column = pc.coalesce(rows[name], new)
-                rows = rows.set_column(rows.column_names.index(name), field, column)
-            return rows
-
-        self.replace_rows(filled, run_id=run_id, kind="header")
-        return sum(1 for s in sources if s in found), unkeyed
-
     def commit_predictions(self, records: list[dict[str, Any]], *, run_id: str) -> dict:
         """Commit predictions (a version of the predictions table)."""
         import pyarrow as pa
@@ -492,14 +431,14 @@ class ScanStore:
         self._writable()
         if not records:
             return {}
-        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
+        table = pa.Table.from_pylist(records, schema=columns.prediction_schema())
         info = commit_info("classification", run_id, rows=len(records))
         return self.predictions.merge(table, info)
 
     def open_classification(self, run_id: str) -> None:
         """Record that ``run_id``'s scoring tasks may write prediction files."""
         self._writable()
-        self.predictions.create(schema.prediction_schema(), commit_info("create", run_id))
+        self.predictions.create(columns.prediction_schema(), commit_info("create", run_id))
         self.predictions.open_run(run_id)
 
     def write_predictions(self, records: list[dict[str, Any]], *, run_id: str, part: int):
@@ -508,8 +447,8 @@ class ScanStore:
         import pyarrow as pa
 
         self._writable()
-        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
-        table = latest_rows(table, schema.PREDICTION_KEY, schema.PREDICTION_TIME)
+        table = pa.Table.from_pylist(records, schema=columns.prediction_schema())
+        table = latest_rows(table, columns.PREDICTION_KEY, columns.PREDICTION_TIME)
         return write_table_file(self.storage, schema.PREDICTIONS, table, run_id=run_id, part=part)
 
     def commit_prediction_files(

@@ -14,7 +14,7 @@ from dicom_files import make_dicom
 
 from xraycore.image import decode as xio
 from xraycore.image.synth import phantom_chest
-from xraycore.store.catalog import read_image
+from xraycore.sources.catalog import read_image
 
 
 def _png(image: np.ndarray) -> bytes:
