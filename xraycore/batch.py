@@ -410,4 +410,4 @@ def _scored(classifier, rows, scans) -> tuple[list[tuple], int]:
         for r, row_scores, row_labels in zip(rows, scores, labels, strict=True)
         for f, s, lab in zip(findings, row_scores, row_labels, strict=True)
     ]
-    return scored, sum(any(not lab.startswith("no ") for lab in row) for row in labels)
+    return scored, sum(any(not columns.is_absent_label(lab) for lab in row) for row in labels)

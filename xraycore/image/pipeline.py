@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xraycore._validate import check_image, to_uint8
+from xraycore._validate import check_image, check_int, to_uint8
 from xraycore.image import edges, exposure, measure, restore
 
 __all__ = [
@@ -85,8 +85,7 @@ class PipelineSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 16:
-            raise ValueError(f"size must be an int >= 16, got {self.size!r}")
+        check_int(self.size, "size", minimum=16)
         if self.fit not in ("letterbox", "resize"):
             raise ValueError(f"fit must be 'letterbox' or 'resize', got {self.fit!r}")
         if self.restore not in ("auto", "always", "never"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from xraycore._validate import check_image
+from xraycore._validate import check_image, check_int
 
 __all__ = [
     "DAMAGE_FAMILIES",
@@ -61,8 +61,7 @@ def phantom_chest(
     scan : (size, size) ndarray of uint8
         Body bright, lungs dark, spine and ribs bright; heart on the image right.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
-        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    check_int(size, "size", minimum=32)
     unknown = sorted(set(findings) - set(SYNTHETIC_FINDINGS))
     if unknown:
         raise ValueError(f"unknown findings {unknown}; known: {list(SYNTHETIC_FINDINGS)}")

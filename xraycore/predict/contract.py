@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xraycore.store.columns import FINDING_PREFIX
+from xraycore.store.columns import absent_label, finding_name
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -273,10 +273,10 @@ class OnnxClassifier:
         """Per image and finding of a multi-output model, the finding's name
         (``finding_`` dropped) when its score is above its threshold, else
         ``no <name>``."""
-        names = [f.removeprefix(FINDING_PREFIX) for f in self.contract.findings]
+        names = [finding_name(f) for f in self.contract.findings]
         return [
             [
-                n if s > self.contract.threshold_of(k) else f"no {n}"
+                n if s > self.contract.threshold_of(k) else absent_label(n)
                 for k, (n, s) in enumerate(zip(names, row, strict=True))
             ]
             for row in scores

@@ -38,7 +38,7 @@ def _findings_text(report: dict) -> str:
     buf.write(f"{'':>28}{'AUROC':>12}{'threshold':>12}{'sensitivity':>12}")
     buf.write(f"{'specificity':>12}{'support':>10}\n\n")
     for finding, r in report["findings"].items():
-        buf.write(f"{finding.removeprefix(columns.FINDING_PREFIX):>28}{num(r['auroc'])}")
+        buf.write(f"{columns.finding_name(finding):>28}{num(r['auroc'])}")
         buf.write(f"{num(r['threshold'])}{num(r['sensitivity'])}{num(r['specificity'])}")
         buf.write(f"{r['support']:>10}\n")
     buf.write(f"\n{'mean AUROC':>28}{num(report['mean_auroc'])}\n")

@@ -110,7 +110,6 @@ def _numcodecs_blosc(codec):
 
 class _ShardCodec:
     def __init__(self, arr, blosc, shard: int):
-        self._metadata = arr.metadata
         # numcodecs.Blosc with the typesize of the dtype, as Zarr's codec uses.
         self._blosc = _numcodecs_blosc(blosc)
         self.dtype = np.dtype(str(arr.dtype)).newbyteorder("<")
@@ -122,11 +121,6 @@ class _ShardCodec:
     def for_array(cls, arr):
         found = _layout(arr)
         return None if found is None else cls(arr, *found)
-
-    def key(self, shard_index: int) -> str:
-        """The shard's object name under the array."""
-        zeros = (0,) * len(self.image_shape)
-        return self._metadata.encode_chunk_key((shard_index, *zeros))
 
 
 class ShardEncoder(_ShardCodec):

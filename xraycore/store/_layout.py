@@ -3,6 +3,7 @@ chunk, ``shard_size`` images per shard, Blosc as :data:`xraycore.store._codec.CO
 
 from __future__ import annotations
 
+import posixpath
 from typing import TYPE_CHECKING, Any
 
 from xraycore.store import _codec, packing, schema
@@ -24,6 +25,18 @@ __all__ = [
 def shard_rows(batch_size: int) -> int:
     """The largest divisor of ``batch_size`` not above :data:`schema.SHARD_SIZE`."""
     return max(d for d in range(1, min(batch_size, schema.SHARD_SIZE) + 1) if batch_size % d == 0)
+
+
+def shard_key(name: str, arr, shard_index: int) -> str:
+    """The object holding shard ``shard_index`` of the stored array ``name``
+    (``arr``, its Zarr array), relative to the store:
+    ``images.zarr/<name>/c/<shard>/0/0``.
+
+    The array's own Zarr metadata names it, so it is the same key for an array
+    stored unsharded (the histogram: one chunk of a shard's rows per object).
+    """
+    zeros = (0,) * (arr.ndim - 1)
+    return posixpath.join(schema.IMAGES, name, arr.metadata.encode_chunk_key((shard_index, *zeros)))
 
 
 def _metadata(storage: Storage, *path: str) -> dict[str, Any] | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import posixpath
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
+from xraycore._validate import check_int
 from xraycore.store import columns, schema
 from xraycore.store._codec import ShardDecoder
 from xraycore.store._delta import (
@@ -24,6 +24,7 @@ from xraycore.store._layout import (
     create_arrays,
     group_attributes,
     open_group,
+    shard_key,
     stored_arrays,
 )
 from xraycore.store._select import select_rows
@@ -47,10 +48,8 @@ class ScanStore:
     """
 
     def __init__(self, storage: Storage, version: int | None = None):
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 0
-        ):
-            raise ValueError(f"version must be a non-negative int or None, got {version!r}")
+        if version is not None:
+            check_int(version, "version")
         self.storage = storage
         self._version = version
         self._readers: dict[str, Any] = {}
@@ -151,10 +150,8 @@ class ScanStore:
         divisor of it up to :data:`xraycore.store.schema.SHARD_SIZE` images. None: the
         existing store's own, or :data:`xraycore.store.schema.BATCH_SIZE` for a new one.
         """
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size is not None:
+            check_int(batch_size, "batch_size", minimum=1)
         self._writable()
         if overwrite and self.storage.exists(schema.IMAGES, "zarr.json"):
             self._discard()
@@ -240,16 +237,10 @@ class ScanStore:
         return ShardDecoder.for_array(arr)
 
     def shard_key(self, name: str, shard_index: int) -> str:
-        """The object of shard ``shard_index`` of ``name``, relative to the store.
-
-        The array's own Zarr metadata names it, so it is the same key for an array
-        stored unsharded (the histogram: one chunk of a shard's rows per object).
-        """
+        """The object of shard ``shard_index`` of ``name``, relative to the store
+        (:func:`~xraycore.store._layout.shard_key`)."""
         arr, _ = self._reader(name, 0)
-        zeros = (0,) * (arr.ndim - 1)
-        return posixpath.join(
-            schema.IMAGES, name, arr.metadata.encode_chunk_key((shard_index, *zeros))
-        )
+        return shard_key(name, arr, shard_index)
 
     def read_shard(self, name: str, shard_index: int, *, decode: bool = True) -> np.ndarray:
         """All images of one shard of ``name``, read with one request."""

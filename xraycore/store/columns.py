@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ABSENT_LABEL",
     "FINDING_LABELS",
     "FINDING_PREFIX",
     "FINDING_TYPE",
@@ -21,11 +22,14 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "PREDICTION_KEY",
     "PREDICTION_TIME",
+    "absent_label",
     "arrow_schema",
     "checksum",
     "conform_metadata",
     "finding_column",
     "finding_columns",
+    "finding_name",
+    "is_absent_label",
     "metadata_conflicts",
     "metadata_row",
     "prediction_row",
@@ -160,6 +164,27 @@ def finding_column(finding: str) -> str:
     if text.startswith(FINDING_PREFIX):
         return text
     return FINDING_PREFIX + re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+def finding_name(column: str) -> str:
+    """A finding's name for people, its column without the prefix:
+    ``finding_pleural_thickening`` -> ``pleural_thickening``."""
+    return column.removeprefix(FINDING_PREFIX)
+
+
+#: What the label of a finding's absence starts with (``no pneumonia``).
+ABSENT_LABEL = "no "
+
+
+def absent_label(finding: str) -> str:
+    """The label a model gives a scan without ``finding`` (a name or a column):
+    ``no pneumonia``; the finding's presence is labelled with its name."""
+    return ABSENT_LABEL + finding_name(finding)
+
+
+def is_absent_label(label: str) -> bool:
+    """True for a label of a finding's absence (:func:`absent_label`)."""
+    return label.startswith(ABSENT_LABEL)
 
 
 #: The list of a scan's findings as ChestX-ray8 writes them ("Effusion|Mass"): a

@@ -18,8 +18,7 @@ from typing import Any
 
 import fsspec
 
-from xraycore.store.durable import write_durably
-from xraycore.store.schema import temporary_path
+from xraycore.store.durable import write_atomic, write_durably
 
 __all__ = [
     "RANGES_IN_FLIGHT",
@@ -310,17 +309,7 @@ class Storage:
         target = self.path(rel)
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
-            tmp = temporary_path(target)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:  # a full disk: leave nothing half-written behind
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, data, sync=True)
         else:
             self._fs.pipe_file(target, data)
 
@@ -365,8 +354,14 @@ class Storage:
         finally:
             os.close(fd)  # releases the lock
 
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether this storage has the conditional writes a lease needs: local
+        (or network) disk, under ``flock``, and S3, by ETag."""
+        return self.is_local or self.protocol in ("s3", "s3a")
+
     def _check_conditional(self) -> None:
-        if not (self.is_local or self.protocol in ("s3", "s3a")):
+        if not self.conditional_writes:
             raise ValueError(
                 f"storage {self.url}: conditional writes need a local path or s3://; "
                 f"{self.protocol}:// has none here"

@@ -344,7 +344,7 @@ def test_dicom_multi_frame_refused_unless_a_frame_is_chosen():
         assert np.array_equal(out, expected.astype(np.uint16))
     with pytest.raises(xio.ImageDecodeError, match="cine.dcm: frame 3 requested, the file has 3"):
         xio.decode_image(data, name="cine.dcm", frame=3)
-    with pytest.raises(ValueError, match="frame must be None or an int >= 0"):
+    with pytest.raises(ValueError, match="frame must be an int >= 0"):
         xio.decode_image(data, frame=-1)
 
 

@@ -125,7 +125,7 @@ def test_a_version_is_read_only_and_one_not_kept_is_refused(tmp_path):
         old.commit_rows(store.read_metadata().to_pylist(), run_id="x")
     with pytest.raises(VersionRemovedError, match="has no version 99"):
         ScanStore.open(url, version=99)
-    with pytest.raises(ValueError, match="non-negative int"):
+    with pytest.raises(ValueError, match="version must be an int >= 0"):
         ScanStore.open(url, version=-1)
 
 
