@@ -242,19 +242,6 @@ class ScanStore:
         arr, _ = self._reader(name, 0)
         return shard_key(name, arr, shard_index)
 
-    def read_shard(self, name: str, shard_index: int, *, decode: bool = True) -> np.ndarray:
-        """All images of one shard of ``name``, read with one request."""
-        decoder = self.shard_decoder(name)
-        if decoder is None:
-            lo = shard_index * self.shard_size
-            return self.read(name, slice(lo, lo + self.shard_size), decode=decode)
-        try:
-            data = self.storage.read_bytes(self.shard_key(name, shard_index))
-        except FileNotFoundError:
-            data = None
-        stored = decoder.decode(data)
-        return self._reader(name, 0)[1].unpack(stored) if decode else stored
-
     def _discard(self) -> None:
         """``--overwrite``: the pixels go, and with them every version that
         read them; the tables keep their log, so an old version is refused
