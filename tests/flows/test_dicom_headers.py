@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from commands import xray
 from dicom_files import make_dicom
 from onnx_models import mean_model
 
@@ -83,17 +85,7 @@ def _write_hospital(folder: Path) -> dict[str, int]:
     return patients
 
 
-def _xray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [sys.executable, "-m", "xray_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    assert res.returncode == 0, f"xray {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res
+_xray = partial(xray, check=True)
 
 
 @pytest.fixture(scope="module")
