@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"xraycore": 0, "tasks": 1, "flows": 2, "xray_cli": 3}
-# What the pure layer must never pull in (STYLE.md: xraycore is usable without them).
+# What the pure layer must never pull in (CONTRIBUTING.md: xraycore is usable without them).
 NOT_IN_XRAYCORE = ("prefect", "prefect_dask", "dask", "distributed")
 
 

@@ -261,7 +261,7 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
 
 
 def test_the_flow_body_is_a_list_of_calls():
-    """STYLE.md: the flow body is the story of a run, at most 80 lines."""
+    """CONTRIBUTING.md: the flow body is the story of a run, at most 80 lines."""
     import ast
     import inspect
 

@@ -37,8 +37,9 @@ ENHANCE_STEPS = ("white_balance", "clahe", "equalize", "contrast")
 
 
 def _default_params() -> dict[str, dict[str, Any]]:
-    # Every default from the seeds: 002 for the filters, 003 for white balance
-    # and CLAHE, 000 for inpainting.
+    # Every default from a cited source (CONTRIBUTING.md): the NumPy X-ray tutorial
+    # for the filters, the transfer-learning recipe for white balance and CLAHE,
+    # the damaged-scan restoration notes for contrast and inpainting.
     return {
         "log": {"sigma": 1.0},
         "gradient_magnitude": {"sigma": 2.0},
@@ -68,7 +69,7 @@ class PipelineSpec:
         as they are.
     enhance : tuple of str
         Contrast steps applied, in order, to make ``preprocessed``. Default
-        ("white_balance", "clahe"), seed 003's enhancement.
+        ("white_balance", "clahe"), the transfer-learning recipe's enhancement.
     outputs : tuple of str
         Edge outputs to compute, from :data:`OUTPUTS`. They are computed on the
         restored scan before enhancement, as the tutorial computes them on the

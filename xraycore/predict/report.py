@@ -46,7 +46,7 @@ def _findings_text(report: dict) -> str:
 
 
 def report_text(report: dict) -> str:
-    """The report as seed 004 prints it (scikit-learn's layout); a multi-output
+    """The report as the DenseNet-121 report prints it (scikit-learn's layout); a multi-output
     model's as one line per finding (AUROC, threshold, sensitivity, specificity,
     support) and the mean AUROC."""
     if report.get("kind") == "findings":
