@@ -75,7 +75,7 @@ class PipelineSpec:
         restored scan before enhancement, as the tutorial computes them on the
         original.
     params : dict
-        Per-step keyword arguments, merged over the seeds' defaults.
+        Per-step keyword arguments, merged over the defaults of the cited sources (CONTRIBUTING.md).
     """
 
     size: int = 1024
