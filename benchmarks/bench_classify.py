@@ -14,7 +14,7 @@ import numpy as np
 
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.predict.contract import ModelContract, prepare_batch
-from xraycore.store.catalog import read_image
+from xraycore.sources.catalog import read_image
 from xraycore.train.baseline import train_logistic
 
 DAMAGED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "damaged"

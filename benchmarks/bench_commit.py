@@ -108,7 +108,7 @@ class Result:
 
 def batch_rows(prefix: str, start: int, n: int, run_id: str, pipeline_hash: str) -> list[dict]:
     """``n`` ok metadata rows from row ``start``, their keys made of ``prefix``."""
-    from xraycore.store.schema import metadata_row
+    from xraycore.store.columns import metadata_row
 
     rows = []
     for i in range(start, start + n):

@@ -60,8 +60,8 @@ def split(total_s: float, marks: list[tuple[float, int]], images: int) -> tuple[
 def bare_loop(source: str, out: str, workers: int, batch_size: int):
     from xraycore.batch import plan_batches, process_batch
     from xraycore.image.pipeline import PipelineSpec
+    from xraycore.sources.catalog import list_sources
     from xraycore.store import ScanStore
-    from xraycore.store.catalog import list_sources
     from xraycore.store.storage import Storage
 
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """What reading a DICOM's header columns adds to the batch that decodes it.
 
 Per 1024x1024 16-bit DICOM held in memory (as a batch holds it): the header
-columns with pseudonyms (:func:`xraycore.store.header.header_columns` over
-:func:`~xraycore.store.header.read_header`), the pixel decode, and the default
+columns with pseudonyms (:func:`xraycore.sources.header.header_columns` over
+:func:`~xraycore.sources.header.read_header`), the pixel decode, and the default
 pipeline on the decoded scan; the median of ``--repeat`` timings each.
 
     .venv/bin/python benchmarks/bench_header.py [--repeat 30]
@@ -37,7 +37,7 @@ def main() -> None:
     from xraycore.image.decode import decode_image
     from xraycore.image.pipeline import PipelineSpec, run_pipeline
     from xraycore.image.synth import phantom_chest
-    from xraycore.store.header import Pseudonyms, header_columns, read_header
+    from xraycore.sources.header import Pseudonyms, header_columns, read_header
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)

@@ -1,7 +1,7 @@
 """A night's run over a DICOM bucket, in one run: listing rates, a no-op ``xray run``,
 and the flow process's memory against the number of batch tasks.
 
-- Listing: :func:`xraycore.store.catalog.list_sources` over N DICOMs (every 20th
+- Listing: :func:`xraycore.sources.catalog.list_sources` over N DICOMs (every 20th
   three frames) and N PNGs (256x256, 8-bit), on the moto S3 server (its own
   process, loopback) and on local disk; files/s. As the flow lists
   (``count_frames=False``: the batches count a new DICOM's frames) and with
@@ -65,7 +65,7 @@ def _moto(port: int) -> subprocess.Popen:
 
 
 def _listing(url: str, count_frames: bool) -> float:
-    from xraycore.store.catalog import list_sources
+    from xraycore.sources.catalog import list_sources
     from xraycore.store.storage import Storage
 
     source = Storage.from_url(url)

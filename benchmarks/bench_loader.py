@@ -48,8 +48,8 @@ def build_store(folder: Path, url: str, rows: int, size: int, scans: Path) -> st
     from xraycore.batch import Batch, process_batch
     from xraycore.image.pipeline import PipelineSpec
     from xraycore.image.synth import phantom_chest
+    from xraycore.sources.catalog import SourceFile
     from xraycore.store import ScanStore
-    from xraycore.store.catalog import SourceFile
 
     real = sorted(scans.glob("*.png"))
     source = folder / f"source{size}"

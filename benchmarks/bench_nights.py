@@ -211,10 +211,10 @@ def _year_of_versions(store: Path, nights: int, *, one_commit: bool = False) -> 
 def _year_rows(night: int, pipeline: str, run: str) -> list[dict]:
     """A night's 64 rows: failed rows of sources that no listing finds (they point
     at no pixels)."""
-    from xraycore.store import schema
+    from xraycore.store import columns
 
     return [
-        schema.metadata_row(
+        columns.metadata_row(
             image_id=f"y{night}-{i}.png", source=f"/elsewhere/y{night}-{i}.png", size=1,
             mtime=0.0, pipeline_hash=pipeline, run_id=run,
         )

@@ -93,8 +93,8 @@ def bare(pool, source: Path, out: str, batch_size: int, outputs=None):
     """Scans/s, CPU s per scan and the peak worker RSS of the bare batch loop."""
     from xraycore.batch import plan_batches
     from xraycore.image.pipeline import PipelineSpec
+    from xraycore.sources.catalog import list_sources
     from xraycore.store import ScanStore
-    from xraycore.store.catalog import list_sources
     from xraycore.store.storage import Storage
 
     spec = PipelineSpec() if outputs is None else PipelineSpec(outputs=outputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xraycore.store.header import Pseudonyms
+from xraycore.sources.header import Pseudonyms
 from xraycore.store.storage import refuse_credentials
 
 __all__ = ["pseudonyms_from", "with_block_credentials"]

@@ -28,9 +28,9 @@ from xraycore.image.pipeline import PipelineSpec
 from xraycore.predict.contract import ModelContract
 from xraycore.predict.evaluation import evaluate_store
 from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
+from xraycore.sources.catalog import SourceFile, list_sources, read_labels
+from xraycore.sources.header import Pseudonyms, refresh_headers
 from xraycore.store import ScanStore
-from xraycore.store.catalog import SourceFile, list_sources, read_labels
-from xraycore.store.header import Pseudonyms
 from xraycore.store.lease import DEFAULT_TTL_S, StoreLease
 from xraycore.store.schema import SHEET
 from xraycore.store.storage import Storage
@@ -79,7 +79,7 @@ def preprocess_dataset(
     prefect-aws block named ``aws_credentials``, never from ``storage_options``.
 
     A DICOM's patient, study and series are stored as keyed pseudonyms
-    (:mod:`xraycore.store.header`): the key is the Prefect Secret block named
+    (:mod:`xraycore.sources.header`): the key is the Prefect Secret block named
     ``pseudonym_key_block``, loaded inside the run, or each worker's
     ``XRAY_PSEUDONYM_KEY``; without one they are not stored, and the run says so.
     ``refresh_header`` fills the header columns of the DICOM rows stored before
@@ -202,7 +202,8 @@ def _refresh(
     """Fill the header columns of the stored DICOM rows that this run does not
     process again (a version of kind ``header``); the rows filled."""
     processed = {s.uri for b in plan.batches for s in b.items}
-    filled, unkeyed = target.refresh_headers(
+    filled, unkeyed = refresh_headers(
+        target,
         run_id=run_id,
         pseudonyms=pseudonyms or Pseudonyms.from_environment(),
         source_options=options,

@@ -30,7 +30,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["LOG_EVERY_S", "UNKEYED", "other_key_line", "Observer", "log_line", "notify", "observe"]
+__all__ = [
+    "LOG_EVERY_S",
+    "UNKEYED",
+    "Observer",
+    "event_line",
+    "log_line",
+    "notify",
+    "observe",
+    "other_key_line",
+]
 
 Observer = Callable[[str, dict[str, Any]], None]
 _observers: list[Observer] = []
@@ -44,28 +53,45 @@ UNKEYED = (
     "stored, and `xray split` places each such image on its own"
 )
 
+
+def _progress(f: dict[str, Any]) -> str:
+    done, total, rate = f["done"], f["total"], f.get("rate") or 0.0
+    text = f"progress: {done}/{total} images ({100 * done / max(total, 1):.0f}%)"
+    if "batches" in f:
+        text += f", {f['batches_done']}/{f['batches']} batches"
+    text += f", {rate:.1f} images/s"
+    if rate > 0 and done < total:
+        text += f", ETA {(total - done) / rate:.0f} s"
+    return text
+
+
+#: How each event reads, in a flow run's log and on the CLI's console alike.
 _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "prefect_server": lambda f: (
+        f"starting a local Prefect server at {f['url']} (once: later runs reuse it; "
+        "`xray server stop` stops it)"
+    ),
     "waiting": lambda f: (
-        f"waiting for run {f['run_id']} ({f['holder']}), which holds the store since {f['since']}"
+        f"waiting: run {f['run_id']} ({f['holder']}) has been writing the store since {f['since']}"
     ),
     "lease_taken_over": lambda f: (
         f"took over the lease of run {f['run_id']} ({f['holder']}): {f['reason']}"
     ),
     "listed": lambda f: f"listed {f['inputs']} inputs in {f['seconds']:.1f} s",
     "planned": lambda f: (
-        f"{f['images']} images in {f['batches']} {'batch' if f['batches'] == 1 else 'batches'}: "
-        f"{f['new']} new, "
-        f"{f['retried']} to retry, {f['skipped']} already done"
+        f"planned {f['images']} images in {f['batches']} "
+        f"{'batch' if f['batches'] == 1 else 'batches'} "
+        f"({f['new']} new, {f['retried']} to retry, {f['skipped']} already done)"
     ),
     "later_frames": lambda f: (
         f"{f['files']} files hold several frames: {f['images']} more images to process"
     ),
-    "cluster": lambda f: f"Dask cluster: {f['workers']} workers, dashboard {f['dashboard']}",
-    "workers_pending": lambda f: f"waiting for workers: {f['pending']}",
-    "batch": lambda f: (
-        f"progress: {f['done']}/{f['total']} images, {f['batches_done']}/{f['batches']} "
-        f"batches, {f.get('rate') or 0.0:.1f} images/s"
+    "cluster": lambda f: (
+        f"cluster: {f['workers']} Dask workers"
+        + (f" (dashboard {f['dashboard']})" if f.get("dashboard") else "")
     ),
+    "workers_pending": lambda f: f"waiting for workers: {f['pending']}",
+    "batch": _progress,
     "committed": lambda f: f"committed {f['rows']} rows",
     "scored": lambda f: f"scored {f['rows']} rows",
     "headers": lambda f: f"filled the header columns of {f['rows']} stored DICOM rows",
@@ -73,6 +99,8 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "other_key": lambda f: other_key_line(f),
 }
 _WARNINGS = {"lease_taken_over", "unkeyed", "other_key"}
+#: Said before a flow run exists, on the terminal only.
+_NOT_LOGGED = {"prefect_server"}
 _last_progress: dict[str, float] = {}  # flow run -> time of its last progress line
 
 
@@ -94,10 +122,16 @@ def observe(observer: Observer) -> Iterator[None]:
         _observers.remove(observer)
 
 
-def log_line(event: str, fields: dict[str, Any]) -> str | None:
-    """How ``event`` reads in a flow run's log; None for an event that is not logged."""
+def event_line(event: str, fields: dict[str, Any]) -> str | None:
+    """How ``event`` reads, in a flow run's log and on the CLI's console alike;
+    None for an event without a line."""
     line = _LINES.get(event)
     return line(fields) if line else None
+
+
+def log_line(event: str, fields: dict[str, Any]) -> str | None:
+    """How ``event`` reads in a flow run's log; None for an event that is not logged."""
+    return None if event in _NOT_LOGGED else event_line(event, fields)
 
 
 def notify(event: str, **fields: Any) -> None:

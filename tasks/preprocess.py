@@ -15,8 +15,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from xraycore.batch import Batch, finish_run, process_batch
+from xraycore.sources.header import Pseudonyms
 from xraycore.store import FencedCommitError
-from xraycore.store.header import Pseudonyms
 
 __all__ = ["commit_metadata", "preprocess_batch", "transient"]
 

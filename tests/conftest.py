@@ -123,6 +123,18 @@ def prefect_server():
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``): the test machines have two cores shared with other work,
+    where torch's OpenMP threads spin against each other (a step 5-10x slower than on one)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def start_dask_processes():
     """:func:`dask_processes_on_loopback`, for the flow tests and the drills."""

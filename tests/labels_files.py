@@ -9,8 +9,8 @@ from stores import build_store, png_files
 
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
-from xraycore.store.catalog import SourceFile
-from xraycore.store.labels import CHEXPERT_OBSERVATIONS, read_labels
+from xraycore.sources.catalog import SourceFile
+from xraycore.sources.labels import CHEXPERT_OBSERVATIONS, read_labels
 
 #: CheXpert's train.csv header, as the file has it.
 CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS]

@@ -8,8 +8,8 @@ import numpy as np
 
 from xraycore.batch import plan_batches, process_batch
 from xraycore.image.pipeline import PipelineSpec
+from xraycore.sources.catalog import SourceFile, list_sources
 from xraycore.store import ScanStore
-from xraycore.store.catalog import SourceFile, list_sources
 from xraycore.store.storage import Storage
 
 
@@ -35,7 +35,7 @@ def build_store(
     metadata already there, grow the arrays, process every batch (each a
     commit) and finish the run (its files compacted, a commit).
 
-    ``sources`` is a folder (listed by :func:`xraycore.store.catalog.list_sources`),
+    ``sources`` is a folder (listed by :func:`xraycore.sources.catalog.list_sources`),
     a list of local paths, or a list of :class:`SourceFile`. ``compact=False``
     leaves the run unfinished, as a run killed before its end does.
     """

@@ -1,4 +1,4 @@
-"""xraycore/store/storage.py is the only door to fsspec and s3fs (STYLE.md: a class that
+"""xraycore/store/storage.py is the only door to fsspec and s3fs (CONTRIBUTING.md: a class that
 wraps a library hides it): no other module of the pipeline imports them, reaches
 a Storage's filesystem, or calls an s3fs private method."""
 

@@ -15,10 +15,26 @@ import sys
 import time
 from typing import Any, TextIO
 
-from flows.progress import UNKEYED, other_key_line
+from flows.progress import event_line
 
 __all__ = ["RunConsole", "one_line_errors", "print_report", "quiet_libraries", "run_console"]
 
+#: The events shown as a line of their own (worded by :mod:`flows.progress`); a
+#: batch moves the bar, a commit ends it.
+_SHOWN = frozenset(
+    {
+        "prefect_server",
+        "workers_pending",
+        "listed",
+        "planned",
+        "cluster",
+        "waiting",
+        "lease_taken_over",
+        "unkeyed",
+        "headers",
+        "other_key",
+    }
+)
 LINE_EVERY_S = 10.0
 LINE_EVERY_FRACTION = 0.1
 
@@ -131,41 +147,12 @@ class RunConsole:
         handler = getattr(self, f"_on_{event}", None)
         if handler is not None:
             handler(fields)
-
-    def _on_prefect_server(self, f: dict[str, Any]) -> None:
-        self.line(
-            f"starting a local Prefect server at {f['url']} (once: later runs reuse it; "
-            "`xray server stop` stops it)",
-            "prefect_server",
-            **f,
-        )
-
-    def _on_workers_pending(self, f: dict[str, Any]) -> None:
-        self.line(f"waiting for workers: {f['pending']}", "workers_pending", **f)
-
-    def _on_listed(self, f: dict[str, Any]) -> None:
-        self.line(f"listed {f['inputs']} inputs in {f['seconds']:.1f} s", "listed", **f)
-
-    def _on_planned(self, f: dict[str, Any]) -> None:
-        self.line(
-            f"planned {f['images']} images in {f['batches']} "
-            f"{'batch' if f['batches'] == 1 else 'batches'} "
-            f"({f['new']} new, {f['retried']} to retry, {f['skipped']} already done)",
-            "planned",
-            **f,
-        )
+        elif event in _SHOWN:
+            self._say(event, fields)
 
     def _on_later_frames(self, f: dict[str, Any]) -> None:
         self._stop_bar()  # the later frames have a bar of their own
-        self.line(
-            f"{f['files']} files hold several frames: {f['images']} more images to process",
-            "later_frames",
-            **f,
-        )
-
-    def _on_cluster(self, f: dict[str, Any]) -> None:
-        dashboard = f" (dashboard {f['dashboard']})" if f.get("dashboard") else ""
-        self.line(f"cluster: {f['workers']} Dask workers{dashboard}", "cluster", **f)
+        self._say("later_frames", f)
 
     def _on_batch(self, f: dict[str, Any]) -> None:
         done, total = f["done"], max(f["total"], 1)
@@ -181,44 +168,17 @@ class RunConsole:
             or fraction - last_fraction >= LINE_EVERY_FRACTION
         ):
             self._last_line = (now, fraction)
-            rate = f.get("rate") or 0.0
-            eta = (f["total"] - done) / rate if rate > 0 else float("nan")
-            self.line(
-                f"progress {done}/{f['total']} images ({100 * fraction:.0f}%), "
-                f"{rate:.1f} images/s, ETA {eta:.0f} s",
-                "progress",
-                **f,
-            )
-
-    def _on_waiting(self, f: dict[str, Any]) -> None:
-        self.line(
-            f"waiting: run {f['run_id']} ({f['holder']}) has been writing the store "
-            f"since {f['since']}",
-            "waiting",
-            **f,
-        )
-
-    def _on_lease_taken_over(self, f: dict[str, Any]) -> None:
-        self.line(
-            f"took over the lease of run {f['run_id']} ({f['holder']}): {f['reason']}",
-            "lease_taken_over",
-            **f,
-        )
-
-    def _on_unkeyed(self, f: dict[str, Any]) -> None:
-        self.line(UNKEYED, "unkeyed", **f)
-
-    def _on_other_key(self, f: dict[str, Any]) -> None:
-        self.line(other_key_line(f), "other_key", **f)
-
-    def _on_headers(self, f: dict[str, Any]) -> None:
-        self.line(f"filled the header columns of {f['rows']} stored DICOM rows", "headers", **f)
+            self.line(event_line("batch", f), "progress", **f)
 
     def _on_committed(self, f: dict[str, Any]) -> None:
         self._stop_bar()
 
     def _on_scored(self, f: dict[str, Any]) -> None:
         self._stop_bar()
+
+    def _say(self, event: str, f: dict[str, Any]) -> None:
+        """``event``'s line as :mod:`flows.progress` words it."""
+        self.line(event_line(event, f), event, **f)
 
     # -- the bar -------------------------------------------------------------
     def _advance(self, done: int, total: int, failed: int, rate: float) -> None:

@@ -17,11 +17,10 @@ __all__ = ["train"]
 def _finding(target: str) -> tuple[str, tuple[str, str]]:
     """The metadata column of ``--target`` (Pneumonia or finding_pneumonia) and the
     labels of the model's contract (no pneumonia, pneumonia)."""
-    from xraycore.store.schema import FINDING_PREFIX, finding_column
+    from xraycore.store.columns import absent_label, finding_column, finding_name
 
     column = finding_column(target)
-    name = column.removeprefix(FINDING_PREFIX)
-    return column, (f"no {name}", name)
+    return column, (absent_label(column), finding_name(column))
 
 
 def _train_logistic(store, column, labels, *, size, split, where, out, storage_options) -> None:
@@ -62,11 +61,10 @@ def _epoch_line(result) -> str:
         f"({result.steps} steps, {result.seconds:.1f} s)"
     )
     if result.validation_count:
-        from xraycore.store.schema import FINDING_PREFIX
+        from xraycore.store.columns import finding_name
 
         each = ", ".join(
-            f"{name.removeprefix(FINDING_PREFIX)} {auc:.3f}"
-            for name, auc in result.validation_auroc.items()
+            f"{finding_name(name)} {auc:.3f}" for name, auc in result.validation_auroc.items()
         )
         line += (
             f"; validation loss {result.validation_loss:.4f}, mean AUROC "

@@ -3,8 +3,11 @@
 No Prefect, no Dask: usable from a notebook, a DataLoader or a plain script.
 
 - :mod:`xraycore.image`: image operations (decode, restore, exposure, edges, the pipeline).
-- :mod:`xraycore.store`: everything that knows the store's bytes (schema, storage,
-  durable writes, the Zarr layout and codec, tables, lease, verify, the source catalog).
+- :mod:`xraycore.sources`: what goes into a store (listing sources, labels files,
+  DICOM headers).
+- :mod:`xraycore.store`: everything that knows the store's bytes (names and format,
+  columns, packing, storage, durable writes, the Zarr layout and codec, tables,
+  lease, verify).
 - :mod:`xraycore.train`: the training loader, splits, the baseline and the CNN.
 - :mod:`xraycore.predict`: model contracts, scoring, evaluation and reports.
 - :mod:`xraycore.batch`: one batch job, from source files to committed rows.
@@ -23,7 +26,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PipelineSpec": "xraycore.image.pipeline",
     "run_pipeline": "xraycore.image.pipeline",
-    "read_image": "xraycore.store.catalog",
+    "read_image": "xraycore.sources.catalog",
     "ScanStore": "xraycore.store",
     "ScanLoader": "xraycore.train.loader",
 }

@@ -21,11 +21,11 @@ import numpy as np
 from xraycore.image import measure
 from xraycore.image.decode import ImageDecodeError, decode_image, dicom_frames, image_format
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
-from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import SourceFile, counted, label_for, later_frames
-from xraycore.store.header import PSEUDONYM_COLUMNS, Pseudonyms, header_columns, read_header
-from xraycore.store.labels import LAYOUTS
-from xraycore.store.schema import HEADER_COLUMNS
+from xraycore.sources.catalog import SourceFile, counted, label_for, later_frames
+from xraycore.sources.header import PSEUDONYM_COLUMNS, Pseudonyms, header_columns, read_header
+from xraycore.sources.labels import LAYOUTS
+from xraycore.store import ScanStore, columns
+from xraycore.store.columns import HEADER_COLUMNS
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -206,7 +206,7 @@ def process_batch(
     id of the lease holder, see :meth:`~xraycore.store.ScanStore.fence`) only
     while that run is still the store's writer.
 
-    A DICOM's header columns (:mod:`xraycore.store.header`) are read from the
+    A DICOM's header columns (:mod:`xraycore.sources.header`) are read from the
     bytes read for its pixels; its identifiers are pseudonymised with
     ``pseudonyms``, else with the key of this process's environment
     (``XRAY_PSEUDONYM_KEY``), else not stored: the result's ``unkeyed`` counts
@@ -225,7 +225,7 @@ def process_batch(
     unkeyed = 0
     with target.writer(batch.start, len(batch.items)) as writer:
         for slot, item in enumerate(batch.items):
-            row = schema.metadata_row(
+            row = columns.metadata_row(
                 image_id=item.image_id,
                 source=item.uri,
                 frame=item.frame,
@@ -254,7 +254,7 @@ def process_batch(
                 row["source_dtype"] = str(image.dtype)
                 outputs = run_pipeline(image, spec)
                 row.update(measure.statistics(outputs["preprocessed"]))
-                row["checksum"] = schema.checksum(outputs["preprocessed"])
+                row["checksum"] = columns.checksum(outputs["preprocessed"])
             except Exception as exc:  # one bad input is a failed row, never a failed batch
                 row["error"] = f"{type(exc).__name__}: {exc}"
             else:
@@ -369,7 +369,7 @@ def classify_rows(
     now = datetime.now(UTC)
     lineage = classifier.contract.training or {}
     records = [
-        schema.prediction_row(
+        columns.prediction_row(
             image_id=ids[r],
             row=r,
             score=score,
@@ -410,4 +410,4 @@ def _scored(classifier, rows, scans) -> tuple[list[tuple], int]:
         for r, row_scores, row_labels in zip(rows, scores, labels, strict=True)
         for f, s, lab in zip(findings, row_scores, row_labels, strict=True)
     ]
-    return scored, sum(any(not lab.startswith("no ") for lab in row) for row in labels)
+    return scored, sum(any(not columns.is_absent_label(lab) for lab in row) for row in labels)

@@ -27,7 +27,7 @@ def main(out: Path) -> None:
     import xraycore
     from xraycore.image.pipeline import PipelineSpec
     from xraycore.image.synth import phantom_chest
-    from xraycore.store import schema
+    from xraycore.store import columns, schema
     from xraycore.train.baseline import assign_splits, write_splits
 
     if schema.FORMAT != 3:
@@ -49,7 +49,7 @@ def main(out: Path) -> None:
     meta = store.read_metadata().to_pylist()
     now = datetime.now(UTC)
     predictions = [
-        schema.prediction_row(
+        columns.prediction_row(
             image_id=r["image_id"],
             row=r["row"],
             score=0.25 + 0.1 * r["row"],

@@ -4,12 +4,7 @@ moto S3 server (tests/conftest.py), dask scheduler and worker processes."""
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_api(prefect_server):
-    """Every drill talks to the session's Prefect server (tests/conftest.py)."""
-    return prefect_server
+from fixtures import prefect_api  # noqa: F401 (every drill talks to the server)
 
 
 @pytest.fixture

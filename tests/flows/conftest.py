@@ -11,15 +11,10 @@ import cv2
 import numpy as np
 import pytest
 from dicom_files import make_dicom
+from fixtures import prefect_api  # noqa: F401 (every flow test talks to the server)
 from real_data import CHESTXRAY8
 
 from xraycore.image.synth import damage_scan, phantom_chest
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_api(prefect_server):
-    """Every flow test talks to the session's Prefect server (tests/conftest.py)."""
-    return prefect_server
 
 
 def _png(path: Path, image: np.ndarray) -> None:

@@ -11,17 +11,19 @@ import subprocess
 import sys
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from commands import xray
 from dicom_files import make_dicom
 from onnx_models import mean_model
 
 from xraycore.image.synth import phantom_chest
+from xraycore.sources.header import KEY_VARIABLE
 from xraycore.store import ScanStore
-from xraycore.store.header import KEY_VARIABLE
 
 pytest.importorskip("pydicom")
 
@@ -83,17 +85,7 @@ def _write_hospital(folder: Path) -> dict[str, int]:
     return patients
 
 
-def _xray(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [sys.executable, "-m", "xray_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    assert res.returncode == 0, f"xray {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
-    return res
+_xray = partial(xray, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +236,7 @@ def _as_before(store: str, **columns) -> None:
     import pyarrow as pa
 
     from xraycore.store._delta import commit_info
-    from xraycore.store.schema import HEADER_COLUMNS
+    from xraycore.store.columns import HEADER_COLUMNS
 
     st = ScanStore.open(store)
     table = st.metadata.read().sort_by("image_id")

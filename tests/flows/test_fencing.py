@@ -16,8 +16,8 @@ from xraycore import batch as batch_module
 from xraycore.batch import plan_batches, process_batch
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
+from xraycore.sources.catalog import list_sources
 from xraycore.store import FencedCommitError, ScanStore
-from xraycore.store.catalog import list_sources
 from xraycore.store.lease import StoreLease
 from xraycore.store.storage import Storage
 from xraycore.store.verify import verify_store

@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import xray
 from deltalake import DeltaTable
 
 from flows.cluster import local_cluster
 from flows.preprocess import preprocess_dataset
 from flows.server import run_flow
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
+from xraycore.sources.catalog import read_image
 from xraycore.store import ScanStore, StoreConflictError
-from xraycore.store.catalog import read_image
 
 SIZE = 128
 
@@ -201,12 +202,8 @@ def test_s3_to_s3_through_moto_server(source_dir, tmp_path, s3_server, bad_input
     assert _run("s3://scans/in", "s3://stores/run1")["skipped"] == summary["ok"]
 
 
-def _xray(*args: str) -> subprocess.CompletedProcess:
-    """Run the installed ``xray`` console script, as a user does."""
-    xray = Path(sys.executable).parent / "xray"
-    return subprocess.run(
-        [str(xray), *args], capture_output=True, text=True, timeout=600, env=os.environ.copy()
-    )
+#: The installed console script, as a user runs it.
+_xray = partial(xray, installed=True)
 
 
 def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
@@ -264,7 +261,7 @@ def test_cli_run_inspect_sheet_and_errors(source_dir, tmp_path, bad_inputs):
 
 
 def test_the_flow_body_is_a_list_of_calls():
-    """STYLE.md: the flow body is the story of a run, at most 80 lines."""
+    """CONTRIBUTING.md: the flow body is the story of a run, at most 80 lines."""
     import ast
     import inspect
 

@@ -50,7 +50,8 @@ def test_notify_logs_once_per_milestone_and_reaches_the_observer(prefect_server)
     # The first and the last, not one per batch (50 batches in well under 2 s).
     assert (
         progress[-1]
-        == f"progress: {BATCHES}/{BATCHES} images, {BATCHES}/{BATCHES} batches, 100.0 images/s"
+        == f"progress: {BATCHES}/{BATCHES} images (100%), {BATCHES}/{BATCHES} batches, "
+        "100.0 images/s"
     )
     assert 2 <= len(progress) < 5, progress
 
@@ -58,9 +59,10 @@ def test_notify_logs_once_per_milestone_and_reaches_the_observer(prefect_server)
 def test_every_event_kind_reads_as_one_line():
     assert log_line("planned", {"new": 3, "retried": 1, "skipped": 2, "batches": 1,
                                 "images": 4}) == (
-        "4 images in 1 batch: 3 new, 1 to retry, 2 already done"
+        "planned 4 images in 1 batch (3 new, 1 to retry, 2 already done)"
     )  # fmt: skip
-    assert log_line("cluster", {"workers": 2, "dashboard": None}).startswith("Dask cluster: 2")
+    assert log_line("cluster", {"workers": 2, "dashboard": None}) == "cluster: 2 Dask workers"
+    assert log_line("prefect_server", {"url": "http://127.0.0.1:4200"}) is None  # terminal only
     assert log_line("unknown", {}) is None
 
 

@@ -5,25 +5,23 @@ credentials given as storage options are refused before any flow run exists."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import cv2
 import httpx
 import pytest
+from commands import xray
 
 from flows.preprocess import preprocess_dataset
 from flows.server import run_flow
 from xraycore.image.synth import phantom_chest
 from xraycore.store.storage import CredentialsRefusedError, refuse_credentials
 
-
-def _xray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    xray = Path(sys.executable).parent / "xray"
-    return subprocess.run([str(xray), *args], capture_output=True, text=True, timeout=600, env=env)
+#: The installed console script, as a user runs it.
+_xray = partial(xray, installed=True)
 
 
 def _api_dump(api: str) -> str:

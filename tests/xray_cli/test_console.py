@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from flows.progress import log_line
 from xray_cli.console import RunConsole
 
 
@@ -30,7 +31,27 @@ def test_without_a_terminal_progress_is_a_line_every_tenth():
     assert lines[2] == "cluster: 2 Dask workers (dashboard http://127.0.0.1:8787/status)"
     progress = [line for line in lines if line.startswith("progress")]
     assert 10 <= len(progress) <= 11, progress  # 100 batches, a line per 10%
-    assert progress[-1].startswith("progress 1000/1000 images (100%), 50.0 images/s")
+    assert progress[-1] == "progress: 1000/1000 images (100%), 50.0 images/s"
+
+
+def test_the_console_words_each_event_as_the_flow_log_does():
+    """One wording per event (flows.progress): the terminal line of an event is
+    its line in the flow run's log."""
+    fields = {
+        "listed": {"inputs": 3, "seconds": 0.5},
+        "planned": {"new": 3, "retried": 0, "skipped": 1, "batches": 1, "images": 4},
+        "cluster": {"workers": 2, "dashboard": None},
+        "workers_pending": {"pending": "2 of 2", "waited_s": 5},
+        "waiting": {"run_id": "r1", "holder": "host:1", "since": "10:00"},
+        "lease_taken_over": {"run_id": "r1", "holder": "host:1", "reason": "expired"},
+        "headers": {"rows": 3},
+        "unkeyed": {},
+        "later_frames": {"files": 1, "images": 2},
+    }
+    for event, f in fields.items():
+        out = io.StringIO()
+        RunConsole(stream=out, interactive=False)(event, f)
+        assert out.getvalue() == log_line(event, f) + "\n", event
 
 
 def test_json_lines_one_object_per_event():

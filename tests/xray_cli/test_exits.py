@@ -11,18 +11,13 @@ native exit handler that aborts whenever the process finalizes as usual.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from commands import ENTRY, xray
 from stores import labelled_store
 
-ROOT = Path(__file__).resolve().parents[2]
-# The console script's entry point, after ``prelude``.
-ENTRY = "import sys\n{prelude}\nfrom xray_cli.main import main\nmain(sys.argv[1:])\n"
 # A native handler that exit() runs once the interpreter is finalized, where Arrow's
 # thread pools are torn down: it aborts, as a late pool teardown does.
 ABORT_AT_EXIT = (
@@ -32,21 +27,9 @@ ABORT_AT_EXIT = (
 )
 
 
-def _xray(*args: str, prelude: str = "") -> subprocess.CompletedProcess:
-    """``xray ARGS`` in a fresh process, through the console script's ``main``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    code = ENTRY.format(prelude=prelude)
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
+def _main(prelude: str = "") -> dict:
+    """``xray`` through the console script's ``main``, after ``prelude``."""
+    return {"code": ENTRY.format(prelude=prelude), "timeout": 300}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +46,7 @@ def _commands(store: str, out: Path) -> list[tuple[tuple[str, ...], int]]:
 def test_thirty_commands_that_read_a_table_end_with_their_own_code(store, tmp_path):
     runs = _commands(store, tmp_path / "m.onnx") * 10
     with ThreadPoolExecutor(2) as pool:  # two at a time: the race needs busy cores
-        results = list(pool.map(lambda run: _xray(*run[0]), runs))
+        results = list(pool.map(lambda run: xray(*run[0], **_main()), runs))
     got = [(run[0][0], res.returncode) for run, res in zip(runs, results, strict=True)]
     assert got == [(run[0][0], run[1]) for run in runs]
     assert not [res.stderr for res in results if "terminate called" in res.stderr]
@@ -72,14 +55,14 @@ def test_thirty_commands_that_read_a_table_end_with_their_own_code(store, tmp_pa
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_the_process_ends_before_native_exit_handlers_run(store, tmp_path, which):
     args, code = _commands(store, tmp_path / "m.onnx")[which]
-    res = _xray(*args, prelude=ABORT_AT_EXIT)
+    res = xray(*args, **_main(ABORT_AT_EXIT))
     assert res.returncode == code, res.stderr
 
 
 def test_a_usage_error_and_an_unexpected_error_keep_their_codes(store):
-    assert _xray("inspect", prelude=ABORT_AT_EXIT).returncode == 2  # missing STORE
+    assert xray("inspect", **_main(ABORT_AT_EXIT)).returncode == 2  # missing STORE
     broken = "import xray_cli.store\nxray_cli.store.open_store = None\n"  # a TypeError
-    res = _xray("inspect", store, prelude=broken + ABORT_AT_EXIT)
+    res = xray("inspect", store, **_main(broken + ABORT_AT_EXIT))
     assert res.returncode == 1
     assert "TypeError" in res.stderr
 
@@ -99,7 +82,7 @@ def test_exit_handlers_run_and_output_is_flushed(store, tmp_path):
         "atexit.register(marks.write, 'atexit ran\\n')\n"
         "sys.stdout.write('no newline, not flushed')\n"
     )
-    res = _xray("log", store, prelude=prelude)
+    res = xray("log", store, **_main(prelude))
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("no newline, not flushed")
     assert marks.read_text().splitlines() == ["thread joined", "atexit ran"]

@@ -4,21 +4,18 @@ report take unchanged; the NumPy baseline without torch; the errors a user meets
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import xray as _xray
 from stores import labelled_store
 
 from xraycore.predict.contract import ModelContract
 from xraycore.store import ScanStore
 from xraycore.train.loader import ScanLoader
 
-ROOT = Path(__file__).resolve().parents[2]
 # Run as if torch were not installed: the import fails as it would. The process
 # ends as the console script's does (end_process), or an Arrow thread may abort it.
 WITHOUT_TORCH = (
@@ -32,21 +29,6 @@ WITHOUT_TORCH = (
     "    print(f'loaded without torch: {loaded}', file=sys.stderr)\n"
     "end_process(3 if loaded else code)\n"
 )
-
-
-def _xray(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
-    """The command line of this checkout in a fresh process (``code`` replaces the
-    entry point, e.g. to hide torch)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    # Two cores shared with other work: torch's OpenMP threads would spin against each other.
-    env["OMP_NUM_THREADS"] = "1"
-    command = (
-        [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "xray_cli", *args]
-    )
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +177,7 @@ def test_a_two_word_finding_names_its_column(tmp_path):
 
     from xraycore.image.pipeline import PipelineSpec
     from xraycore.image.synth import phantom_chest
-    from xraycore.store.catalog import read_labels
+    from xraycore.sources.catalog import read_labels
     from xraycore.train.baseline import write_splits
 
     images = [phantom_chest(64, seed=i) // 2 + (128 if i % 2 else 0) for i in range(16)]

@@ -16,8 +16,8 @@ from xraycore.batch import Plan, classify_rows, plan_batches
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
 from xraycore.predict.contract import ModelContract, model_sha256
-from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import SourceFile, list_sources, read_labels
+from xraycore.sources.catalog import SourceFile, list_sources, read_labels
+from xraycore.store import ScanStore, columns
 from xraycore.store.storage import Storage
 
 SPEC = PipelineSpec(size=32)
@@ -185,15 +185,15 @@ def test_labels_keyed_by_file_name_reach_the_metadata_rows(tmp_path):
 
 
 def test_a_prediction_row_has_every_column_of_the_schema():
-    row = schema.prediction_row(
+    row = columns.prediction_row(
         image_id="p0.png", row=3, score=0.75, label="pneumonia", model="m.onnx",
         model_sha256="a" * 64, run_id="r",
     )  # fmt: skip
-    assert list(row) == list(schema.PREDICTION_COLUMNS)
+    assert list(row) == list(columns.PREDICTION_COLUMNS)
     assert (row["row"], row["score"], row["label"]) == (3, 0.75, "pneumonia")
     assert row["classified_at"].tzinfo is not None
     then = datetime(2026, 1, 1, tzinfo=UTC)
-    assert schema.prediction_row(**{**row, "classified_at": then})["classified_at"] == then
+    assert columns.prediction_row(**{**row, "classified_at": then})["classified_at"] == then
 
 
 def test_classify_rows_commits_schema_rows_keyed_by_the_model_file(done, tmp_path):
@@ -206,7 +206,7 @@ def test_classify_rows_commits_schema_rows_keyed_by_the_model_file(done, tmp_pat
     )
     assert counts == {"rows": 6, "positive": 6}  # every mean is above a threshold of 0
     preds = store.read_predictions()
-    assert preds.column_names == list(schema.PREDICTION_COLUMNS)
+    assert preds.column_names == list(columns.PREDICTION_COLUMNS)
     scored = zip(preds["row"].to_pylist(), preds["image_id"].to_pylist(), strict=True)
     assert sorted(scored) == sorted(items)
     assert set(preds["model_sha256"].to_pylist()) == {model_sha256(model)}

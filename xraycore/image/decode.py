@@ -16,7 +16,7 @@ import struct
 import cv2
 import numpy as np
 
-from xraycore._validate import channels_equal
+from xraycore._validate import channels_equal, check_int
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -102,8 +102,8 @@ def decode_image(
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if limit <= 0:
         raise ValueError(f"max_pixels must be > 0, got {max_pixels!r}")
-    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 0):
-        raise ValueError(f"frame must be None or an int >= 0, got {frame!r}")
+    if frame is not None:
+        check_int(frame, "frame")
     data = bytes(data)
     if len(data) == 0:
         raise ImageDecodeError(f"{label}: empty file (0 bytes)")

@@ -20,6 +20,8 @@ __all__ = [
     "gaussian_kernels",
     "gaussian_gradient_magnitude",
     "gaussian_laplace",
+    "gradient_magnitude_bound",
+    "laplace_bound",
     "prewitt",
     "sobel",
 ]
@@ -42,6 +44,28 @@ def gaussian_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d1 = -x / (sigma * sigma) * phi
     d2 = (x * x / sigma**4 - 1.0 / (sigma * sigma)) * phi
     return tuple(k[::-1].astype(np.float32).copy() for k in (phi, d1, d2))
+
+
+def laplace_bound(sigma: float) -> float:
+    """The largest absolute value :func:`gaussian_laplace` can return for 8-bit
+    input (0..255) at ``sigma``: what a stored map's packing must cover."""
+    g0, _, g2 = (k.astype(np.float64) for k in gaussian_kernels(float(sigma)))
+    kernel = np.outer(g2, g0) + np.outer(g0, g2)
+    return 255.0 * max(kernel[kernel > 0].sum(), -kernel[kernel < 0].sum())
+
+
+def gradient_magnitude_bound(sigma: float) -> float:
+    """The largest value :func:`gaussian_gradient_magnitude` can return for
+    8-bit input at ``sigma``, sampled at 1441 angles (the true maximum may lie
+    a little above, between two samples)."""
+    g0, g1, _ = (k.astype(np.float64) for k in gaussian_kernels(float(sigma)))
+    kx, ky = np.outer(g0, g1), np.outer(g1, g0)
+    # The magnitude is the largest directional derivative; its bound for input
+    # in 0..255 is 255 times the positive mass of the directional kernel.
+    return 255.0 * max(
+        np.clip(np.cos(t) * kx + np.sin(t) * ky, 0, None).sum()
+        for t in np.linspace(0, 2 * np.pi, 1441)
+    )
 
 
 def _as_filter_input(image: np.ndarray) -> np.ndarray:

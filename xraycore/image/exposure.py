@@ -1,5 +1,6 @@
-"""Contrast and exposure: white balance and CLAHE (seed 003), luma equalisation
-and linear contrast (seed 000), and a robust percentile stretch.
+"""Contrast and exposure: white balance and CLAHE (the transfer-learning recipe),
+luma equalisation and linear contrast (the damaged-scan restoration notes), and a
+robust percentile stretch (sources: CONTRIBUTING.md).
 
 These change how a scan looks, never what it shows: damage repair is in
 :mod:`xraycore.image.restore`. No public name here is a scikit-image name with another
@@ -32,7 +33,7 @@ def white_balance(image: np.ndarray, *, tail: float = 0.0005) -> np.ndarray:
         Mapped onto uint8 first (uint16 scaled by 255/65535, float min-max).
     tail : float, optional
         Fraction of each channel's pixels discarded at each end. Default
-        0.0005 (0.05%), as seed 003.
+        0.0005 (0.05%), as the transfer-learning recipe.
 
     Returns
     -------

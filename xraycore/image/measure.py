@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from xraycore._validate import check_image
+from xraycore._validate import check_image, check_int
 
 __all__ = ["histogram", "statistics", "threshold_mask"]
 
@@ -72,8 +72,7 @@ def histogram(
     for that binning.
     """
     check_image(image)
-    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    bins = check_int(bins, "bins", minimum=1)
     if value_range is None:
         if image.dtype.kind == "u":
             value_range = (0, int(np.iinfo(image.dtype).max) + 1)

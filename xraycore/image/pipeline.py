@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xraycore._validate import check_image, to_uint8
+from xraycore._validate import check_image, check_int, to_uint8
 from xraycore.image import edges, exposure, measure, restore
 
 __all__ = [
@@ -37,8 +37,9 @@ ENHANCE_STEPS = ("white_balance", "clahe", "equalize", "contrast")
 
 
 def _default_params() -> dict[str, dict[str, Any]]:
-    # Every default from the seeds: 002 for the filters, 003 for white balance
-    # and CLAHE, 000 for inpainting.
+    # Every default from a cited source (CONTRIBUTING.md): the NumPy X-ray tutorial
+    # for the filters, the transfer-learning recipe for white balance and CLAHE,
+    # the damaged-scan restoration notes for contrast and inpainting.
     return {
         "log": {"sigma": 1.0},
         "gradient_magnitude": {"sigma": 2.0},
@@ -68,13 +69,13 @@ class PipelineSpec:
         as they are.
     enhance : tuple of str
         Contrast steps applied, in order, to make ``preprocessed``. Default
-        ("white_balance", "clahe"), seed 003's enhancement.
+        ("white_balance", "clahe"), the transfer-learning recipe's enhancement.
     outputs : tuple of str
         Edge outputs to compute, from :data:`OUTPUTS`. They are computed on the
         restored scan before enhancement, as the tutorial computes them on the
         original.
     params : dict
-        Per-step keyword arguments, merged over the seeds' defaults.
+        Per-step keyword arguments, merged over the defaults of the cited sources (CONTRIBUTING.md).
     """
 
     size: int = 1024
@@ -85,8 +86,7 @@ class PipelineSpec:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 16:
-            raise ValueError(f"size must be an int >= 16, got {self.size!r}")
+        check_int(self.size, "size", minimum=16)
         if self.fit not in ("letterbox", "resize"):
             raise ValueError(f"fit must be 'letterbox' or 'resize', got {self.fit!r}")
         if self.restore not in ("auto", "always", "never"):

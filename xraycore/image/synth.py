@@ -1,6 +1,6 @@
 """Synthetic chest radiographs and a damage simulator, for tests with ground truth.
 
-The damage mimics seed 000: a perspective warp with black margins or a
+The damage mimics the damaged-scan restoration notes: a perspective warp with black margins or a
 rotation whose corners leave the frame, a boosted (and clipping) green channel
 or a jet pseudo-colour rendering, impulse noise and a black circle.
 :data:`DAMAGE_FAMILIES` names the combinations the tests measure.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from xraycore._validate import check_image
+from xraycore._validate import check_image, check_int
 
 __all__ = [
     "DAMAGE_FAMILIES",
@@ -61,8 +61,7 @@ def phantom_chest(
     scan : (size, size) ndarray of uint8
         Body bright, lungs dark, spine and ribs bright; heart on the image right.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
-        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    check_int(size, "size", minimum=32)
     unknown = sorted(set(findings) - set(SYNTHETIC_FINDINGS))
     if unknown:
         raise ValueError(f"unknown findings {unknown}; known: {list(SYNTHETIC_FINDINGS)}")
@@ -194,7 +193,7 @@ _CIRCLES = ("upper", "lung", "none")
 
 #: Named damage families for tests and benchmarks: keyword arguments of
 #: :func:`damage_scan`. "warp" and "jet" are the family of the real damaged
-#: scans of seed 000; "rotate-crop" is seed 000's own description (a gray scan,
+#: scans of the restoration notes; "rotate-crop" is the notes' own description (a gray scan,
 #: green channel brighter and noisier, impulse noise, a hole anywhere in the
 #: lung field, a rotation whose corners leave the frame); the rest isolate one
 #: kind of damage each, or combine them differently.
@@ -226,7 +225,7 @@ def damage_scan(
     green_noise: float = 0.0,
     circle_radius: float | None = None,
 ) -> tuple[np.ndarray, Damage]:
-    """Damage a clean scan the way seed 000 describes its damaged scans.
+    """Damage a clean scan the way the damaged-scan restoration notes describe theirs.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """ONNX classification of stored scans, its input contract, and evaluation.
 
-The default contract is seed 000's ``classify.py``: 256x256, three channels
+The default contract is the damaged-scan restoration notes' ``classify.py``: 256x256, three channels
 (the grayscale scan repeated, RGB order), scaled by 1/255, one sigmoid output,
 > 0.5 means pneumonia. Another model declares its own contract in a sidecar
 JSON file next to it (``model.onnx.json``) or through flags.
@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from xraycore.store.schema import FINDING_PREFIX
+from xraycore.store.columns import absent_label, finding_name
 from xraycore.store.storage import Storage
 
 __all__ = [
@@ -38,7 +38,7 @@ class ModelContract:
     Attributes
     ----------
     size : int
-        Input height and width. Default 256 (seed 000).
+        Input height and width. Default 256 (the restoration notes' ``classify.py``).
     channels : int
         1, or 3 (the grayscale scan repeated). Default 3.
     scale : float
@@ -146,7 +146,8 @@ class ModelContract:
         cls, model_url: str, storage_options: dict | None = None, **overrides
     ) -> ModelContract:
         """The contract of a model: its sidecar ``<model>.json`` if there is one,
-        else seed 000's, with ``overrides`` (non-None values) on top."""
+        else that of the restoration notes' ``classify.py``, with ``overrides``
+        (non-None values) on top."""
         storage = Storage.from_url(model_url + ".json", storage_options)
         base: dict[str, Any] = {}
         if storage.exists():
@@ -273,10 +274,10 @@ class OnnxClassifier:
         """Per image and finding of a multi-output model, the finding's name
         (``finding_`` dropped) when its score is above its threshold, else
         ``no <name>``."""
-        names = [f.removeprefix(FINDING_PREFIX) for f in self.contract.findings]
+        names = [finding_name(f) for f in self.contract.findings]
         return [
             [
-                n if s > self.contract.threshold_of(k) else f"no {n}"
+                n if s > self.contract.threshold_of(k) else absent_label(n)
                 for k, (n, s) in enumerate(zip(names, row, strict=True))
             ]
             for row in scores

@@ -17,7 +17,8 @@ from xraycore.predict.contract import (
 )
 from xraycore.predict.roc import operating_point, roc_auc, roc_curve
 from xraycore.store import ScanStore, select_rows
-from xraycore.store.schema import CONFUSION, FINDING_PREFIX, REPORT, ROC, finding_column
+from xraycore.store.columns import finding_column, finding_name
+from xraycore.store.schema import CONFUSION, REPORT, ROC
 
 # model_sha256 is the contract's (where the model is read), named here too for the
 # callers that evaluate: predictions are found by it.
@@ -196,7 +197,7 @@ def roc_figure(scores: dict[str, tuple], path) -> Path:
         if len(y) == 0 or y.all() or not y.any():
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        name = finding.removeprefix(FINDING_PREFIX)
+        name = finding_name(finding)
         ax.plot(fpr, tpr, label=f"{name} ({roc_auc(y, s):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("1 - specificity")

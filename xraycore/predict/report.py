@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xraycore.store import ScanStore, schema, select_rows
+from xraycore.store import ScanStore, columns, schema, select_rows
 
 __all__ = [
     "comparison_sheet",
@@ -38,7 +38,7 @@ def _findings_text(report: dict) -> str:
     buf.write(f"{'':>28}{'AUROC':>12}{'threshold':>12}{'sensitivity':>12}")
     buf.write(f"{'specificity':>12}{'support':>10}\n\n")
     for finding, r in report["findings"].items():
-        buf.write(f"{finding.removeprefix(schema.FINDING_PREFIX):>28}{num(r['auroc'])}")
+        buf.write(f"{columns.finding_name(finding):>28}{num(r['auroc'])}")
         buf.write(f"{num(r['threshold'])}{num(r['sensitivity'])}{num(r['specificity'])}")
         buf.write(f"{r['support']:>10}\n")
     buf.write(f"\n{'mean AUROC':>28}{num(report['mean_auroc'])}\n")
@@ -46,7 +46,7 @@ def _findings_text(report: dict) -> str:
 
 
 def report_text(report: dict) -> str:
-    """The report as seed 004 prints it (scikit-learn's layout); a multi-output
+    """The report as the DenseNet-121 report prints it (scikit-learn's layout); a multi-output
     model's as one line per finding (AUROC, threshold, sensitivity, specificity,
     support) and the mean AUROC."""
     if report.get("kind") == "findings":
@@ -106,7 +106,7 @@ def comparison_sheet(
     from xraycore.image import viz
     from xraycore.image.pipeline import fit_to_size
     from xraycore.image.restore import fuse_channels
-    from xraycore.store.catalog import read_image
+    from xraycore.sources.catalog import read_image
 
     info = store.info()
     if info is None:

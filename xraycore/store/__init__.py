@@ -1,7 +1,9 @@
 """The store: ``STORE/images.zarr`` (Zarr v3) + ``STORE/metadata.delta`` (Delta Lake).
 
-What is stored, and how, is :mod:`xraycore.store.schema`; this package reads and
-writes it.
+What is stored, and how: the files and format (:mod:`xraycore.store.schema`), the
+tables' columns (:mod:`xraycore.store.columns`) and the arrays' packing
+(:mod:`xraycore.store.packing`); this package reads and writes them. What goes
+into a store is :mod:`xraycore.sources`.
 
 - One array per output, one image per chunk, ``shard_size`` images per shard
   (:mod:`._layout`). Rows are handed out in batches of ``batch_size`` (a

@@ -95,7 +95,7 @@ def latest_rows(table, key: tuple[str, ...], time_column: str):
     ----------
     table : pyarrow.Table
     key : tuple of str
-        The columns that name a row (:data:`~xraycore.store.schema.METADATA_KEY`).
+        The columns that name a row (:data:`~xraycore.store.columns.METADATA_KEY`).
     time_column : str
         The row with the greatest value here wins; of equal times, the first.
 

@@ -1,11 +1,12 @@
 """The Zarr layout of a store's images: one array per output, one image per
-chunk, ``shard_size`` images per shard, Blosc as :mod:`xraycore.store.schema` says."""
+chunk, ``shard_size`` images per shard, Blosc as :data:`xraycore.store._codec.COMPRESSORS` says."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import TYPE_CHECKING, Any
 
-from xraycore.store import schema
+from xraycore.store import _codec, packing, schema
 
 if TYPE_CHECKING:
     from xraycore.image.pipeline import PipelineSpec
@@ -24,6 +25,18 @@ __all__ = [
 def shard_rows(batch_size: int) -> int:
     """The largest divisor of ``batch_size`` not above :data:`schema.SHARD_SIZE`."""
     return max(d for d in range(1, min(batch_size, schema.SHARD_SIZE) + 1) if batch_size % d == 0)
+
+
+def shard_key(name: str, arr, shard_index: int) -> str:
+    """The object holding shard ``shard_index`` of the stored array ``name``
+    (``arr``, its Zarr array), relative to the store:
+    ``images.zarr/<name>/c/<shard>/0/0``.
+
+    The array's own Zarr metadata names it, so it is the same key for an array
+    stored unsharded (the histogram: one chunk of a shard's rows per object).
+    """
+    zeros = (0,) * (arr.ndim - 1)
+    return posixpath.join(schema.IMAGES, name, arr.metadata.encode_chunk_key((shard_index, *zeros)))
 
 
 def _metadata(storage: Storage, *path: str) -> dict[str, Any] | None:
@@ -61,13 +74,13 @@ def open_group(storage: Storage, mode: str = "r"):
     return zarr.open_group(storage.zarr_store(schema.IMAGES), mode=mode, zarr_format=3)
 
 
-def stored_arrays(group) -> dict[str, tuple[Any, schema.ArraySpec]]:
-    """Name -> (``zarr.Array``, its :class:`~xraycore.store.schema.ArraySpec`) of
+def stored_arrays(group) -> dict[str, tuple[Any, packing.ArraySpec]]:
+    """Name -> (``zarr.Array``, its :class:`~xraycore.store.packing.ArraySpec`) of
     every array the group's attributes list, in their order."""
     out = {}
     for name in group.attrs["arrays"]:
         arr = group[name]
-        spec = schema.ArraySpec.from_attributes(
+        spec = packing.ArraySpec.from_attributes(
             name, str(arr.dtype), arr.shape[1:], dict(arr.attrs)
         )
         out[name] = (arr, spec)
@@ -82,7 +95,7 @@ def create_arrays(storage: Storage, spec: PipelineSpec, batch_size: int) -> dict
 
     group = zarr.open_group(storage.zarr_store(schema.IMAGES), mode="w", zarr_format=3)
     shard = shard_rows(batch_size)
-    arrays = schema.array_specs(spec)
+    arrays = packing.array_specs(spec)
     for a in arrays:
         image = len(a.shape) == 2
         group.create_array(
@@ -91,7 +104,7 @@ def create_arrays(storage: Storage, spec: PipelineSpec, batch_size: int) -> dict
             dtype=a.dtype,
             chunks=(1, *a.shape) if image else (shard, *a.shape),
             shards=(shard, *a.shape) if image else None,
-            compressors=BloscCodec(**schema.COMPRESSORS[a.name]),
+            compressors=BloscCodec(**_codec.COMPRESSORS[a.name]),
             fill_value=a.fill_value,
             attributes=a.attributes(),
             dimension_names=("row", "y", "x") if image else ("row", "bin"),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import posixpath
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from xraycore.store import schema
+from xraycore._validate import check_int
+from xraycore.store import columns, schema
 from xraycore.store._codec import ShardDecoder
 from xraycore.store._delta import (
     HISTORY_REASON,
@@ -24,11 +24,12 @@ from xraycore.store._layout import (
     create_arrays,
     group_attributes,
     open_group,
+    shard_key,
     stored_arrays,
 )
 from xraycore.store._select import select_rows
 from xraycore.store._writer import ShardWriter
-from xraycore.store.schema import ArraySpec
+from xraycore.store.packing import ArraySpec
 from xraycore.store.storage import Storage
 
 __all__ = ["ScanStore", "StoreConflictError", "VersionRemovedError"]
@@ -47,26 +48,24 @@ class ScanStore:
     """
 
     def __init__(self, storage: Storage, version: int | None = None):
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 0
-        ):
-            raise ValueError(f"version must be a non-negative int or None, got {version!r}")
+        if version is not None:
+            check_int(version, "version")
         self.storage = storage
         self._version = version
         self._readers: dict[str, Any] = {}
         self.metadata = VersionedTable(
             storage,
             schema.METADATA,
-            schema.METADATA_KEY,
-            schema.METADATA_TIME,
+            columns.METADATA_KEY,
+            columns.METADATA_TIME,
             nullable_key=("frame",),
             version=version,
         )
         self.predictions = VersionedTable(
             storage,
             schema.PREDICTIONS,
-            schema.PREDICTION_KEY,
-            schema.PREDICTION_TIME,
+            columns.PREDICTION_KEY,
+            columns.PREDICTION_TIME,
             nullable_key=("finding",),
         )
 
@@ -151,10 +150,8 @@ class ScanStore:
         divisor of it up to :data:`xraycore.store.schema.SHARD_SIZE` images. None: the
         existing store's own, or :data:`xraycore.store.schema.BATCH_SIZE` for a new one.
         """
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size is not None:
+            check_int(batch_size, "batch_size", minimum=1)
         self._writable()
         if overwrite and self.storage.exists(schema.IMAGES, "zarr.json"):
             self._discard()
@@ -181,7 +178,7 @@ class ScanStore:
         return batch_size
 
     def arrays(self) -> dict[str, ArraySpec]:
-        """Name -> :class:`~xraycore.store.schema.ArraySpec` of every stored array."""
+        """Name -> :class:`~xraycore.store.packing.ArraySpec` of every stored array."""
         self.info_or_raise()
         return {name: spec for name, (_, spec) in stored_arrays(self.group("r")).items()}
 
@@ -240,29 +237,10 @@ class ScanStore:
         return ShardDecoder.for_array(arr)
 
     def shard_key(self, name: str, shard_index: int) -> str:
-        """The object of shard ``shard_index`` of ``name``, relative to the store.
-
-        The array's own Zarr metadata names it, so it is the same key for an array
-        stored unsharded (the histogram: one chunk of a shard's rows per object).
-        """
+        """The object of shard ``shard_index`` of ``name``, relative to the store
+        (:func:`~xraycore.store._layout.shard_key`)."""
         arr, _ = self._reader(name, 0)
-        zeros = (0,) * (arr.ndim - 1)
-        return posixpath.join(
-            schema.IMAGES, name, arr.metadata.encode_chunk_key((shard_index, *zeros))
-        )
-
-    def read_shard(self, name: str, shard_index: int, *, decode: bool = True) -> np.ndarray:
-        """All images of one shard of ``name``, read with one request."""
-        decoder = self.shard_decoder(name)
-        if decoder is None:
-            lo = shard_index * self.shard_size
-            return self.read(name, slice(lo, lo + self.shard_size), decode=decode)
-        try:
-            data = self.storage.read_bytes(self.shard_key(name, shard_index))
-        except FileNotFoundError:
-            data = None
-        stored = decoder.decode(data)
-        return self._reader(name, 0)[1].unpack(stored) if decode else stored
+        return shard_key(name, arr, shard_index)
 
     def _discard(self) -> None:
         """``--overwrite``: the pixels go, and with them every version that
@@ -276,8 +254,8 @@ class ScanStore:
                 self.storage.remove(name)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         for table, empty in (
-            (self.metadata, schema.arrow_schema([])),
-            (self.predictions, schema.prediction_schema()),
+            (self.metadata, columns.arrow_schema([])),
+            (self.predictions, columns.prediction_schema()),
         ):
             if not table.exists():
                 continue
@@ -295,7 +273,7 @@ class ScanStore:
         the lease raises :class:`~xraycore.store._delta.FencedCommitError`."""
         self._writable()
         self.metadata.open_run(run_id)  # before any batch of it writes a file
-        self.metadata.fence(run_id, schema.arrow_schema([]), commit_info("fence", run_id))
+        self.metadata.fence(run_id, columns.arrow_schema([]), commit_info("fence", run_id))
 
     def write_rows(self, rows: list[dict[str, Any]], *, run_id: str, part: int) -> TableFile:
         """Write metadata rows as a file of the table for the run's committer to
@@ -304,8 +282,8 @@ class ScanStore:
         import pyarrow as pa
 
         self._writable()
-        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
-        table = latest_rows(table, schema.METADATA_KEY, schema.METADATA_TIME)
+        table = pa.Table.from_pylist(rows, schema=columns.arrow_schema(rows))
+        table = latest_rows(table, columns.METADATA_KEY, columns.METADATA_TIME)
         # A label column with no value in this batch has no type: left out, a
         # Delta reader reads it as null for these rows.
         typed = [f.name for f in table.schema if not pa.types.is_null(f.type)]
@@ -354,7 +332,7 @@ class ScanStore:
         self._writable()
         if not rows:
             return {}
-        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema(rows))
+        table = pa.Table.from_pylist(rows, schema=columns.arrow_schema(rows))
         info = commit_info(kind, run_id, pipeline_hash=pipeline_hash, rows=len(rows))
         return self.metadata.merge(table, info, fence=fence)
 
@@ -366,7 +344,7 @@ class ScanStore:
         table = self.metadata.read()
         if table is None or table.num_rows == 0:
             return None
-        fixed = schema.arrow_schema([])
+        fixed = columns.arrow_schema([])
         for field in fixed:
             if field.name not in table.column_names:
                 table = table.append_column(field, pa.nulls(table.num_rows, field.type))
@@ -374,9 +352,9 @@ class ScanStore:
 
     def check_columns(self, table) -> None:
         """Refuse new rows for a metadata ``table`` (this store's) whose fixed
-        columns are not of their type (:func:`~xraycore.store.schema.metadata_conflicts`),
+        columns are not of their type (:func:`~xraycore.store.columns.metadata_conflicts`),
         saying how to conform it."""
-        found = schema.metadata_conflicts(table.schema) if table is not None else []
+        found = columns.metadata_conflicts(table.schema) if table is not None else []
         if found:
             raise ValueError(
                 f"store {self.storage.url}: metadata column {'; '.join(found)} was written "
@@ -424,67 +402,6 @@ class ScanStore:
         self.metadata.replace(table, commit_info(kind, run_id, rows=table.num_rows))
         return table.num_rows
 
-    def refresh_headers(
-        self,
-        *,
-        run_id: str,
-        pseudonyms=None,
-        source_options: dict[str, Any] | None = None,
-        skip: set[str] | frozenset[str] = frozenset(),
-    ) -> tuple[int, int]:
-        """Fill the header columns (:mod:`xraycore.store.header`) of the stored
-        DICOM rows (a source named ``.dcm``, ``.dicom`` or nothing) where they
-        are null, from the files' headers: ranged reads, no pixel read or
-        written; one version of kind ``header``. ``skip``: sources a run
-        processes anyway. Returns (rows filled, rows whose identifiers had no key)."""
-        import posixpath
-
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        from xraycore.store.header import PSEUDONYM_COLUMNS, read_headers
-
-        self._writable()
-        table = self.read_metadata()
-        if table is None:
-            return 0, 0
-        sources = table.column("source").to_pylist()
-        wanted = sorted(
-            {
-                s
-                for s in sources
-                if s not in skip
-                and posixpath.splitext(posixpath.basename(s))[1].lower() in ("", ".dcm", ".dicom")
-            }
-        )
-        found: dict[str, dict] = {}
-        for i in range(0, len(wanted), 512):  # 512 heads in memory at a time
-            chunk = wanted[i : i + 512]
-            headers = read_headers(chunk, pseudonyms, source_options)
-            for uri, columns in zip(chunk, headers, strict=True):
-                if columns is not None:
-                    found[uri] = columns
-        if not found:
-            return 0, 0
-        unkeyed = sum(1 for s in sources if found.get(s, {}).get("_identifiers"))
-        unkeyed = unkeyed if pseudonyms is None else 0
-
-        def filled(rows):
-            rows = rows.sort_by([("image_id", "ascending")])
-            these = [found.get(s) for s in rows.column("source").to_pylist()]
-            for name in schema.HEADER_COLUMNS:
-                field = rows.schema.field(name)
-                new = pa.array([c.get(name) if c else None for c in these], field.type)
-                if name == "pseudonym_key":  # only where this fill gave a pseudonym
-                    gave = pc.and_(*[pc.is_null(rows[c]) for c in list(PSEUDONYM_COLUMNS)[:2]])
-                    new = pc.if_else(gave, new, pa.nulls(len(new), field.type))
-                column = pc.coalesce(rows[name], new)
-                rows = rows.set_column(rows.column_names.index(name), field, column)
-            return rows
-
-        self.replace_rows(filled, run_id=run_id, kind="header")
-        return sum(1 for s in sources if s in found), unkeyed
-
     def commit_predictions(self, records: list[dict[str, Any]], *, run_id: str) -> dict:
         """Commit predictions (a version of the predictions table)."""
         import pyarrow as pa
@@ -492,14 +409,14 @@ class ScanStore:
         self._writable()
         if not records:
             return {}
-        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
+        table = pa.Table.from_pylist(records, schema=columns.prediction_schema())
         info = commit_info("classification", run_id, rows=len(records))
         return self.predictions.merge(table, info)
 
     def open_classification(self, run_id: str) -> None:
         """Record that ``run_id``'s scoring tasks may write prediction files."""
         self._writable()
-        self.predictions.create(schema.prediction_schema(), commit_info("create", run_id))
+        self.predictions.create(columns.prediction_schema(), commit_info("create", run_id))
         self.predictions.open_run(run_id)
 
     def write_predictions(self, records: list[dict[str, Any]], *, run_id: str, part: int):
@@ -508,8 +425,8 @@ class ScanStore:
         import pyarrow as pa
 
         self._writable()
-        table = pa.Table.from_pylist(records, schema=schema.prediction_schema())
-        table = latest_rows(table, schema.PREDICTION_KEY, schema.PREDICTION_TIME)
+        table = pa.Table.from_pylist(records, schema=columns.prediction_schema())
+        table = latest_rows(table, columns.PREDICTION_KEY, columns.PREDICTION_TIME)
         return write_table_file(self.storage, schema.PREDICTIONS, table, run_id=run_id, part=part)
 
     def commit_prediction_files(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xraycore.store.schema import FINDING_PREFIX
+from xraycore.store.columns import FINDING_PREFIX
 
 __all__ = ["select_rows"]
 

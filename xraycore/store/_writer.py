@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import posixpath
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from xraycore.store import schema
 from xraycore.store._codec import SHARD_BUFFERS, ShardEncoder
-from xraycore.store._layout import open_group, stored_arrays
+from xraycore.store._layout import open_group, shard_key, stored_arrays
 from xraycore.store.storage import Storage
 
 __all__ = ["ShardWriter"]
@@ -126,7 +125,7 @@ class ShardWriter:
             if encoder is None:
                 arr[lo : lo + self.shard] = buf[name]
             else:
-                key = posixpath.join(schema.IMAGES, name, encoder.key(lo // self.shard))
+                key = shard_key(name, arr, lo // self.shard)
                 self._storage.write_durably(key, encoder.encode(buf[name]))
 
     def close(self) -> None:

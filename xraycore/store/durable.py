@@ -1,16 +1,54 @@
-"""Durable local file writes for bulk outputs (shards): whole or nothing, synced,
-and out of the page cache once written."""
+"""Local file writes that readers see whole or not at all: a temporary file
+(:func:`xraycore.store.schema.temporary_path`) renamed into place. Every local
+writer of the project goes through :func:`atomic_path`; bulk outputs (shards)
+through :func:`write_durably`, which also syncs them and drops them from the page
+cache."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 from xraycore.store.schema import temporary_path
 
-__all__ = ["write_durably"]
+__all__ = ["atomic_path", "write_atomic", "write_durably"]
 
 _IOV_MAX = 1024
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` to write its new content to, renamed onto
+    ``path`` when the block ends and removed when it raises (a full disk, a
+    killed write: nothing half-written is left behind, and readers never see a
+    part). The folder must exist.
+
+    Notes
+    -----
+    zarr-python's ``LocalStore`` writes the same way (``_atomic_write``). The
+    temporary name (:func:`~xraycore.store.schema.temporary_path`) is the one
+    ``xray verify`` reports and the run holding the lease removes.
+    """
+    path = os.fspath(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, sync: bool = False) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`; ``sync``: also
+    flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_durably(path: str, parts) -> None:
@@ -27,8 +65,7 @@ def write_durably(path: str, parts) -> None:
     (docs/benchmarks.md).
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             views = [memoryview(p).cast("B") for p in parts]
@@ -46,8 +83,3 @@ def write_durably(path: str, parts) -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: leave nothing half-written behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

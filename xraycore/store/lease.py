@@ -209,7 +209,7 @@ class _LeaseFile:
     an exclusive ``flock`` on local or network disk, by S3 on its ETag."""
 
     def __init__(self, storage: Storage):
-        if not (storage.is_local or storage.protocol in ("s3", "s3a")):
+        if not storage.conditional_writes:
             raise ValueError(
                 f"store {storage.url}: leases need a local path or s3:// (conditional writes); "
                 f"{storage.protocol}:// has none here"

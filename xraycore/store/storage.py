@@ -18,8 +18,7 @@ from typing import Any
 
 import fsspec
 
-from xraycore.store.durable import write_durably
-from xraycore.store.schema import temporary_path
+from xraycore.store.durable import write_atomic, write_durably
 
 __all__ = [
     "RANGES_IN_FLIGHT",
@@ -27,7 +26,6 @@ __all__ = [
     "ConditionFailed",
     "CredentialsRefusedError",
     "Storage",
-    "redact",
     "refuse_credentials",
 ]
 
@@ -52,7 +50,6 @@ S3_CLIENT_CONFIG: dict[str, Any] = {
 #: keeps every connection busy while the listing parses the replies.
 RANGES_IN_FLIGHT = 64
 
-_SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 # Option names that carry a credential: s3fs's key/secret/token, botocore's
 # aws_* names (also inside client_kwargs), and the usual words of other backends.
 _CREDENTIAL_NAMES = {"key", "secret", "token", "password"}
@@ -113,19 +110,6 @@ def refuse_credentials(options: dict[str, Any] | None, what: str = "storage_opti
             f"{what} holds credentials ({', '.join(keys)}), which Prefect would record as a "
             f"flow parameter: {HOW_TO_GIVE_CREDENTIALS}"
         )
-
-
-def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``options`` safe to print: values of secret-looking keys masked."""
-    out: dict[str, Any] = {}
-    for k, v in options.items():
-        if isinstance(v, dict):
-            out[k] = redact(v)
-        elif any(w in k.lower() for w in _SECRET_WORDS) and k.lower() != "key_prefix":
-            out[k] = "***"
-        else:
-            out[k] = v
-    return out
 
 
 @dataclass
@@ -310,17 +294,7 @@ class Storage:
         target = self.path(rel)
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
-            tmp = temporary_path(target)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:  # a full disk: leave nothing half-written behind
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, data, sync=True)
         else:
             self._fs.pipe_file(target, data)
 
@@ -365,8 +339,14 @@ class Storage:
         finally:
             os.close(fd)  # releases the lock
 
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether this storage has the conditional writes a lease needs: local
+        (or network) disk, under ``flock``, and S3, by ETag."""
+        return self.is_local or self.protocol in ("s3", "s3a")
+
     def _check_conditional(self) -> None:
-        if not (self.is_local or self.protocol in ("s3", "s3a")):
+        if not self.conditional_writes:
             raise ValueError(
                 f"storage {self.url}: conditional writes need a local path or s3://; "
                 f"{self.protocol}:// has none here"
@@ -509,10 +489,6 @@ class Storage:
         # Zarr needs an async instance of the same filesystem.
         afs = type(fs)(**{**self._options, "asynchronous": True})
         return zarr.storage.FsspecStore(afs, path=self.path(rel), read_only=False)
-
-    def safe_description(self) -> str:
-        opts = redact(self._options)
-        return f"{self.url}" + (f" {opts}" if opts else "")
 
     def __getstate__(self) -> dict[str, Any]:
         # The filesystem is made again where the storage is unpickled (a Dask

@@ -11,7 +11,7 @@ store is still format 3 and its parts are still there.
 A format-4 store whose metadata holds a fixed column in another type (written
 before the DICOM header columns: MIMIC-CXR's ``study_id`` as integers, an age
 as ``058Y``) is conformed the same way: its rows committed again in the
-columns' types (:func:`~xraycore.store.schema.conform_metadata`), one version
+columns' types (:func:`~xraycore.store.columns.conform_metadata`), one version
 of kind ``upgrade``; no pixel is touched.
 """
 
@@ -23,7 +23,7 @@ import posixpath
 import uuid
 from typing import Any
 
-from xraycore.store import schema
+from xraycore.store import columns, schema
 from xraycore.store._delta import commit_info, latest_rows
 from xraycore.store._layout import group_attributes
 from xraycore.store.storage import Storage
@@ -81,12 +81,12 @@ def _conform(storage: Storage, url: str) -> dict[str, Any]:
 
     store = ScanStore(storage)
     table = store.metadata.read()
-    found = schema.metadata_conflicts(table.schema) if table is not None else []
+    found = columns.metadata_conflicts(table.schema) if table is not None else []
     if not found:
         return {"upgraded": False, "rows": None, "predictions": None, "version": None}
     run_id = f"upgrade-{uuid.uuid4().hex[:8]}"
     with StoreLease.acquire(storage, run_id, description="xray upgrade"):
-        rows = store.replace_rows(schema.conform_metadata, run_id=run_id, kind="upgrade")
+        rows = store.replace_rows(columns.conform_metadata, run_id=run_id, kind="upgrade")
     return {
         "upgraded": True,
         "conformed": found,
@@ -133,15 +133,15 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
                 schema.LEGACY_TABLES[0],
                 store.metadata,
                 None,
-                schema.METADATA_KEY,
-                schema.METADATA_TIME,
+                columns.METADATA_KEY,
+                columns.METADATA_TIME,
             ),
             (
                 schema.LEGACY_TABLES[1],
                 store.predictions,
-                schema.prediction_schema(),
+                columns.prediction_schema(),
                 schema.LEGACY_PREDICTION_KEY,
-                schema.PREDICTION_TIME,
+                columns.PREDICTION_TIME,
             ),
         ):
             rows = _legacy_rows(storage, name, key, time_column)
@@ -149,7 +149,7 @@ def upgrade_store(url: str, storage_options: dict[str, Any] | None = None) -> di
                 counts[name] = 0
                 continue
             if arrow_schema is None:
-                rows = schema.conform_metadata(rows)  # its label columns as they are
+                rows = columns.conform_metadata(rows)  # its label columns as they are
             else:
                 rows = _with_columns(rows, arrow_schema)
             info = commit_info("upgrade", run_id, rows=rows.num_rows, detail=f"format {found}")

@@ -6,7 +6,7 @@
 - ``unreadable``: an ``ok`` row whose pixels cannot be decoded (a corrupt or
   half-written shard);
 - ``different``: an ``ok`` row whose stored ``preprocessed`` pixels do not match
-  the CRC-32 committed with it (:func:`xraycore.store.schema.checksum`);
+  the CRC-32 committed with it (:func:`xraycore.store.columns.checksum`);
 - ``no_checksum``: an ``ok`` row committed without one (never written by format 2);
 - ``orphaned``: an ``ok`` row pointing outside the arrays (no row, or past their end);
 - ``shared_row``: two sources whose latest ``ok`` rows point at one array row (mixed);
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from xraycore.store import ScanStore, schema, select_rows
+from xraycore.store import ScanStore, columns, schema, select_rows
 from xraycore.store.lease import StoreLease, read_lease
 from xraycore.store.schema import IMAGES, METADATA
 
@@ -128,7 +128,7 @@ class VerifyReport:
 
 def _key(row: dict[str, Any]) -> tuple:
     """The metadata key of a row: (source, frame)."""
-    return tuple(row.get(k) for k in schema.METADATA_KEY)
+    return tuple(row.get(k) for k in columns.METADATA_KEY)
 
 
 def _read_latest(store: ScanStore, report: VerifyReport):
@@ -224,7 +224,7 @@ def check_shard(
                 out.append((r, "unreadable", f"{name}: {type(exc).__name__}: {exc}"))
                 continue
             if name == "preprocessed" and recorded is not None:
-                got = schema.checksum(value)
+                got = columns.checksum(value)
                 if got != recorded:
                     out.append((r, "different", f"preprocessed {got}, committed {recorded}"))
     return out
@@ -299,7 +299,7 @@ def _check_lease(store: ScanStore, report: VerifyReport) -> str | None:
 
 def _check_duplicate_sources(latest, report: VerifyReport) -> None:
     """A (source, frame) twice in the latest version is a problem."""
-    counts = Counter(_key(r) for r in latest.select(list(schema.METADATA_KEY)).to_pylist())
+    counts = Counter(_key(r) for r in latest.select(list(columns.METADATA_KEY)).to_pylist())
     for (s, frame), n in sorted(
         ((k, n) for k, n in counts.items() if n > 1), key=lambda kv: (kv[0][0], kv[0][1] or 0)
     ):

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from xraycore._validate import check_int
 from xraycore.store._delta import commit_info
 from xraycore.store._scans import ScanStore
 
@@ -118,8 +119,8 @@ def vacuum_store(
 
     if (keep is None) == (older_than is None):
         raise ValueError("give one of keep (versions) or older_than (a time)")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"keep must be a positive int, got {keep!r}")
+    if keep is not None:
+        check_int(keep, "keep", minimum=1)
     run_id = f"vacuum-{uuid.uuid4().hex[:8]}"
     reason = f"xray vacuum --keep {keep}" if keep else f"xray vacuum --older-than {older_than}"
     out: dict[str, Any] = {}

@@ -16,7 +16,8 @@ import mmap
 import os
 import threading
 
-from xraycore.store.schema import is_temporary, temporary_path
+from xraycore.store.durable import write_atomic
+from xraycore.store.schema import is_temporary
 
 __all__ = ["ShardCache"]
 
@@ -66,14 +67,9 @@ class ShardCache:
     def put(self, key: str, data) -> None:
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = temporary_path(path)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         except OSError:  # a full disk: the cache is an optimisation, reading goes on
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             return
         with self._lock:
             if self._bytes is None:

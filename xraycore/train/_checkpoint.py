@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xraycore.store.schema import temporary_path
+from xraycore.store.durable import atomic_path
 from xraycore.train._network import import_torch
 
 __all__ = ["BEST", "CHECKPOINTS", "LAST", "checkpoint_dir", "load_state", "save_state"]
@@ -33,12 +33,8 @@ def save_state(state: dict[str, Any], path: Path) -> Path:
     """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
     torch = import_torch()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(temporary_path(str(path)))
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from xraycore.predict.contract import ModelContract, prepare_batch
-from xraycore.store.schema import temporary_path
+from xraycore.store.durable import atomic_path, write_atomic
 from xraycore.train._network import TrainedCNN, import_torch
 
 __all__ = ["cnn_scores", "export_cnn_onnx", "model_metadata"]
@@ -90,14 +90,7 @@ def export_cnn_onnx(model: TrainedCNN, path: str | os.PathLike) -> Path:
     # The exporter stamps IR version 10; the graph uses nothing newer than IR 8
     # (plain opset-18 operators, no functions), which onnxruntime 1.17 still loads.
     program.model.ir_version = 8
-    tmp = Path(temporary_path(str(path)))
-    try:
+    with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    sidecar = Path(f"{path}.json")
-    tmp = Path(temporary_path(str(sidecar)))
-    tmp.write_text(json.dumps(model_metadata(model), indent=2))
-    os.replace(tmp, sidecar)
+    write_atomic(f"{path}.json", json.dumps(model_metadata(model), indent=2).encode())
     return path

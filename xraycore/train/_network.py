@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xraycore.predict.contract import ModelContract
-from xraycore.store.schema import temporary_path
+from xraycore.store.durable import atomic_path
 
 __all__ = [
     "ARCHITECTURES",
@@ -158,12 +158,8 @@ def save_checkpoint(network, path: str | os.PathLike) -> Path:
     """Write ``network``'s state_dict (what :func:`load_checkpoint` reads), atomically."""
     torch = import_torch()
     path = Path(path)
-    tmp = Path(temporary_path(str(path)))
-    try:
+    with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycore.store.schema import ArraySpec
+from xraycore.store.packing import ArraySpec
 from xraycore.train._runtime import ReadRuntime
 
 __all__ = ["Selection", "read_batches"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xraycore.store.schema import FINDING_UNCERTAIN, finding_column, finding_columns
+from xraycore.store.columns import FINDING_UNCERTAIN, finding_column, finding_columns
 
 __all__ = ["UNCERTAIN", "FINDINGS", "LabelMatrix", "label_matrix", "target_columns"]
 

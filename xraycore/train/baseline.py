@@ -18,6 +18,7 @@ import numpy as np
 
 from xraycore.predict.contract import ModelContract, prepare_batch
 from xraycore.store import ScanStore
+from xraycore.store.durable import atomic_path, write_atomic
 
 __all__ = ["ScanDataset", "assign_splits", "export_logistic_onnx", "train_logistic", "write_splits"]
 
@@ -207,6 +208,6 @@ def export_logistic_onnx(model: dict[str, Any], path) -> None:
     onnx_model.ir_version = 8
     onnx.checker.check_model(onnx_model)
     path = str(path)
-    onnx.save(onnx_model, path)
-    with open(path + ".json", "w") as f:
-        json.dump(c.to_dict(), f, indent=2)
+    with atomic_path(path) as tmp:
+        onnx.save(onnx_model, tmp)
+    write_atomic(path + ".json", json.dumps(c.to_dict(), indent=2).encode())

@@ -1,6 +1,6 @@
 """Convolutional classifiers trained from a store with PyTorch, exported to ONNX.
 
-A DenseNet-121 (MONAI's ``DenseNet121``; seed 004 classifies with one) learns one
+A DenseNet-121 (MONAI's ``DenseNet121``; the DenseNet-121 report classifies with one) learns one
 finding, or several at once (one sigmoid each, as CheXNet), from the batches of
 :class:`xraycore.train.loader.ScanLoader`, with a masked binary cross-entropy
 whose positives are weighted per finding by the training split's
@@ -73,8 +73,8 @@ __all__ = [
 ]
 
 
-# ImageNet's statistics: what an ImageNet-trained DenseNet-121 (seed 004's
-# starting point, given as ``weights``) was trained to see.
+# ImageNet's statistics: what an ImageNet-trained DenseNet-121 (the DenseNet-121
+# report's starting point, given as ``weights``) was trained to see.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DenseNet-121 halves its input five times: below 32 px nothing is left to pool.

@@ -14,7 +14,7 @@ from dicom_files import make_dicom
 
 from xraycore.image import decode as xio
 from xraycore.image.synth import phantom_chest
-from xraycore.store.catalog import read_image
+from xraycore.sources.catalog import read_image
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -344,7 +344,7 @@ def test_dicom_multi_frame_refused_unless_a_frame_is_chosen():
         assert np.array_equal(out, expected.astype(np.uint16))
     with pytest.raises(xio.ImageDecodeError, match="cine.dcm: frame 3 requested, the file has 3"):
         xio.decode_image(data, name="cine.dcm", frame=3)
-    with pytest.raises(ValueError, match="frame must be None or an int >= 0"):
+    with pytest.raises(ValueError, match="frame must be an int >= 0"):
         xio.decode_image(data, frame=-1)
 
 

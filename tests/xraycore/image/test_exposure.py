@@ -36,8 +36,8 @@ def _as(image: np.ndarray, dtype) -> np.ndarray:
 def _colour_cast() -> tuple[np.ndarray, np.ndarray]:
     """A 100x200 BGR image with a colour cast and its white balance, by hand.
 
-    In each channel 19980 pixels fill ``lo..lo+85`` and 10 (0.05%, seed 003's
-    tail) lie below and 10 above. Discarding the tails leaves ``lo..lo+85``,
+    In each channel 19980 pixels fill ``lo..lo+85`` and 10 (0.05%, the transfer-learning
+    recipe's tail) lie below and 10 above. Discarding the tails leaves ``lo..lo+85``,
     which stretches onto 0..255 with slope 3: ``3 * (v - lo)``, clipped.
     """
     rng = np.random.default_rng(0)

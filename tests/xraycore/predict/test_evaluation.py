@@ -18,7 +18,7 @@ from xraycore.predict import contract, evaluation
 from xraycore.predict.contract import ModelContract, OnnxClassifier, model_sha256
 from xraycore.predict.evaluation import evaluate_store
 from xraycore.predict.report import comparison_sheet
-from xraycore.store import ScanStore, schema
+from xraycore.store import ScanStore, columns, schema
 from xraycore.train.baseline import write_splits
 
 
@@ -52,7 +52,7 @@ def _predict(store: ScanStore, sha: str, labels: dict[str, str], *, rows=None) -
     meta = {r["image_id"]: r for r in store.read_metadata().to_pylist()}
     store.commit_predictions(
         [
-            schema.prediction_row(
+            columns.prediction_row(
                 image_id=i,
                 row=(rows or {}).get(i, meta[i]["row"] if meta[i]["row"] is not None else 0),
                 score=0.9 if label == "pneumonia" else 0.1,

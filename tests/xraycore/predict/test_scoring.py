@@ -11,7 +11,7 @@ from stores import build_store
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
 from xraycore.predict.scoring import batch_groups, unscored_rows
-from xraycore.store import ScanStore, schema
+from xraycore.store import ScanStore, columns
 
 
 def test_batch_groups_split_on_batch_boundaries_in_row_order():
@@ -36,7 +36,7 @@ def _predict(store: ScanStore, items, sha: str, part: str) -> None:
     now = datetime.now(UTC)
     store.commit_predictions(
         [
-            schema.prediction_row(image_id=i, row=r, score=0.5, label="x", model="m.onnx",
+            columns.prediction_row(image_id=i, row=r, score=0.5, label="x", model="m.onnx",
                                   model_sha256=sha, run_id=part, classified_at=now)
             for r, i in items
         ],

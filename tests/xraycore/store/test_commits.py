@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 
 from flows.commits import GroupCommits, first_commit_s
 from xraycore.image.pipeline import PipelineSpec
-from xraycore.store import FencedCommitError, ScanStore, schema
+from xraycore.store import FencedCommitError, ScanStore, columns, schema
 from xraycore.store.versions import log_lines
 
 SPEC = PipelineSpec(size=16)
@@ -25,7 +25,7 @@ SPEC = PipelineSpec(size=16)
 def _rows(start: int, n: int, run_id: str, *, prefix: str = "s") -> list[dict]:
     rows = []
     for i in range(start, start + n):
-        row = schema.metadata_row(
+        row = columns.metadata_row(
             image_id=f"{prefix}{i:05d}.png", source=f"/src/{prefix}{i:05d}.png", size=1,
             mtime=0.0, pipeline_hash=SPEC.hash, run_id=run_id,
         )  # fmt: skip

@@ -14,8 +14,8 @@ from xraycore.batch import plan_batches, plan_later_frames, process_batch
 from xraycore.image.decode import decode_image, dicom_frames
 from xraycore.image.pipeline import PipelineSpec, run_pipeline
 from xraycore.image.synth import phantom_chest
+from xraycore.sources.catalog import list_sources, recorded_frames
 from xraycore.store import ScanStore, schema
-from xraycore.store.catalog import list_sources, recorded_frames
 from xraycore.store.schema import StoreFormatError
 from xraycore.store.storage import Storage
 from xraycore.store.verify import repair_store, verify_store

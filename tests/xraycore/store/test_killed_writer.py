@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+from commands import xray
 from stores import build_store
 
 from xraycore.image.pipeline import PipelineSpec
@@ -47,18 +48,6 @@ with store.writer(4, 4) as writer:
 """
 
 
-def _xray(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "xray_cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
-
-
 def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_path):
     url = str(tmp_path / "store")
     paths = []
@@ -85,7 +74,7 @@ def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_
 
     # Just killed, the file is as young as a live writer's: neither reported nor removed.
     assert store.temporary_files() == []
-    assert _xray("verify", url).returncode == 0
+    assert xray("verify", url).returncode == 0
     # Once it is older than the grace period, nobody can still be writing it.
     (path,) = (tmp_path / "store").rglob(f"*{schema.TEMPORARY_SUFFIX}")
     aged = time.time() - schema.TEMPORARY_GRACE_S - 1
@@ -96,15 +85,15 @@ def test_a_writer_killed_mid_shard_is_found_by_verify_and_removed_by_repair(tmp_
         left[0].endswith(schema.TEMPORARY_SUFFIX) and (tmp_path / "store" / left[0]).stat().st_size
     )
 
-    res = _xray("verify", url)
+    res = xray("verify", url)
     assert res.returncode == 1, res.stdout + res.stderr
     assert f"temporary_file: {left[0]}" in res.stdout, res.stdout
-    res = _xray("verify", url, "--repair")
+    res = xray("verify", url, "--repair")
     assert res.returncode == 1 and "1 temporary or untracked files removed" in res.stdout, (
         res.stdout
     )
     assert not (tmp_path / "store" / left[0]).exists()
-    res = _xray("verify", url)
+    res = xray("verify", url)
     assert res.returncode == 0 and "clean" in res.stdout, res.stdout + res.stderr
     # The committed batch is untouched: its four rows are ok and read back.
     assert [r["status"] for r in store.read_metadata().to_pylist()] == ["ok"] * 4

@@ -23,7 +23,7 @@ from xraycore.store import (
     ScanStore,
     StoreFormatError,
     VersionRemovedError,
-    schema,
+    columns,
 )
 from xraycore.store.upgrade import upgrade_store
 from xraycore.store.verify import verify_store
@@ -46,7 +46,7 @@ def _predict(store: ScanStore, run_id: str) -> None:
     rows = store.select().to_pylist()
     store.commit_predictions(
         [
-            schema.prediction_row(
+            columns.prediction_row(
                 image_id=r["image_id"], row=r["row"], score=0.5, label="x",
                 model="m.onnx", model_sha256="a" * 64, run_id=run_id, classified_at=now,
             )
@@ -125,7 +125,7 @@ def test_a_version_is_read_only_and_one_not_kept_is_refused(tmp_path):
         old.commit_rows(store.read_metadata().to_pylist(), run_id="x")
     with pytest.raises(VersionRemovedError, match="has no version 99"):
         ScanStore.open(url, version=99)
-    with pytest.raises(ValueError, match="non-negative int"):
+    with pytest.raises(ValueError, match="version must be an int >= 0"):
         ScanStore.open(url, version=-1)
 
 
@@ -169,7 +169,7 @@ def test_a_batch_of_a_run_that_lost_the_lease_cannot_commit(tmp_path):
 
     with pytest.raises(CommitFailedError, match="Metadata changed"):
         held.merge(
-            pa.Table.from_pylist([newer], schema=schema.arrow_schema([newer])),
+            pa.Table.from_pylist([newer], schema=columns.arrow_schema([newer])),
             "t.source = s.source", source_alias="s", target_alias="t",
         ).when_matched_update_all().execute()  # fmt: skip
     assert store.read_metadata().to_pylist()[0]["processed_at"] == row["processed_at"]

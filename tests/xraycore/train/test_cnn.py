@@ -21,14 +21,7 @@ STORED = 48  # stored size; the model sees 32, so every batch is resized (48 -> 
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The test machines have two cores shared with other work: torch's OpenMP
-    # threads then spin against each other (a step 5-10x slower than on one).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

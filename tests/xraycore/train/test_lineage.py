@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from commands import xray as _xray
 from stores import build_store, labelled_store
 
 from xraycore.image.pipeline import PipelineSpec
@@ -23,16 +22,6 @@ from xraycore.store.versions import vacuum_store
 from xraycore.train.baseline import write_splits
 from xraycore.train.lineage import LINEAGE_KEYS, rows_sha256
 from xraycore.train.loader import ScanLoader
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _xray(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "xray_cli", *args], capture_output=True, text=True, env=env,
-        timeout=300, cwd=ROOT,
-    )  # fmt: skip
 
 
 def _order(loader: ScanLoader, epochs: int = 2) -> list[list[str]]:

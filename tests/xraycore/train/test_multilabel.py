@@ -26,12 +26,7 @@ SIZE = 32
 FINDINGS = ("finding_basal_opacity", "finding_cardiomegaly", "finding_nodule")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Restoration of damaged scans (seed 000).
+"""Restoration of damaged scans (the damaged-scan restoration notes, CONTRIBUTING.md).
 
 Seed 000's damaged scans are pseudo-coloured (a jet-like colour map) or have a
 brighter, noisier green channel, are warped off-axis inside black margins or

@@ -170,7 +170,7 @@ def inpaint(
     image : (H, W) or (H, W, 3) ndarray
     mask : (H, W) ndarray of bool
     method : {"ns", "telea"}, optional
-        Navier-Stokes (default, as seed 000's ``cv2.INPAINT_NS``) or Telea.
+        Navier-Stokes (default, as the damaged-scan restoration notes' ``cv2.INPAINT_NS``) or Telea.
     radius : float, optional
         Neighbourhood radius in pixels. Default 3.
 

@@ -11,7 +11,7 @@ import pytest
 from dicom_files import make_dicom
 
 from xraycore.image.synth import phantom_chest
-from xraycore.store.catalog import list_sources, read_labels
+from xraycore.sources.catalog import list_sources, read_labels
 from xraycore.store.storage import Storage
 
 #: The ids a listing of :func:`_tree` gives, in its order.

@@ -11,7 +11,7 @@ from stores import build_store, png_files
 
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.image.synth import phantom_chest
-from xraycore.store.labels import CHEXPERT_OBSERVATIONS, label_for, read_labels
+from xraycore.sources.labels import CHEXPERT_OBSERVATIONS, label_for, read_labels
 
 #: MIMIC-CXR's labeller table and metadata headers (columns in the release's order).
 MIMIC_HEADER = [

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from xraycore.image.decode import ImageDecodeError, decode_image, dicom_frames, image_format
-from xraycore.store.labels import label_for, read_labels
+from xraycore.sources.labels import label_for, read_labels
 from xraycore.store.storage import Storage
 
 __all__ = [

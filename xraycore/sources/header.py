@@ -33,9 +33,13 @@ import threading
 import warnings
 from collections.abc import Iterator
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xraycore.store.schema import HEADER_COLUMNS
+from xraycore.store.columns import HEADER_COLUMNS
+from xraycore.store.storage import Storage
+
+if TYPE_CHECKING:
+    from xraycore.store import ScanStore
 
 __all__ = [
     "KEY_VARIABLE",
@@ -43,6 +47,8 @@ __all__ = [
     "Pseudonyms",
     "header_columns",
     "read_header",
+    "read_headers",
+    "refresh_headers",
 ]
 
 #: The environment variable holding the pseudonym key (on every Dask worker).
@@ -178,8 +184,6 @@ def read_headers(
     file that is gone or whose header cannot be read."""
     import posixpath
 
-    from xraycore.store.storage import Storage
-
     out: list[dict[str, Any] | None] = [None] * len(uris)
     folders: dict[str, list[int]] = {}
     for i, uri in enumerate(uris):
@@ -205,6 +209,70 @@ def read_headers(
             ds = read_header(source.read_bytes(names[i]))
             out[i] = header_columns(ds, pseudonyms) if ds is not None else None
     return out
+
+
+def refresh_headers(
+    store: ScanStore,
+    *,
+    run_id: str,
+    pseudonyms: Pseudonyms | None = None,
+    source_options: dict[str, Any] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[int, int]:
+    """Fill the header columns of ``store``'s DICOM rows (a source named
+    ``.dcm``, ``.dicom`` or nothing) where they are null, from the files'
+    headers: ranged reads, no pixel read or written; one version of kind
+    ``header``. ``skip``: sources a run processes anyway. Returns (rows filled,
+    rows whose identifiers had no key)."""
+    import posixpath
+
+    if store.read_only:
+        raise ValueError(
+            f"store {store.storage.url} is opened at version {store.version}, "
+            "read-only: open it without version= to write"
+        )
+    table = store.read_metadata()
+    if table is None:
+        return 0, 0
+    sources = table.column("source").to_pylist()
+    wanted = sorted(
+        {
+            s
+            for s in sources
+            if s not in skip
+            and posixpath.splitext(posixpath.basename(s))[1].lower() in ("", ".dcm", ".dicom")
+        }
+    )
+    found: dict[str, dict] = {}
+    for i in range(0, len(wanted), 512):  # 512 heads in memory at a time
+        chunk = wanted[i : i + 512]
+        headers = read_headers(chunk, pseudonyms, source_options)
+        found.update((uri, c) for uri, c in zip(chunk, headers, strict=True) if c is not None)
+    if not found:
+        return 0, 0
+    unkeyed = sum(1 for s in sources if found.get(s, {}).get("_identifiers"))
+    unkeyed = unkeyed if pseudonyms is None else 0
+    store.replace_rows(lambda rows: _filled(rows, found), run_id=run_id, kind="header")
+    return sum(1 for s in sources if s in found), unkeyed
+
+
+def _filled(rows, found: dict[str, dict]):
+    """``rows`` (metadata) with their null header columns taken from ``found``
+    (source -> :func:`header_columns`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = rows.sort_by([("image_id", "ascending")])
+    these = [found.get(s) for s in rows.column("source").to_pylist()]
+    for name in HEADER_COLUMNS:
+        field = rows.schema.field(name)
+        new = pa.array([c.get(name) if c else None for c in these], field.type)
+        if name == "pseudonym_key":  # only where this fill gave a pseudonym
+            gave = pc.and_(*[pc.is_null(rows[c]) for c in list(PSEUDONYM_COLUMNS)[:2]])
+            new = pc.if_else(gave, new, pa.nulls(len(new), field.type))
+        column = pc.coalesce(rows[name], new)
+        rows = rows.set_column(rows.column_names.index(name), field, column)
+    return rows
 
 
 def header_columns(ds, pseudonyms: Pseudonyms | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@
   images (``dicom_id``, the file name of the JPG release's images).
 
 CheXpert's and MIMIC-CXR's findings are small-integer columns that keep -1
-(:data:`~xraycore.store.schema.FINDING_UNCERTAIN`) and null. Every layout gives
+(:data:`~xraycore.store.columns.FINDING_UNCERTAIN`) and null. Every layout gives
 ``patient_id``, which the patient-grouped splits use.
 """
 
@@ -23,7 +23,7 @@ import io
 import posixpath
 from typing import Any
 
-from xraycore.store.schema import finding_column
+from xraycore.store.columns import finding_column
 from xraycore.store.storage import Storage
 
 __all__ = ["LAYOUTS", "Labels", "label_for", "read_labels"]

@@ -13,14 +13,14 @@ import pytest
 from dicom_files import make_dicom
 
 from xraycore.image.decode import ImageDecodeError, _dicom_error, decode_image
-from xraycore.store.header import (
+from xraycore.sources.header import (
     KEY_VARIABLE,
     Pseudonyms,
     header_columns,
     read_header,
     read_headers,
 )
-from xraycore.store.schema import HEADER_COLUMNS
+from xraycore.store.columns import HEADER_COLUMNS
 
 pytest.importorskip("pydicom")
 
