@@ -1,5 +1,6 @@
 """What a run shows a person: the classification report as text, the comparison
-sheet, the run's summary in markdown with a thumbnail of the sheet.
+sheet and its thumbnail (a preprocessing run's summary is the flow's:
+:mod:`flows.summary`).
 
 Data in, text or bytes out: where the result is written is the caller's business.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,7 @@ __all__ = [
     "report_text",
     "sheet_png",
     "sheet_thumbnail",
-    "summary_markdown",
 ]
-
-#: Rows of failed inputs listed in a run summary; the failures table holds them all.
-FAILURES_LISTED = 200
 
 
 def _findings_text(report: dict) -> str:
@@ -177,44 +173,3 @@ def sheet_thumbnail(png: bytes, *, width: int = 960) -> str | None:
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
-
-
-def summary_markdown(summary: dict[str, Any], *, thumbnail: str | None = None) -> str:
-    """A run's summary as markdown: headed by the flow run's name, linking the store.
-
-    Parameters
-    ----------
-    summary : dict
-        What ``preprocess_dataset`` returns.
-    thumbnail : str, optional
-        The sample sheet as an image URI (:func:`sheet_thumbnail`), shown inline.
-
-    Returns
-    -------
-    markdown : str
-    """
-    s = summary
-    store = s["store"]
-    link = store if "://" in store else f"file://{os.path.abspath(store)}"
-    lines = [
-        f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
-        "",
-        f"Store: [{store}]({link}) (pipeline `{s['pipeline_hash']}`, "
-        f"{s['rows_in_store']} rows; run id `{s['run_id']}`)",
-        "",
-        "| inputs | ok | failed | skipped | batches | seconds | images/s |",
-        "|---|---|---|---|---|---|---|",
-        f"| {s['inputs']} | {s['ok']} | {s['failed']} | {s['skipped']} | {s['batches']} | "
-        f"{s['seconds']:.1f} | {s['images_per_s']:.1f} |",
-    ]
-    if s.get("dashboard"):
-        lines += ["", f"Dask dashboard (while the run's cluster was up): {s['dashboard']}"]
-    if s.get("sheet"):
-        lines += ["", "## Sample of this run's outputs", ""]
-        if thumbnail:
-            lines.append(f"![comparison sheet]({thumbnail})")
-        lines += ["", f"Full-size picture: `{s['sheet']}`"]
-    if s["failures"]:
-        lines += ["", "## Failed inputs", "", "| image | error |", "|---|---|"]
-        lines += [f"| {i} | {e} |" for i, e in s["failures"][:FAILURES_LISTED]]
-    return "\n".join(lines)
