@@ -16,6 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from flows.classify import evaluation_report
 from flows.cluster import DaskCluster, resolve_cluster
 from flows.commits import GroupCommits
 from flows.credentials import pseudonyms_from, with_block_credentials
@@ -27,8 +28,7 @@ from tasks.preprocess import commit_metadata, preprocess_batch
 from xraycore.batch import Batch, Plan, plan_batches, plan_later_frames
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.predict.contract import ModelContract
-from xraycore.predict.evaluation import evaluate_store
-from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail
+from xraycore.predict.report import sheet_png, sheet_thumbnail
 from xraycore.store import ScanStore
 from xraycore.store.catalog import SourceFile, list_sources, read_labels
 from xraycore.store.header import Pseudonyms
@@ -509,10 +509,8 @@ class Batches:
 def _evaluate(target: ScanStore, run: Batches, model: str, contract: ModelContract) -> dict | None:
     """Commit the run's predictions and write the classification report."""
     commit_predictions(run.store, run.run_id, run.options)
-    report = evaluate_store(target, model, contract, storage_options=run.options)
+    report = evaluation_report(target, model, contract, options=run.options)
     notify("scored", rows=run.scored)
-    if report is not None:
-        create_markdown_artifact(key="classification-report", markdown=report_markdown(report))
     return report
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from xraycore.predict.evaluation import UNSPLIT
 from xraycore.store import ScanStore, schema, select_rows
 
 __all__ = [
@@ -44,9 +45,44 @@ def _findings_text(report: dict) -> str:
 def report_text(report: dict) -> str:
     """The report as seed 004 prints it (scikit-learn's layout); a multi-output
     model's as one line per finding (AUROC, threshold, sensitivity, specificity,
-    support) and the mean AUROC."""
-    if report.get("kind") == "findings":
-        return _findings_text(report)
+    support) and the mean AUROC. A report of several splits (format 2) is headed
+    by the split its figures are of, and ends with one line per split."""
+    body = _findings_text(report) if report.get("kind") == "findings" else _classes_text(report)
+    if "splits" not in report:  # format 1: every row's figures
+        return body
+    return f"{_headline(report)}\n\n{body}\n{_splits_text(report)}"
+
+
+def _group_name(group: str) -> str:
+    return "rows of no split" if group == UNSPLIT else f"{group} split"
+
+
+def _headline(report: dict) -> str:
+    """Which rows the figures are of, and the training rows left out of them."""
+    line = f"{_group_name(report['headline'])}: {report['rows']} rows"
+    left_out = (report.get("seen") or {}).get("not_counted", {}).get(report["headline"])
+    if left_out:
+        line += f" ({left_out} rows the model was trained or validated on are not counted)"
+    elif report["headline"] in ("train", "validation") and not report.get("asked_split"):
+        line += " (no test split: rows that may have trained or chosen the model)"
+    return line
+
+
+def _splits_text(report: dict) -> str:
+    """One line per split: its rows and its mean AUROC (or accuracy)."""
+    findings = report.get("kind") == "findings"
+    measure = "mean AUROC" if findings else "accuracy"
+    buf = io.StringIO()
+    buf.write(f"{'by split':>28}{'rows':>12}{measure:>12}\n")
+    for group, figures in report["splits"].items():
+        value = figures["mean_auroc"] if findings else figures["accuracy"]
+        shown = f"{value:>12.3f}" if value is not None else f"{'-':>12}"
+        buf.write(f"{_group_name(group):>28}{figures['rows']:>12}{shown}\n")
+    return buf.getvalue()
+
+
+def _classes_text(report: dict) -> str:
+    """A one-output report: precision, recall, F1 and support per label."""
     buf = io.StringIO()
     buf.write(f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n\n")
     for label in report["labels"]:
