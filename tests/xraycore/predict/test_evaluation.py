@@ -130,22 +130,28 @@ FINDINGS = ("finding_basal_opacity", "finding_cardiomegaly", "finding_nodule")
 
 
 def test_each_splits_auroc_is_sklearns_and_lineage_rows_are_no_test_rows(tmp_path):
-    """A model's lineage names the training split at one version; the store is split
-    again since, 4 of those rows now saying test: the test split's AUROC per finding
-    is scikit-learn's on the test rows that the model never saw."""
+    """A model's lineage names the training and validation splits at one version; the
+    store is split again since, 5 of those rows (3 trained on, 2 validation) now saying
+    test: the test split's AUROC per finding is scikit-learn's on the test rows that
+    the model never saw, and each other split's on its rows."""
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     url = findings_store(tmp_path, n=80, size=32)
-    train = ScanLoader(url, split="train", targets=list(FINDINGS), batch_size=8, shuffle=False)
+    train, validation = (
+        ScanLoader(url, split=s, targets=list(FINDINGS), batch_size=8, shuffle=False)
+        for s in ("train", "validation")
+    )
     training = training_lineage(
-        train.store, train.image_ids, selection=train.selection,
+        train.store, train.image_ids, selection=train.selection, validation=validation,
         loader=loader_settings(train), arch="test", epochs=1, seed=0,
     )  # fmt: skip
+    assert lineage_image_ids(None) == frozenset()
+    seen = lineage_image_ids(training)
+    assert seen == {*train.image_ids.tolist(), *validation.image_ids.tolist()}
     store = ScanStore.open(url)
-    moved = set(train.image_ids[:4].tolist())
+    moved = {*train.image_ids[:3].tolist(), *validation.image_ids[:2].tolist()}
     meta = store.read_metadata().to_pylist()
     write_splits(store, ["test" if r["image_id"] in moved else r["split"] for r in meta], "again")
-    seen = lineage_image_ids(training)
-    assert seen == set(train.image_ids.tolist()) and moved <= seen
+    assert lineage_image_ids(training) == seen  # the lineage's version, not the latest
 
     model = mean_model(tmp_path / "m.onnx", channels=1, size=32)
     rng = np.random.default_rng(3)
@@ -171,7 +177,7 @@ def test_each_splits_auroc_is_sklearns_and_lineage_rows_are_no_test_rows(tmp_pat
         return [r for r in ok if r["split"] == split and not (unseen and r["image_id"] in seen)]
 
     test_rows = rows_of("test", unseen=True)
-    assert len(rows_of("test")) - len(test_rows) == 4
+    assert len(rows_of("test")) - len(test_rows) == 5
     expected = {"test": test_rows, "validation": rows_of("validation"), "train": rows_of("train")}
     assert report["headline"] == "test" and list(report["splits"]) == list(expected)
     for split, rows in expected.items():
