@@ -13,7 +13,6 @@ import numpy as np
 from xraycore.predict.contract import (
     ModelContract,
     classification_report,
-    confusion_matrix_figure,
     model_sha256,
 )
 from xraycore.predict.roc import operating_point, roc_auc, roc_curve
@@ -29,10 +28,12 @@ __all__ = [
     "REPORT_FORMAT",
     "ROC",
     "UNSPLIT",
+    "confusion_matrix_figure",
     "evaluate_store",
     "findings_report",
     "model_sha256",
     "roc_figure",
+    "split_title",
 ]
 
 
@@ -131,7 +132,7 @@ def evaluate_store(
         if contract.findings:
             roc_figure({g: groups[g] for g in _ordered(figures, headline)}, png)
         else:
-            confusion_matrix_figure(figures[headline], png)
+            confusion_matrix_figure(report, png)  # each split's, the headline first
         store.storage.write_bytes_atomic(name, png.read_bytes())
     return report
 
@@ -248,6 +249,40 @@ def findings_report(scores: dict[str, tuple], thresholds: dict[str, float]) -> d
     }
 
 
+def split_title(group: str) -> str:
+    """How a report names a group of rows: ``test split``, ``rows of no split``."""
+    return "rows of no split" if group == UNSPLIT else f"{group} split"
+
+
+def confusion_matrix_figure(report: dict, path) -> Path:
+    """The confusion matrix of a one-output report as a PNG; of a report of several
+    splits (its ``splits``), one panel per split in its order (the headline first)."""
+    from xraycore.image.viz import pyplot
+
+    plt = pyplot()
+    panels = report.get("splits") or {None: report}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for k, (ax, (group, figures)) in enumerate(zip(axes[0], panels.items(), strict=True)):
+        cm = np.asarray(figures["confusion_matrix"])
+        labels = figures["labels"]
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            color = "white" if v > cm.max() / 2 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", color=color)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        title = f"accuracy {figures['accuracy']:.2f}"
+        if group is not None:
+            title = f"{split_title(group)}{' (headline)' if k == 0 else ''}: {title}"
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def roc_figure(groups: dict[str, dict[str, tuple]], path) -> Path:
     """The ROC curves of each group (split name -> finding -> (labels, scores)), one
     panel per group in the given order (the headline first), one line per finding
@@ -265,8 +300,7 @@ def roc_figure(groups: dict[str, dict[str, tuple]], path) -> Path:
             name = finding.removeprefix(FINDING_PREFIX)
             ax.plot(fpr, tpr, label=f"{name} ({roc_auc(y, s):.3f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        title = "rows of no split" if group == UNSPLIT else f"{group} split"
-        ax.set_title(f"{title} (headline)" if k == 0 else title)
+        ax.set_title(f"{split_title(group)} (headline)" if k == 0 else split_title(group))
         ax.set_xlabel("1 - specificity")
         ax.set_ylabel("sensitivity")
         if ax.get_legend_handles_labels()[0]:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xraycore.predict.evaluation import UNSPLIT
+from xraycore.predict.evaluation import split_title
 from xraycore.store import ScanStore, schema, select_rows
 
 __all__ = [
@@ -53,13 +53,9 @@ def report_text(report: dict) -> str:
     return f"{_headline(report)}\n\n{body}\n{_splits_text(report)}"
 
 
-def _group_name(group: str) -> str:
-    return "rows of no split" if group == UNSPLIT else f"{group} split"
-
-
 def _headline(report: dict) -> str:
     """Which rows the figures are of, and the training rows left out of them."""
-    line = f"{_group_name(report['headline'])}: {report['rows']} rows"
+    line = f"{split_title(report['headline'])}: {report['rows']} rows"
     left_out = (report.get("seen") or {}).get("not_counted", {}).get(report["headline"])
     if left_out:
         line += f" ({left_out} rows the model was trained or validated on are not counted)"
@@ -77,7 +73,7 @@ def _splits_text(report: dict) -> str:
     for group, figures in report["splits"].items():
         value = figures["mean_auroc"] if findings else figures["accuracy"]
         shown = f"{value:>12.3f}" if value is not None else f"{'-':>12}"
-        buf.write(f"{_group_name(group):>28}{figures['rows']:>12}{shown}\n")
+        buf.write(f"{split_title(group):>28}{figures['rows']:>12}{shown}\n")
     return buf.getvalue()
 
 

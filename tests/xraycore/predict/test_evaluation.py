@@ -105,6 +105,10 @@ def test_evaluation_of_one_split_and_of_a_store_without_splits(labelled, tmp_pat
     assert (report["headline"], report["split"], report["rows"]) == ("test", "test", 2)
     assert report["confusion_matrix"] == [[1, 0], [1, 0]]
     assert {g: f["rows"] for g, f in report["splits"].items()} == {"test": 2, "train": 4}
+    picture = cv2.imdecode(
+        np.frombuffer(labelled.storage.read_bytes(schema.CONFUSION), np.uint8), 1
+    )
+    assert picture.shape[1] == 2 * 400  # a panel per split, 4 inches at 100 dpi each
     assert report["splits"]["train"]["confusion_matrix"] == [[2, 0], [2, 0]]
     text = report_text(report)
     assert text.startswith("test split: 2 rows\n") and "precision" in text
@@ -207,7 +211,8 @@ def test_each_splits_auroc_is_sklearns_and_lineage_rows_are_no_test_rows(tmp_pat
     assert report["seen"] == {"rows": len(seen), "not_counted": {"test": counted(moved_rows)}}
     saved = json.loads(store.storage.read_bytes(schema.REPORT))
     assert saved == report and saved["format"] == 2 and "format 2" in saved["changes"]
-    assert (tmp_path / "store" / schema.ROC).stat().st_size > 1000
+    picture = cv2.imread(str(tmp_path / "store" / schema.ROC))
+    assert picture.shape[1] == 3 * 500  # a panel per split, 5 inches at 100 dpi each
     text = report_text(report)
     assert text.startswith(f"test split: {counted(test_rows)} rows (") and "mean AUROC" in text
     assert "validation split" in text and "train split" in text
