@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -18,13 +18,13 @@ from flows.dispatch import in_waves
 from flows.progress import notify
 from tasks.classify import commit_predictions, score_batch
 from xraycore.predict.contract import ModelContract
-from xraycore.predict.evaluation import REPORT, evaluate_store, model_sha256
+from xraycore.predict.evaluation import REPORT, REPORT_FORMAT, evaluate_store, model_sha256
 from xraycore.predict.report import report_markdown
 from xraycore.predict.scoring import batch_groups, rescored_images, unscored_rows
 from xraycore.store import ScanStore
 from xraycore.store.schema import IMAGES
 
-__all__ = ["SCORING_THREADS", "classify_store"]
+__all__ = ["SCORING_THREADS", "classify_store", "evaluation_report"]
 
 # Scoring tasks in flight at once when no Dask cluster is asked for: a batch's
 # ONNX session uses one thread, so a few overlap reading with scoring.
@@ -39,6 +39,7 @@ def classify_store(
     target: str | None = None,
     rows: list[int] | str | None = None,
     where: dict[str, Any] | None = None,
+    split: str | None = None,
     storage_options: dict[str, Any] | None = None,
     cluster: str | dict[str, Any] | None = None,
     aws_credentials: str | None = None,
@@ -55,6 +56,10 @@ def classify_store(
     JSON text, as an event trigger renders a list. ``where`` keeps the rows whose
     columns hold these values (a list: any of them), e.g. the frontal views
     ``{"view_position": ["PA", "AP"]}``.
+
+    The report gives each split's figures, the test split's first (never counting
+    a row the model was trained or validated on as a test row); ``split`` reports
+    on that split alone.
     """
     rows = _row_list(rows)
     run_id = uuid.uuid4().hex[:12]
@@ -81,8 +86,10 @@ def classify_store(
             commits.flush()  # what was scored before a failure is kept
         commit_predictions(store, run_id, options)
     report = None
-    if scored or not target_store.storage.exists(REPORT):  # unchanged predictions: same report
-        report = _report(target_store, store, model, c, target, options)
+    if scored or _report_due(target_store, model, split):  # unchanged predictions: same report
+        report = evaluation_report(
+            target_store, model, c, target=target, split=split, options=options
+        )
     notify("scored", rows=scored)
     return {"run_id": run_id, "scored": scored, "batches": len(groups), "report": report}
 
@@ -157,14 +164,54 @@ def _score(
             dask_cluster.close()
 
 
-def _report(target_store, store, model, contract, target, options) -> dict | None:
-    """The evaluation report (and its Prefect artifact) when the metadata holds
-    the target labels."""
-    report = evaluate_store(target_store, model, contract, target=target, storage_options=options)
+def _report_due(target_store: ScanStore, model: str, split: str | None) -> bool:
+    """Whether the report must be written again though no row was scored: there is
+    none, or it is of another model, another split or an older format."""
+    if not target_store.storage.exists(REPORT):
+        return True
+    old = json.loads(target_store.storage.read_bytes(REPORT))
+    asked = (old.get("format"), old.get("model"), old.get("asked_split"))
+    return asked != (REPORT_FORMAT, model, split)
+
+
+def evaluation_report(
+    target_store: ScanStore,
+    model: str,
+    contract: ModelContract,
+    *,
+    target: str | None = None,
+    split: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict | None:
+    """The evaluation report (and its Prefect artifact) when the metadata holds the
+    target labels, split by split; the rows of the model's training lineage are
+    never counted as test rows. None, with a warning, when that lineage's rows
+    cannot be found again (its store version vacuumed, say)."""
+    from xraycore.train.loader import lineage_image_ids
+
+    try:
+        seen = lineage_image_ids(contract.training, storage_options=options)
+    except (ValueError, OSError) as exc:
+        get_run_logger().warning(
+            "no classification report: the rows %s was trained on cannot be read again, so "
+            "its test rows cannot be told apart (%s)",
+            model,
+            exc,
+        )
+        return None
+    report = evaluate_store(
+        target_store,
+        model,
+        contract,
+        target=target,
+        split=split,
+        seen=seen,
+        storage_options=options,
+    )
     if report is not None:
         create_markdown_artifact(
             key="classification-report",
             markdown=report_markdown(report),
-            description=f"{model} on {store}",
+            description=f"{model} on {target_store.storage.url}",
         )
     return report

@@ -16,18 +16,19 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
+from flows.classify import evaluation_report
 from flows.cluster import DaskCluster, resolve_cluster
 from flows.commits import GroupCommits
 from flows.credentials import pseudonyms_from, with_block_credentials
 from flows.dispatch import in_waves
 from flows.progress import LOG_EVERY_S, notify
+from flows.summary import RunSummary
 from tasks.classify import commit_predictions, score_batch
 from tasks.preprocess import commit_metadata, preprocess_batch
 from xraycore.batch import Batch, Plan, plan_batches, plan_later_frames
 from xraycore.image.pipeline import PipelineSpec
 from xraycore.predict.contract import ModelContract
-from xraycore.predict.evaluation import evaluate_store
-from xraycore.predict.report import report_markdown, sheet_png, sheet_thumbnail, summary_markdown
+from xraycore.predict.report import sheet_png, sheet_thumbnail
 from xraycore.sources.catalog import SourceFile, list_sources, read_labels
 from xraycore.sources.header import Pseudonyms, refresh_headers
 from xraycore.store import ScanStore
@@ -128,11 +129,11 @@ def preprocess_dataset(
             rows = _commit(target, store, run_id, options, spec.hash, client)
         report = _evaluate(target, run, model, scoring) if model else None
         summary = _summary(run, [plan, later], spec, sources, rows, started, dashboard, report)
-        summary["store_version"] = target.version
-        summary["headers_refreshed"] = refreshed
+        summary.store_version = target.version
+        summary.headers_refreshed = refreshed
         _publish(summary, target, run.sample(SHEET_ROWS) if sheet else [], options)
         run.raise_for_broken()
-        return summary
+        return summary.to_dict()
 
 
 def _list_sources(
@@ -292,30 +293,29 @@ def _summary(
     started: float,
     dashboard: str | None,
     report: dict | None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """What the run did, as the flow returns it (and the CLI prints)."""
     elapsed = time.perf_counter() - started
-    return {
-        "run_id": run.run_id,
-        "flow_run": _flow_run("name"),
-        "flow_run_id": _flow_run("id"),
-        "store": run.store,
-        "pipeline_hash": spec.hash,
-        "inputs": len(sources) + sum(p.new for p in plans[1:]),  # + the later frames
-        "ok": run.ok,
-        "failed": run.failed,
-        "skipped": plans[0].skipped,
-        "batches": sum(len(p.batches) for p in plans),
-        "broken_batches": run.broken,
-        "rows_in_store": rows,
-        "seconds": elapsed,
-        "images_per_s": (run.ok + run.failed) / elapsed if elapsed > 0 else 0.0,
-        "failures": run.failures,
-        "dashboard": dashboard,
-        "report": report,
-        "scored": run.scored,
-        "sheet": None,
-    }
+    return RunSummary(
+        run_id=run.run_id,
+        flow_run=_flow_run("name"),
+        flow_run_id=_flow_run("id"),
+        store=run.store,
+        pipeline_hash=spec.hash,
+        inputs=len(sources) + sum(p.new for p in plans[1:]),  # + the later frames
+        ok=run.ok,
+        failed=run.failed,
+        skipped=plans[0].skipped,
+        batches=sum(len(p.batches) for p in plans),
+        broken_batches=run.broken,
+        rows_in_store=rows,
+        seconds=elapsed,
+        images_per_s=(run.ok + run.failed) / elapsed if elapsed > 0 else 0.0,
+        failures=run.failures,
+        dashboard=dashboard,
+        report=report,
+        scored=run.scored,
+    )
 
 
 def store_resource(store: str) -> dict[str, str]:
@@ -523,15 +523,13 @@ class Batches:
 def _evaluate(target: ScanStore, run: Batches, model: str, contract: ModelContract) -> dict | None:
     """Commit the run's predictions and write the classification report."""
     commit_predictions(run.store, run.run_id, run.options)
-    report = evaluate_store(target, model, contract, storage_options=run.options)
+    report = evaluation_report(target, model, contract, options=run.options)
     notify("scored", rows=run.scored)
-    if report is not None:
-        create_markdown_artifact(key="classification-report", markdown=report_markdown(report))
     return report
 
 
 def _publish(
-    summary: dict[str, Any], target: ScanStore, sample: list[int], options: dict | None
+    summary: RunSummary, target: ScanStore, sample: list[int], options: dict | None
 ) -> None:
     """The run's artifacts: the sample sheet beside the store, failures, the summary."""
     thumbnail = None
@@ -544,18 +542,18 @@ def _publish(
                 "comparison sheet not written: %s: %s", type(exc).__name__, exc
             )
         else:
-            summary["sheet"] = target.storage.uri(SHEET)
+            summary.sheet = target.storage.uri(SHEET)
             thumbnail = sheet_thumbnail(png)
-    if summary["failures"]:
+    if summary.failures:
         create_table_artifact(
             key="preprocess-failures",
-            table=[{"image_id": i, "error": e} for i, e in summary["failures"]],
+            table=[{"image_id": i, "error": e} for i, e in summary.failures],
             description="Inputs that could not be processed (retried on the next run)",
         )
     create_markdown_artifact(
         key="preprocess-summary",
-        markdown=summary_markdown(summary, thumbnail=thumbnail),
-        description=f"preprocess_dataset into {summary['store']}",
+        markdown=summary.markdown(thumbnail=thumbnail),
+        description=f"preprocess_dataset into {summary.store}",
     )
 
 

@@ -30,6 +30,10 @@ def classify(
     channels: Annotated[int | None, typer.Option(help="Contract: 1 or 3.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Contract: threshold.")] = None,
     output: Annotated[str | None, typer.Option(help="Contract: sigmoid|softmax2.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Report on this split only (default: each split, test first)."),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="LocalCluster worker processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Existing Dask scheduler address.")] = None,
     where: Where = None,
@@ -55,6 +59,7 @@ def classify(
         store=store,
         model=model,
         contract=contract or None,
+        split=split,
         where=parse_where(where),
         storage_options=parse_storage_options(storage_options),
         aws_credentials=aws_credentials,

@@ -79,7 +79,15 @@ def test_run_split_train_classify_report_on_phantoms(tmp_path):
     assert accuracy >= 0.8, accuracy  # chance is 0.5
 
     report = json.loads((store / "classification_report.json").read_text())
-    assert sum(map(sum, report["confusion_matrix"])) == 60
+    assert report["headline"] == "test" and list(report["splits"]) == [
+        "test",
+        "validation",
+        "train",
+    ]
+    assert sum(f["rows"] for f in report["splits"].values()) == 60
+    tested = sum(r["split"] == "test" for r in meta.values())
+    assert sum(map(sum, report["confusion_matrix"])) == report["rows"] == tested
+    assert out.index(f"test split: {tested} rows") < out.index("precision")
     assert (store / "confusion_matrix.png").stat().st_size > 1000
 
     # Classifying again scores nothing (every row has a prediction from this model);
@@ -89,6 +97,10 @@ def test_run_split_train_classify_report_on_phantoms(tmp_path):
     assert "scored 0 rows" in out
     assert len(ScanStore.open(str(store)).read_predictions()) == 60
     assert ScanStore.open(str(store)).predictions.current_version() == versions  # no commit
+    out = _invoke("classify", str(store), "--model", str(model), "--split", "validation")
+    report = json.loads((store / "classification_report.json").read_text())
+    assert list(report["splits"]) == ["validation"] and report["asked_split"] == "validation"
+    assert "scored 0 rows" in out and "validation split: " in out
 
     # Scoring inside the run, batch by batch, gives the same predictions.
     store2 = tmp_path / "store2"
@@ -103,7 +115,12 @@ def test_run_split_train_classify_report_on_phantoms(tmp_path):
         str(model),
         *common,
     )
-    assert "accuracy" in out
+    # A store of no splits: its rows the model was trained on (by image id) are not counted.
+    trained = sum(r["split"] == "train" for r in meta.values())
+    assert "accuracy" in out and (
+        f"rows of no split: {60 - trained} rows ({trained} rows the model was trained or "
+        "validated on are not counted)" in out
+    )
     preds2 = _predictions(store2)
     assert preds2.keys() == preds.keys()
     for k in preds:
@@ -144,8 +161,11 @@ def test_report_on_real_damaged_scans_agrees_with_predictions(tmp_path):
     assert len(preds) == 100
     cm = np.zeros((2, 2), int)
     order = report["labels"]
+    tested = {k for k, r in meta.items() if r["split"] == "test"}
     for k, p in preds.items():
-        cm[int(meta[k]["finding_pneumonia"]), order.index(p["label"])] += 1
-    assert cm.tolist() == report["confusion_matrix"]
-    assert report["accuracy"] == pytest.approx(np.trace(cm) / 100)
-    assert report[order[1]]["support"] == 50
+        if k in tested:  # the headline: the test split's figures
+            cm[int(meta[k]["finding_pneumonia"]), order.index(p["label"])] += 1
+    assert cm.tolist() == report["confusion_matrix"] and report["headline"] == "test"
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / len(tested))
+    assert report[order[1]]["support"] == sum(meta[k]["finding_pneumonia"] for k in tested)
+    assert sum(f["rows"] for f in report["splits"].values()) == 100

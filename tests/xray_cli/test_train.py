@@ -77,7 +77,10 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     assert report["target"] == "finding_pneumonia"
     assert report["labels"] == ["no pneumonia", "pneumonia"]
     assert {"precision", "recall", "f1-score"} <= report["pneumonia"].keys()
-    assert np.asarray(report["confusion_matrix"]).sum() == 32
+    # No test split: the validation split heads the report, each split's figures after it.
+    assert (report["headline"], report["rows"]) == ("validation", 8)
+    assert np.asarray(report["confusion_matrix"]).sum() == 8
+    assert {g: f["rows"] for g, f in report["splits"].items()} == {"validation": 8, "train": 24}
     assert report["model_training"]["rows_sha256"] == training["rows_sha256"]
     assert report["model_training"]["store_version"] == training["store_version"]
     assert (Path(store) / "confusion_matrix.png").stat().st_size > 1000

@@ -25,7 +25,6 @@ __all__ = [
     "ModelContract",
     "OnnxClassifier",
     "classification_report",
-    "confusion_matrix_figure",
     "model_sha256",
     "prepare_batch",
 ]
@@ -321,27 +320,3 @@ def classification_report(y_true: list[str], y_pred: list[str], labels: tuple[st
     report["labels"] = list(labels)
     report["confusion_matrix"] = cm.tolist()
     return report
-
-
-def confusion_matrix_figure(report: dict, path) -> Any:
-    """Write the confusion matrix of a :func:`classification_report` as a PNG."""
-    from xraycore.image.viz import pyplot
-
-    plt = pyplot()
-    cm = np.asarray(report["confusion_matrix"])
-    labels = report["labels"]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(
-            j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black"
-        )
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"accuracy {report['accuracy']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

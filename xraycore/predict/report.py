@@ -1,5 +1,6 @@
 """What a run shows a person: the classification report as text, the comparison
-sheet, the run's summary in markdown with a thumbnail of the sheet.
+sheet and its thumbnail (a preprocessing run's summary is the flow's:
+:mod:`flows.summary`).
 
 Data in, text or bytes out: where the result is written is the caller's business.
 """
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from xraycore.predict.evaluation import split_title
 from xraycore.store import ScanStore, columns, schema, select_rows
 
 __all__ = [
@@ -21,11 +22,7 @@ __all__ = [
     "report_text",
     "sheet_png",
     "sheet_thumbnail",
-    "summary_markdown",
 ]
-
-#: Rows of failed inputs listed in a run summary; the failures table holds them all.
-FAILURES_LISTED = 200
 
 
 def _findings_text(report: dict) -> str:
@@ -48,9 +45,40 @@ def _findings_text(report: dict) -> str:
 def report_text(report: dict) -> str:
     """The report as the DenseNet-121 report prints it (scikit-learn's layout); a multi-output
     model's as one line per finding (AUROC, threshold, sensitivity, specificity,
-    support) and the mean AUROC."""
-    if report.get("kind") == "findings":
-        return _findings_text(report)
+    support) and the mean AUROC. A report of several splits (format 2) is headed
+    by the split its figures are of, and ends with one line per split."""
+    body = _findings_text(report) if report.get("kind") == "findings" else _classes_text(report)
+    if "splits" not in report:  # format 1: every row's figures
+        return body
+    return f"{_headline(report)}\n\n{body}\n{_splits_text(report)}"
+
+
+def _headline(report: dict) -> str:
+    """Which rows the figures are of, and the training rows left out of them."""
+    line = f"{split_title(report['headline'])}: {report['rows']} rows"
+    left_out = (report.get("seen") or {}).get("not_counted", {}).get(report["headline"])
+    if left_out:
+        line += f" ({left_out} rows the model was trained or validated on are not counted)"
+    elif report["headline"] in ("train", "validation") and not report.get("asked_split"):
+        line += " (no test split: rows that may have trained or chosen the model)"
+    return line
+
+
+def _splits_text(report: dict) -> str:
+    """One line per split: its rows and its mean AUROC (or accuracy)."""
+    findings = report.get("kind") == "findings"
+    measure = "mean AUROC" if findings else "accuracy"
+    buf = io.StringIO()
+    buf.write(f"{'by split':>28}{'rows':>12}{measure:>12}\n")
+    for group, figures in report["splits"].items():
+        value = figures["mean_auroc"] if findings else figures["accuracy"]
+        shown = f"{value:>12.3f}" if value is not None else f"{'-':>12}"
+        buf.write(f"{split_title(group):>28}{figures['rows']:>12}{shown}\n")
+    return buf.getvalue()
+
+
+def _classes_text(report: dict) -> str:
+    """A one-output report: precision, recall, F1 and support per label."""
     buf = io.StringIO()
     buf.write(f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}\n\n")
     for label in report["labels"]:
@@ -177,44 +205,3 @@ def sheet_thumbnail(png: bytes, *, width: int = 960) -> str | None:
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
-
-
-def summary_markdown(summary: dict[str, Any], *, thumbnail: str | None = None) -> str:
-    """A run's summary as markdown: headed by the flow run's name, linking the store.
-
-    Parameters
-    ----------
-    summary : dict
-        What ``preprocess_dataset`` returns.
-    thumbnail : str, optional
-        The sample sheet as an image URI (:func:`sheet_thumbnail`), shown inline.
-
-    Returns
-    -------
-    markdown : str
-    """
-    s = summary
-    store = s["store"]
-    link = store if "://" in store else f"file://{os.path.abspath(store)}"
-    lines = [
-        f"# Preprocessing run {s.get('flow_run') or s['run_id']}",
-        "",
-        f"Store: [{store}]({link}) (pipeline `{s['pipeline_hash']}`, "
-        f"{s['rows_in_store']} rows; run id `{s['run_id']}`)",
-        "",
-        "| inputs | ok | failed | skipped | batches | seconds | images/s |",
-        "|---|---|---|---|---|---|---|",
-        f"| {s['inputs']} | {s['ok']} | {s['failed']} | {s['skipped']} | {s['batches']} | "
-        f"{s['seconds']:.1f} | {s['images_per_s']:.1f} |",
-    ]
-    if s.get("dashboard"):
-        lines += ["", f"Dask dashboard (while the run's cluster was up): {s['dashboard']}"]
-    if s.get("sheet"):
-        lines += ["", "## Sample of this run's outputs", ""]
-        if thumbnail:
-            lines.append(f"![comparison sheet]({thumbnail})")
-        lines += ["", f"Full-size picture: `{s['sheet']}`"]
-    if s["failures"]:
-        lines += ["", "## Failed inputs", "", "| image | error |", "|---|---|"]
-        lines += [f"| {i} | {e} |" for i, e in s["failures"][:FAILURES_LISTED]]
-    return "\n".join(lines)

@@ -34,7 +34,14 @@ from xraycore.train._read import Selection, read_batches
 from xraycore.train._runtime import ReadRuntime, available_cores
 from xraycore.train._targets import UNCERTAIN, LabelMatrix, label_matrix, target_columns
 
-__all__ = ["TUNING", "ScanLoader", "available_cores", "epoch_order", "rank_batches"]
+__all__ = [
+    "TUNING",
+    "ScanLoader",
+    "available_cores",
+    "epoch_order",
+    "lineage_image_ids",
+    "rank_batches",
+]
 
 #: The tuning keywords of :class:`ScanLoader` and their defaults.
 #:
@@ -467,6 +474,42 @@ class ScanLoader:
         state["_store_pid"] = None
         state["_store"] = None
         return state
+
+
+def lineage_image_ids(
+    training: dict[str, Any] | None, *, storage_options: dict[str, Any] | None = None
+) -> frozenset[str]:
+    """The ``image_id``s a model's lineage names: the rows it was trained on and
+    the validation rows that chose its epoch and thresholds.
+
+    An evaluation never counts them as test rows (:func:`xraycore.predict.evaluation.
+    evaluate_store`'s ``seen``), whatever their split column says now.
+
+    Parameters
+    ----------
+    training : dict or None
+        The ``training`` object of a model's contract; None (a model with no
+        lineage) names no row.
+    storage_options : dict, optional
+        fsspec options for the lineage's store.
+
+    Returns
+    -------
+    image_ids : frozenset of str
+
+    Raises
+    ------
+    ValueError
+        When the lineage's rows cannot be found again (:meth:`ScanLoader.from_lineage`).
+    """
+    if not training:
+        return frozenset()
+    found = set(ScanLoader.from_lineage(training, storage_options=storage_options).image_ids)
+    validation = training.get("validation")
+    if validation:  # its selection, rows and rows_sha256, at the training's version
+        again = ScanLoader.from_lineage({**training, **validation}, storage_options=storage_options)
+        found.update(again.image_ids)
+    return frozenset(str(i) for i in found)
 
 
 def _targets(column, name: str) -> np.ndarray:

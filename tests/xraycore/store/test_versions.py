@@ -66,19 +66,32 @@ def _snapshot(store: ScanStore) -> dict[str, bytes]:
 
 
 def _loaded(url: str, version: int) -> dict[str, bytes]:
+    """image_id -> hash of the pixels a loader at ``version`` yields; each row once."""
     loader = ScanLoader(url, batch_size=3, version=version, shuffle=False)
     assert loader.version == version and loader.store.read_only
-    out = {}
-    for batch in loader:
-        for image_id, pixels in zip(batch["image_id"], batch["preprocessed"], strict=True):
-            out[str(image_id)] = hashlib.sha256(pixels.tobytes()).hexdigest()
-    return out
+    yielded = [
+        (str(image_id), hashlib.sha256(pixels.tobytes()).hexdigest())
+        for batch in loader
+        for image_id, pixels in zip(batch["image_id"], batch["preprocessed"], strict=True)
+    ]
+    ids = [image_id for image_id, _ in yielded]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    assert not twice, f"the loader at version {version} yielded {twice} more than once"
+    return dict(yielded)
+
+
+def _predicted(store: ScanStore) -> set[tuple[str, int, str]]:
+    """(image_id, row, run_id) of each prediction ``store`` reads at its version."""
+    table = store.read_predictions()
+    rows = table.to_pylist() if table is not None else []
+    return {(p["image_id"], p["row"], p["run_id"]) for p in rows}
 
 
 def test_three_runs_splits_and_classifications_each_version_reads_as_it_was(tmp_path):
     src, url = tmp_path / "src", str(tmp_path / "store")
     kept: dict[int, dict[str, bytes]] = {}
     splits: dict[int, dict[str, str | None]] = {}
+    predicted: dict[int, set] = {}  # the predictions each kept version reads
     for run in range(3):
         _scans(src, [f"r{run}_{i}.png" for i in range(3)], seed0=10 * run)
         if run == 2:  # a file changed since run 0: processed again, a new row
@@ -89,6 +102,7 @@ def test_three_runs_splits_and_classifications_each_version_reads_as_it_was(tmp_
         write_splits(store, assign_splits(meta, fractions=(0.5, 0.25, 0.25), seed=run), f"s{run}")
         splits[store.version] = {r["image_id"]: r["split"] for r in store.select().to_pylist()}
         kept[store.version] = _snapshot(store)
+        predicted[store.version] = _predicted(store)  # the runs before this one's
         _predict(store, f"c{run}")
 
     history = store.history()
@@ -110,8 +124,14 @@ def test_three_runs_splits_and_classifications_each_version_reads_as_it_was(tmp_
         assert _loaded(url, version) == pixels  # exactly that version's ok rows, its pixels
     first = min(kept)
     assert kept[first]["r0_1.png"] != kept[max(kept)]["r0_1.png"]  # the changed file
-    # The predictions a version reads are those committed by then.
+    # The predictions a version reads are those committed by then: none at the
+    # first, run 0's (3) at the middle one, run 1's (6) at the last kept, run 2's now.
     assert ScanStore.open(url, version=first).read_predictions() is None
+    middle = sorted(kept)[1]
+    assert {run for _, _, run in predicted[middle]} == {"c0"} and len(predicted[middle]) == 3
+    assert {run for _, _, run in predicted[max(kept)]} == {"c1"}
+    for version, expected in predicted.items():
+        assert _predicted(ScanStore.open(url, version=version)) == expected, version
     assert ScanStore.open(url).read_predictions().num_rows == 9
     assert verify_store(url).clean
 

@@ -206,6 +206,7 @@ def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained,
     from xraycore.predict.contract import ModelContract
     from xraycore.predict.evaluation import evaluate_store
     from xraycore.predict.report import report_text
+    from xraycore.train.loader import lineage_image_ids
 
     model, _ = trained
     path = cnn.export_cnn_onnx(model, tmp_path / "findings.onnx")
@@ -218,11 +219,15 @@ def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained,
     preds = s.read_predictions()
     assert preds.num_rows == 3 * len(items)
     assert sorted(set(preds["finding"].to_pylist())) == list(FINDINGS)
-    report = evaluate_store(s, str(path), contract)  # every split: the test split is 12 scans
+    seen = lineage_image_ids(contract.training)  # the training and validation splits
+    report = evaluate_store(s, str(path), contract, seen=seen)
     saved = json.loads((Path(store) / "classification_report.json").read_text())
     assert saved["kind"] == "findings" and saved["findings"] == report["findings"]
     assert (Path(store) / "roc_curves.png").stat().st_size > 1000
-    test = {r["image_id"]: r for r in ok.to_pylist()}
+    # The training split's 36 scans hold both classes of every finding (the test
+    # split's 12 no nodule); tests/xraycore/predict/test_evaluation.py checks the test split's.
+    figures = report["splits"]["train"]
+    test = {r["image_id"]: r for r in ok.to_pylist() if r["split"] == "train"}
     aucs = []
     for k, name in enumerate(FINDINGS):
         pairs = [
@@ -232,7 +237,7 @@ def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained,
         ]
         y = np.array([v for v, _ in pairs if v in (0, 1)])
         score = np.array([sc for v, sc in pairs if v in (0, 1)])
-        got = report["findings"][name]
+        got = figures["findings"][name]
         assert got["support"] == len(y) and got["positives"] == int(y.sum())
         auc = sklearn_metrics.roc_auc_score(y, score)
         assert got["auroc"] == pytest.approx(auc, abs=1e-12)
@@ -241,7 +246,7 @@ def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained,
         assert got["sensitivity"] == pytest.approx(called[y == 1].mean())
         assert got["specificity"] == pytest.approx((~called[y == 0]).mean())
         aucs.append(auc)
-    assert report["mean_auroc"] == pytest.approx(np.mean(aucs))
+    assert figures["mean_auroc"] == pytest.approx(np.mean(aucs))
     assert "mean AUROC" in report_text(report) and "cardiomegaly" in report_text(report)
 
 
