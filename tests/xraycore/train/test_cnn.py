@@ -12,7 +12,7 @@ from stores import labelled_store
 from xraycore.predict.contract import ModelContract, OnnxClassifier, prepare_batch
 from xraycore.store import ScanStore
 from xraycore.train import _run, cnn
-from xraycore.train.cnn import IMAGENET_MEAN, IMAGENET_STD, cnn_contract
+from xraycore.train.cnn import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, cnn_contract
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -39,16 +39,15 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(store):
     epochs = []
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=cnn_contract(SIZE),
         batch_size=8,
         epochs=4,
         seed=0,
         device="cpu",
-        on_epoch=epochs.append,
     )
+    model = cnn.train_cnn(store, config, on_epoch=epochs.append)
     return model, epochs
 
 
@@ -108,8 +107,7 @@ def test_onnx_export_scores_equal_torch_on_stored_scans(trained, store, tmp_path
 def test_weights_checkpoint_round_trip(trained, store, tmp_path):
     model, _ = trained
     path = cnn.save_checkpoint(model.network, tmp_path / "densenet.pt")
-    again = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=model.contract,
         weights=path,
@@ -117,6 +115,7 @@ def test_weights_checkpoint_round_trip(trained, store, tmp_path):
         device="cpu",
         seed=1,  # another initialisation: everything must come from the file
     )
+    again = cnn.train_cnn(store, config)
     assert again.steps == 0 and again.epochs == []
     mine, theirs = model.network.state_dict(), again.network.state_dict()
     assert mine.keys() == theirs.keys()
@@ -155,8 +154,7 @@ def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_keep_fp32_weights(store, precision):
     """The autocast and (fp16) gradient-scaler path CUDA takes, run on the CPU."""
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=cnn_contract(SIZE),
         batch_size=4,
@@ -165,6 +163,7 @@ def test_mixed_precision_steps_keep_fp32_weights(store, precision):
         device="cpu",
         precision=precision,
     )
+    model = cnn.train_cnn(store, config)
     assert model.precision == precision and model.steps == 1
     assert np.isfinite(model.losses).all()
     assert all(p.dtype == torch.float32 for p in model.network.parameters())
@@ -215,11 +214,11 @@ def test_device_and_precision_resolution():
 def test_bad_input_is_refused(store, kwargs, match):
     args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
     with pytest.raises(ValueError, match=match):
-        cnn.train_cnn(store, **{**args, **kwargs})
+        cnn.train_cnn(store, TrainConfig(**{**args, **kwargs}))
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 1.5}, {"batch_size": True}, {"lr": "fast"}])
 def test_a_number_of_the_wrong_type_is_refused(store, kwargs):
     args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
     with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be"):
-        cnn.train_cnn(store, **{**args, **kwargs})
+        cnn.train_cnn(store, TrainConfig(**{**args, **kwargs}))

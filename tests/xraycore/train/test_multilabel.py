@@ -16,7 +16,7 @@ from stores import findings_store
 
 from xraycore.store import ScanStore
 from xraycore.train import cnn
-from xraycore.train.cnn import cnn_contract
+from xraycore.train.cnn import TrainConfig, cnn_contract
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -42,15 +42,10 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(store):
     epochs = []
-    model = cnn.train_cnn(
-        store,
-        targets="findings",
-        contract=cnn_contract(SIZE),
-        batch_size=12,
-        epochs=3,
-        device="cpu",
-        on_epoch=epochs.append,
+    config = TrainConfig(
+        targets="findings", contract=cnn_contract(SIZE), batch_size=12, epochs=3, device="cpu"
     )
+    model = cnn.train_cnn(store, config, on_epoch=epochs.append)
     return model, epochs
 
 
@@ -106,8 +101,7 @@ def test_positives_are_weighted_by_the_train_splits_negatives(store):
 
 def test_stage_one_moves_only_the_head(store):
     initial = cnn.build_network(seed=0, outputs=3).state_dict()
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         targets="findings",
         contract=cnn_contract(SIZE),
         batch_size=12,
@@ -115,6 +109,7 @@ def test_stage_one_moves_only_the_head(store):
         freeze_epochs=1,
         device="cpu",
     )
+    model = cnn.train_cnn(store, config)
     after = model.network.state_dict()
     backbone = [k for k in after if k.startswith("features.")]
     head = [k for k in after if k.startswith("class_layers.")]
@@ -196,12 +191,26 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(store, tmp_pat
 def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     folder = tmp_path / "checkpoints"
     args = dict(targets="findings", contract=cnn_contract(SIZE), batch_size=12, device="cpu")
-    cnn.train_cnn(store, **args, max_steps=1, checkpoints=folder, checkpoint_steps=1)
+    cnn.train_cnn(store, TrainConfig(**args, max_steps=1, checkpoints=folder, checkpoint_steps=1))
     assert (folder / "last.pt").is_file()
     with pytest.raises(ValueError, match=r"other settings: .*lr 0.001 \(now 0.01\)"):
-        cnn.train_cnn(store, **args, lr=0.01, checkpoints=folder, resume=True)
+        cnn.train_cnn(store, TrainConfig(**args, lr=0.01, checkpoints=folder, resume=True))
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
-        cnn.train_cnn(store, **args, checkpoints=tmp_path / "none", resume=True)
+        cnn.train_cnn(store, TrainConfig(**args, checkpoints=tmp_path / "none", resume=True))
+    resume = TrainConfig(**args, checkpoints=folder, resume=True)
+    # Rows of another store version (the lineage beside the configuration).
+    state = torch.load(folder / "last.pt", weights_only=True)
+    version = state["lineage"]["store_version"]
+    moved = {**state["lineage"], "store_version": version + 1}
+    torch.save({**state, "lineage": moved}, folder / "last.pt")
+    with pytest.raises(ValueError, match=rf"store_version {version + 1} \(now {version}\)$"):
+        cnn.train_cnn(store, resume)
+    # A checkpoint written before TrainConfig (format 1: a dict of some settings).
+    old = {k: v for k, v in state.items() if k not in ("format", "lineage")}
+    torch.save({**old, "config": {"arch": "densenet121", "lr": 0.001}}, folder / "last.pt")
+    with pytest.raises(ValueError, match="format 1, written by an earlier xray train") as info:
+        cnn.train_cnn(store, resume)
+    assert "train again without --resume" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained, store, tmp_path):
@@ -270,9 +279,10 @@ def test_densenet_learns_planted_findings_well_above_chance(tmp_path):
     from xraycore.predict.roc import roc_auc
 
     url = findings_store(tmp_path, n=200, size=64, seed=1)
-    model = cnn.train_cnn(
-        url, targets="findings", contract=cnn_contract(64), epochs=4, batch_size=16, device="cpu"
+    config = TrainConfig(
+        targets="findings", contract=cnn_contract(64), epochs=4, batch_size=16, device="cpu"
     )
+    model = cnn.train_cnn(url, config)
     s = ScanStore.open(url)
     test = s.select(split="test")
     scores = cnn.cnn_scores(
