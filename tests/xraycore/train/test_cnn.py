@@ -95,7 +95,9 @@ def test_onnx_export_scores_equal_torch_on_stored_scans(trained, store, tmp_path
     assert proto.ir_version == 8 and proto.opset_import[0].version == 18
     assert [i.name for i in proto.graph.input] == ["input"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # any batch size
-    assert not list(tmp_path.glob("*.tmp-*")) and not list(tmp_path.glob("*.data"))
+    # The model and its sidecar, nothing else: no temporary file left behind (a
+    # writer's "<target>.<hex>.partial"), no external weights ("*.data").
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["densenet.onnx", "densenet.onnx.json"]
 
     scans = ScanStore.open(store).read("preprocessed", list(range(32)))
     expected = cnn.cnn_scores(model.network, scans, model.contract)
