@@ -214,6 +214,15 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(store, tmp_pat
         _train_command(store, cut, "--resume"), env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+    # Training is deterministic: a resume that ignored last.pt and trained from step 0
+    # would end with the same weights. What shows it went on from the killed step:
+    # it says it resumed at that step, and its 12 steps in all are that many before
+    # plus 12 - killed_at of its own (from step 0, or from the wrong batch, they are not).
+    summary = done.stdout.splitlines()[-1]
+    assert summary.startswith(
+        f"trained densenet121 for 12 steps ({12 - killed_at} in this run, resumed at step "
+        f"{killed_at})"
+    ), done.stdout
     a = torch.load(whole.with_suffix(".pt"), weights_only=True)
     b = torch.load(cut.with_suffix(".pt"), weights_only=True)
     assert a.keys() == b.keys()
