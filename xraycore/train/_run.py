@@ -128,8 +128,15 @@ def start_run(
     dev = torch.device(device)
     network = _network_on(dev, config.arch, contract, seed=config.seed, weights=config.weights)
     autocast, scaler = _mixed_precision(torch, dev, precision)
-    model = TrainedCNN(network, contract, config.arch, device, precision, config=config)
-    model.target_names = tuple(train.target_names)
+    model = TrainedCNN(
+        network,
+        contract,
+        config.arch,
+        device,
+        precision,
+        config=config,
+        target_names=tuple(train.target_names),
+    )
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     return Run(
         model=model,

@@ -76,6 +76,14 @@ def test_training_learns_bright_from_dark(trained):
     assert np.mean(model.losses[-3:]) < 0.5 * model.losses[0], model.losses
     assert epochs[-1].loss < epochs[0].loss
     assert (model.device, model.precision) == ("cpu", "fp32")
+    assert model.config.epochs == 4 and model.resumed_step is None  # a fresh run
+    assert model.selection == {
+        "split": "train",
+        "validation": "validation",
+        "where": None,
+        "uncertain": "ignore",
+        "targets": ["finding_pneumonia"],
+    }
     assert not model.network.training
     assert all(
         p.dtype == torch.float32 and p.device.type == "cpu" for p in model.network.parameters()
