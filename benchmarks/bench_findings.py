@@ -3,7 +3,7 @@
 A store of ``--scans`` phantoms (:func:`xraycore.image.synth.synthetic_findings`:
 a small dense nodule, a basal opacity, an enlarged heart shadow, each in 30% of
 scans, 10% of labels blank and 10% uncertain) split 3:1:1 train, validation
-and test; ``train_cnn(targets="findings")`` for ``--epochs`` on the CPU at
+and test; ``train_cnn`` with ``TrainConfig(targets="findings")`` for ``--epochs`` on the CPU at
 ``--size``; then each finding's AUROC on the test split (labelled rows only)
 and their mean, with the wall time. Chance is 0.5.
 
@@ -40,14 +40,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = findings_store(Path(tmp), n=args.scans, size=args.size, seed=args.seed)
         t0 = time.perf_counter()
-        model = cnn.train_cnn(
-            url,
+        config = cnn.TrainConfig(
             targets="findings",
             contract=cnn.cnn_contract(args.size),
             epochs=args.epochs,
             batch_size=args.batch_size,
             seed=args.seed,
             device="cpu",
+        )
+        model = cnn.train_cnn(
+            url,
+            config,
             on_epoch=lambda e: print(
                 f"epoch {e.epoch}: loss {e.loss:.3f}, validation mean AUROC "
                 f"{e.validation_mean_auroc:.3f} ({e.seconds:.0f} s)",

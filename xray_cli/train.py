@@ -83,48 +83,59 @@ def _targets(targets: str) -> list[str] | str:
     return names
 
 
-def _train_cnn(store, column, labels, *, arch, size, split, out, storage_options, **options):
+def _train_cnn(store, config, *, out: Path, storage_options) -> None:
+    """Train the CNN ``config`` describes (a :class:`~xraycore.train.config.TrainConfig`),
+    then export it; a ``ValueError`` or a missing torch is one line, exit 2."""
     from xraycore.train import cnn
 
-    if arch not in cnn.ARCHITECTURES:
-        fail(f"--arch must be logistic or one of {', '.join(cnn.ARCHITECTURES)}, got {arch!r}", 2)
-    targets = options.pop("targets")
-    what = column if targets is None else ("every finding" if targets == "findings" else targets)
+    what = config.target or (
+        "every finding" if config.targets == "findings" else list(config.targets)
+    )
     try:
-        device, precision = cnn.cnn_device(
-            options.pop("device", "auto"), options.pop("precision", "auto")
-        )
-        contract = cnn.cnn_contract(size or 224, **({"labels": labels} if labels else {}))
+        device, precision = cnn.cnn_device(config.device, config.precision)
         typer.echo(
-            f"training {arch} on split {split!r} of {store} for {what}: {device}, {precision}, "
-            f"{contract.size}x{contract.size}"
+            f"training {config.arch} on split {config.split!r} of {store} for {what}: "
+            f"{device}, {precision}, {config.contract.size}x{config.contract.size}"
         )
         model = cnn.train_cnn(
             store,
-            target=column,
-            targets=targets,
-            contract=contract,
-            arch=arch,
-            split=split,
-            device=device,
-            precision=precision,
+            config,
             storage_options=storage_options,
-            checkpoints=cnn.checkpoint_dir(out),
             on_epoch=lambda result: typer.echo(_epoch_line(result)),
-            **options,
         )
     except (ImportError, ValueError) as exc:
         fail(str(exc), 2)
     cnn.export_cnn_onnx(model, out)
     checkpoint = cnn.save_checkpoint(model.network, out.with_suffix(".pt"))
     best = f", epoch {model.best_epoch} (best)" if model.best_epoch else ""
+    resumed = ""
+    if model.resumed_step is not None:
+        resumed = (
+            f" ({model.steps - model.resumed_step} in this run, resumed at step "
+            f"{model.resumed_step})"
+        )
     typer.echo(
-        f"trained {arch} for {model.steps} steps on {model.scans} scans; model{best}: {out} "
-        f"(+ contract {out}.json), weights: {checkpoint}, checkpoints: {cnn.checkpoint_dir(out)}"
+        f"trained {config.arch} for {model.steps} steps{resumed} on {model.scans} scans; "
+        f"model{best}: {out} (+ contract {out}.json), weights: {checkpoint}, "
+        f"checkpoints: {config.checkpoints}"
     )
 
 
-# The options of ``xray train``, in --help's order.
+def _cnn_contract(arch: str, size: int | None, labels):
+    """The CNN's contract (exit 2 naming an unknown ``--arch`` or a bad size)."""
+    from xraycore.train import cnn
+
+    if arch not in cnn.ARCHITECTURES:
+        fail(f"--arch must be logistic or one of {', '.join(cnn.ARCHITECTURES)}, got {arch!r}", 2)
+    try:
+        return cnn.cnn_contract(size or 224, **({"labels": labels} if labels else {}))
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
+# The options of ``xray train``, in --help's order. The CNN's defaults are
+# TrainConfig's (tests/xray_cli/test_train.py checks they agree): written here, as
+# the command line imports no xraycore module before a command runs.
 Store = Annotated[str, typer.Argument(help="Store URL (with splits).")]
 Target = Annotated[
     str | None,
@@ -135,7 +146,7 @@ Targets = Annotated[
     typer.Option(help="Several findings, one sigmoid each: all, or A,B,C (densenet121)."),
 ]
 Out = Annotated[Path, typer.Option(help="ONNX file to write.")]
-# Plain strings: xraycore.train.cnn owns the names it accepts and refuses others (exit 2).
+# Plain strings: xraycore.train owns the names it accepts and refuses others (exit 2).
 Arch = Annotated[
     str, typer.Option(help="logistic (NumPy baseline) or densenet121 (PyTorch + MONAI).")
 ]
@@ -143,15 +154,14 @@ Size = Annotated[
     int | None, typer.Option(help="Model input size (default 256 logistic, 224 densenet121).")
 ]
 Split = Annotated[str, typer.Option(help="Split to train on.")]
-Epochs = Annotated[int | None, typer.Option(help="Passes over the split (default 1).")]
-BatchSize = Annotated[int | None, typer.Option(help="Scans per step (default 64).")]
-Lr = Annotated[float | None, typer.Option(help="Adam's learning rate (default 1e-3).")]
-Seed = Annotated[int | None, typer.Option(help="Initial weights and shuffle (default 0).")]
-Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes (default 0).")]
-Device = Annotated[str | None, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")]
+Epochs = Annotated[int, typer.Option(help="Passes over the split.")]
+BatchSize = Annotated[int, typer.Option(help="Scans per step.")]
+Lr = Annotated[float, typer.Option(help="Adam's learning rate.")]
+Seed = Annotated[int, typer.Option(help="Initial weights and shuffle.")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")]
 Precision = Annotated[
-    str | None,
-    typer.Option(help="auto (bf16 or fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16."),
+    str, typer.Option(help="auto (bf16 or fp16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16.")
 ]
 MaxSteps = Annotated[
     int | None, typer.Option(help="Stop after this many steps (0: export --weights).")
@@ -159,11 +169,9 @@ MaxSteps = Annotated[
 Weights = Annotated[
     Path | None, typer.Option(help="Local state_dict file to start from (no downloads).")
 ]
-Uncertain = Annotated[
-    str | None, typer.Option(help="Uncertain (-1) labels: ignore (default), zeros or ones.")
-]
+Uncertain = Annotated[str, typer.Option(help="Uncertain (-1) labels: ignore, zeros or ones.")]
 Balance = Annotated[
-    bool | None,
+    bool,
     typer.Option(
         "--balance/--no-balance",
         help="Weight each finding's positives by the train split's negatives/positives.",
@@ -173,7 +181,7 @@ Patience = Annotated[
     int | None, typer.Option(help="Stop after N epochs without a better validation AUROC.")
 ]
 FreezeEpochs = Annotated[
-    int | None, typer.Option(help="Epochs training only the head (seed 003: 50).")
+    int, typer.Option(help="Epochs training only the head (the transfer-learning recipe: 50).")
 ]
 FinetuneLr = Annotated[
     float | None, typer.Option(help="Learning rate after --freeze-epochs (default lr/10).")
@@ -185,19 +193,43 @@ Resume = Annotated[
     bool, typer.Option(help="Go on from the last checkpoint in checkpoints/ next to OUT.")
 ]
 
+#: The parameters of :func:`train` that only a CNN takes, in --help's order.
+CNN_ONLY = (
+    "targets",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "workers",
+    "device",
+    "precision",
+    "max_steps",
+    "weights",
+    "uncertain",
+    "balance",
+    "patience",
+    "freeze_epochs",
+    "finetune_lr",
+    "checkpoint_steps",
+    "resume",
+)
 
-def _refuse_cnn_flags(given: dict, *, weights, targets, resume) -> None:
-    """Exit 2 naming the flags given that only a CNN takes: the NumPy baseline has
-    no epochs, batches, device, seed or checkpoint."""
-    flags = [f"--{k.replace('_', '-')}" for k in given]
-    flags += [
-        f"--{k}" for k, v in (("weights", weights), ("targets", targets), ("resume", resume)) if v
+
+def _refuse_cnn_flags(ctx: typer.Context) -> None:
+    """Exit 2 naming the flags given on the command line that only a CNN takes:
+    the NumPy baseline has no epochs, batches, device, seed or checkpoint."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in CNN_ONLY
+        # By name: typer vendors its own click, whose ParameterSource is not click's.
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
     ]
-    if flags:
-        fail(f"{', '.join(flags)} only apply to a CNN (--arch densenet121)", 2)
+    if given:
+        fail(f"{', '.join(given)} only apply to a CNN (--arch densenet121)", 2)
 
 
 def train(
+    ctx: typer.Context,
     store: Store,
     target: Target = None,
     targets: Targets = None,
@@ -205,19 +237,19 @@ def train(
     arch: Arch = "logistic",
     size: Size = None,
     split: Split = "train",
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    seed: Seed = None,
-    workers: Workers = None,
-    device: Device = None,
-    precision: Precision = None,
+    epochs: Epochs = 1,
+    batch_size: BatchSize = 64,
+    lr: Lr = 1e-3,
+    seed: Seed = 0,
+    workers: Workers = 0,
+    device: Device = "auto",
+    precision: Precision = "auto",
     max_steps: MaxSteps = None,
     weights: Weights = None,
-    uncertain: Uncertain = None,
-    balance: Balance = None,
+    uncertain: Uncertain = "ignore",
+    balance: Balance = True,
     patience: Patience = None,
-    freeze_epochs: FreezeEpochs = None,
+    freeze_epochs: FreezeEpochs = 0,
     finetune_lr: FinetuneLr = None,
     checkpoint_steps: CheckpointSteps = None,
     resume: Resume = False,
@@ -234,44 +266,50 @@ def train(
     if (target is None) == (targets is None):
         fail("give --target (one finding) or --targets (all, or A,B,C), not both nor neither", 2)
     column, labels = _finding(target) if target is not None else (None, None)
-    given = dict(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        workers=workers,
-        device=device,
-        precision=precision,
-        max_steps=max_steps,
-        uncertain=uncertain,
-        balance=balance,
-        patience=patience,
-        freeze_epochs=freeze_epochs,
-        finetune_lr=finetune_lr,
-        checkpoint_steps=checkpoint_steps,
-    )
-    given = {k: v for k, v in given.items() if v is not None}  # the CNN's defaults for the rest
-    # What both models are told: the rest of ``given`` is the CNN's alone.
-    common = dict(
-        size=size,
-        split=split,
-        where=parse_where(where),
-        out=out,
-        storage_options=parse_storage_options(storage_options),
-    )
+    rows = parse_where(where)
+    options = parse_storage_options(storage_options)
     if arch == "logistic":
-        _refuse_cnn_flags(given, weights=weights, targets=targets, resume=resume)
-        _train_logistic(store, column, labels, **common)
+        _refuse_cnn_flags(ctx)
+        _train_logistic(
+            store,
+            column,
+            labels,
+            size=size,
+            split=split,
+            where=rows,
+            out=out,
+            storage_options=options,
+        )
         return
-    chosen = None if targets is None else _targets(targets)
-    _train_cnn(
-        store,
-        column,
-        labels,
-        arch=arch,
-        weights=weights,
-        targets=chosen,
-        resume=resume,
-        **common,
-        **given,
-    )
+    contract = _cnn_contract(arch, size, labels)
+    from xraycore.train.cnn import TrainConfig, checkpoint_dir
+
+    try:
+        config = TrainConfig(
+            target=column,
+            targets=None if targets is None else _targets(targets),
+            split=split,
+            where=rows,
+            uncertain=uncertain,
+            arch=arch,
+            contract=contract,
+            weights=weights,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            freeze_epochs=freeze_epochs,
+            finetune_lr=finetune_lr,
+            patience=patience,
+            balance=balance,
+            max_steps=max_steps,
+            workers=workers,
+            device=device,
+            precision=precision,
+            checkpoints=checkpoint_dir(out),
+            checkpoint_steps=checkpoint_steps,
+            resume=resume,
+        )
+    except (TypeError, ValueError) as exc:
+        fail(str(exc), 2)
+    _train_cnn(store, config, out=out, storage_options=options)

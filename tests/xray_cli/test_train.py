@@ -103,6 +103,23 @@ def test_densenet121_trains_exports_and_classify_reports_on_it(store, tmp_path):
     assert np.abs(got - expected).max() < 1e-4
 
 
+def test_the_cnn_flags_default_to_train_configs_defaults():
+    """The command line writes TrainConfig's defaults as its own (it imports no
+    xraycore module before a command runs): they must agree."""
+    import dataclasses
+    import inspect
+
+    from xray_cli.train import CNN_ONLY, train
+    from xraycore.train.config import TrainConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert set(CNN_ONLY) <= set(fields)
+    flags = inspect.signature(train).parameters
+    shared = [name for name in flags if name in fields and name != "arch"]  # logistic's default
+    assert len(shared) == len(CNN_ONLY) + 3, shared  # and target, split, where
+    assert {name: flags[name].default for name in shared} == {name: fields[name] for name in shared}
+
+
 def test_a_missing_weights_file_is_one_clear_line(store, tmp_path):
     pytest.importorskip("torch")
     res = _xray(

@@ -19,11 +19,16 @@ from xraycore.store.durable import atomic_path
 __all__ = [
     "ARCHITECTURES",
     "DEVICES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "INSTALL_HINT",
+    "MIN_SIZE",
     "PRECISIONS",
     "EpochResult",
     "TrainedCNN",
     "build_network",
+    "check_cnn_contract",
+    "cnn_contract",
     "cnn_device",
     "import_torch",
     "load_checkpoint",
@@ -34,6 +39,55 @@ ARCHITECTURES = ("densenet121",)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 INSTALL_HINT = "pip install 'xray-pipeline[torch]'"
+# ImageNet's statistics: what an ImageNet-trained DenseNet-121 (the DenseNet-121 report's
+# starting point, given as ``weights``) was trained to see.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# DenseNet-121 halves its input five times: below 32 px nothing is left to pool.
+MIN_SIZE = 32
+
+
+def check_cnn_contract(contract: ModelContract) -> ModelContract:
+    """``contract`` after checking a CNN trained here can take it."""
+    if not isinstance(contract, ModelContract):
+        raise TypeError(f"contract must be a ModelContract, got {contract!r}")
+    if contract.layout != "NCHW" or contract.output != "sigmoid":
+        raise ValueError(
+            "a CNN takes NCHW input and gives sigmoid outputs, got contract layout "
+            f"{contract.layout!r} and output {contract.output!r}"
+        )
+    if contract.size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} for a DenseNet, got {contract.size!r}")
+    return contract
+
+
+def cnn_contract(
+    size: int = 224,
+    *,
+    labels: tuple[str, str] = ("healthy", "pneumonia"),
+    findings: tuple[str, ...] = (),
+) -> ModelContract:
+    """The input contract of a CNN trained here.
+
+    Parameters
+    ----------
+    size : int, optional
+        Input height and width. Default 224, DenseNet-121's ImageNet size.
+    labels : (str, str), optional
+        Negative and positive label names (a model of one finding).
+    findings : tuple of str, optional
+        The finding columns of a model of several (one sigmoid each).
+
+    Returns
+    -------
+    contract : ModelContract
+        Three channels (the scan repeated), scaled by 1/255, normalised by
+        ImageNet's mean and std, sigmoid outputs.
+    """
+    contract = ModelContract(
+        size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, labels=labels, findings=findings
+    )
+    return check_cnn_contract(contract)
 
 
 def import_torch():
@@ -184,9 +238,11 @@ class TrainedCNN:
     """A trained network (fp32, on the CPU, in eval mode) and how it was made.
 
     ``best_epoch`` is the epoch whose weights ``network`` holds (the best mean
-    validation AUROC, or the last epoch without validation); ``selection`` what
-    was trained on (split, where, targets, uncertain policy), for the model's
-    record.
+    validation AUROC, or the last epoch without validation); ``config`` the
+    run's :class:`~xraycore.train.config.TrainConfig`; ``target_names`` the
+    label columns it learnt, one per output; ``resumed_step`` the
+    step a resumed run went on from (its checkpoint's), None for a run that
+    started afresh.
     """
 
     network: Any
@@ -199,4 +255,21 @@ class TrainedCNN:
     losses: list[float] = field(default_factory=list)
     epochs: list[EpochResult] = field(default_factory=list)
     best_epoch: int | None = None
-    selection: dict[str, Any] = field(default_factory=dict)
+    config: Any = None  # a TrainConfig (not imported: config imports this module)
+    target_names: tuple[str, ...] = ()
+    resumed_step: int | None = None
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """What was trained on: split, validation split, where, uncertain policy
+        and the target columns."""
+        if self.config is None:
+            return {}
+        c = self.config
+        return {
+            "split": c.split,
+            "validation": c.validation,
+            "where": c.where,
+            "uncertain": c.uncertain,
+            "targets": list(self.target_names),
+        }

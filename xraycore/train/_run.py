@@ -1,10 +1,16 @@
 """One CNN training run: its state between steps (:class:`Run`), the batches it
 steps on, its epochs, their scores on the validation split, and its checkpoints.
 
-:func:`xraycore.train.cnn.train_cnn` checks its inputs, opens the loaders and
-then calls, in order, :func:`start_run`, :func:`set_schedule`, :func:`resume_run`
-(when asked), :func:`run_epochs` and :func:`finish_training`. ``torch`` is imported by the functions
-that use it, never when this module is imported.
+:func:`xraycore.train.cnn.train_cnn` opens the loaders and then calls, in
+order, :func:`start_run`, :func:`resume_run` (when asked), :func:`run_epochs`
+and :func:`finish_training`; each reads the run's settings from its
+:class:`~xraycore.train.config.TrainConfig` (``run.config``). ``torch`` is
+imported by the functions that use it, never when this module is imported.
+
+A checkpoint (``last.pt``) stores the configuration (:meth:`TrainConfig.to_dict`)
+and the training's lineage beside the run's state, under
+:data:`CHECKPOINT_FORMAT`; :func:`resume_run` goes on only from a checkpoint of
+that format whose kept settings and lineage are this run's.
 """
 
 from __future__ import annotations
@@ -24,17 +30,23 @@ from xraycore.predict.roc import roc_auc, youden_threshold
 from xraycore.train._checkpoint import BEST, LAST, load_state, save_state
 from xraycore.train._network import EpochResult, TrainedCNN, build_network, load_checkpoint
 from xraycore.train._schedule import lr_schedule, masked_bce, set_stage
+from xraycore.train.config import TrainConfig
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "Run",
     "finish_training",
     "prepare_tensors",
     "resume_run",
     "run_batches",
     "run_epochs",
-    "set_schedule",
     "start_run",
 ]
+
+#: What ``last.pt`` holds: 2 since the run's settings are a TrainConfig
+#: (``config``) beside its lineage (``lineage``). Format 1 (no such key) kept a
+#: dict of some settings, with no record of ``workers`` or ``max_steps``.
+CHECKPOINT_FORMAT = 2
 
 
 def prepare_tensors(batch: dict, *, contract: ModelContract):
@@ -95,8 +107,7 @@ class Run:
     autocast: Any
     pos_weight: Any
     device: Any
-    options: dict[str, Any]
-    config: dict[str, Any]
+    config: TrainConfig
     epoch_losses: list[float] = dataclasses.field(default_factory=list)
     best_score: float = -math.inf
     best_state: dict | None = None
@@ -105,28 +116,44 @@ class Run:
 
     @property
     def folder(self) -> Path | None:
-        return self.options["checkpoints"]
+        return self.config.checkpoints
 
 
 # -- the start ----------------------------------------------------------------------
-def start_run(torch, train, val, contract, arch, device, precision, *, seed, weights) -> Run:
-    """The network on its device, its optimiser and mixed precision, in a :class:`Run`."""
+def start_run(
+    torch, train, val, contract: ModelContract, config: TrainConfig, *, device: str, precision: str
+) -> Run:
+    """The network on its device, its optimiser, mixed precision, each finding's
+    positive weight and the learning rate schedule, in a :class:`Run`."""
     dev = torch.device(device)
-    network = _network_on(dev, arch, contract, seed=seed, weights=weights)
-    step = _mixed_precision(torch, dev, precision)  # autocast and scaler
-    model = TrainedCNN(network, contract, arch, device, precision)
-    optimiser = torch.optim.Adam(network.parameters(), lr=1.0)  # lr set by set_schedule
+    network = _network_on(dev, config.arch, contract, seed=config.seed, weights=config.weights)
+    autocast, scaler = _mixed_precision(torch, dev, precision)
+    model = TrainedCNN(
+        network,
+        contract,
+        config.arch,
+        device,
+        precision,
+        config=config,
+        target_names=tuple(train.target_names),
+    )
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     return Run(
         model=model,
         train=train,
         val=val,
         optimiser=optimiser,
-        scheduler=None,
-        pos_weight=None,
+        scaler=scaler,
+        scheduler=lr_schedule(
+            optimiser,
+            lr=config.lr,
+            finetune_lr=config.stage_two_lr,
+            freeze_epochs=config.freeze_epochs,
+        ),
+        autocast=autocast,
+        pos_weight=_positive_weight(torch, train, dev, balance=config.balance),
         device=dev,
-        options={},
-        config={},
-        **step,
+        config=config,
     )
 
 
@@ -147,29 +174,23 @@ def _mixed_precision(torch, dev, precision: str):
     )
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    return {"autocast": autocast, "scaler": scaler}
+    return autocast, scaler
 
 
-def set_schedule(run: Run, *, balance: bool, lr: float, finetune_lr: float, freeze_epochs: int):
-    """Each finding's positive weight (negatives/positives of the training split,
-    1 where it has no positive) and the learning rate schedule."""
-    import torch
-
-    pos, neg = run.train.positives, run.train.negatives
+def _positive_weight(torch, train, dev, *, balance: bool):
+    """Each finding's positive weight: negatives/positives of the training split
+    (1 where it has no positive), or 1 for all without ``balance``."""
+    pos, neg = train.positives, train.negatives
     weight = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0) if balance else np.ones(len(pos))
-    run.pos_weight = torch.as_tensor(weight, dtype=torch.float32, device=run.device)
-    for group in run.optimiser.param_groups:
-        group["lr"] = lr
-    run.scheduler = lr_schedule(
-        run.optimiser, lr=lr, finetune_lr=finetune_lr, freeze_epochs=freeze_epochs
-    )
+    return torch.as_tensor(weight, dtype=torch.float32, device=dev)
 
 
 # -- the epochs ---------------------------------------------------------------------
-def run_epochs(run: Run, *, epochs: int, max_steps, patience, on_epoch) -> None:
-    """Epochs from the loader's (0, or a checkpoint's) up to ``epochs``, or until
-    ``max_steps`` or ``patience`` stop the run."""
+def run_epochs(run: Run, *, on_epoch) -> None:
+    """Epochs from the loader's (0, or a checkpoint's) up to the configuration's
+    ``epochs``, or until its ``max_steps`` or ``patience`` stop the run."""
     model, train = run.model, run.train
+    epochs, max_steps, patience = run.config.epochs, run.config.max_steps, run.config.patience
     first = train.epoch if train.consumed < len(train) or not len(train) else train.epoch + 1
     for epoch in range(first, epochs):
         if max_steps is not None and model.steps >= max_steps:
@@ -196,14 +217,13 @@ def run_epochs(run: Run, *, epochs: int, max_steps, patience, on_epoch) -> None:
 def _fit(run: Run, epoch: int) -> None:
     """Steps of epoch ``epoch`` from where the loader stands, up to its end or
     ``max_steps``; each step's loss kept, a checkpoint every ``checkpoint_steps``."""
-    model, opts = run.model, run.options
-    frozen = epoch < opts["freeze_epochs"]
-    set_stage(model.network, frozen=frozen)
-    every = opts["checkpoint_steps"]
+    model, config = run.model, run.config
+    set_stage(model.network, frozen=epoch < config.freeze_epochs)
+    every = config.checkpoint_steps
     for x, y, m in run_batches(
-        run.train, model.contract, workers=opts["workers"], device=run.device
+        run.train, model.contract, workers=config.workers, device=run.device
     ):
-        if opts["max_steps"] is not None and model.steps >= opts["max_steps"]:
+        if config.max_steps is not None and model.steps >= config.max_steps:
             break
         with run.autocast():
             logits = model.network(x)
@@ -232,7 +252,7 @@ def _validate(run: Run):
     scores, targets, masks, loss, counted = [], [], [], 0.0, 0
     with torch.no_grad():
         batches = run_batches(
-            run.val, model.contract, workers=run.options["workers"], device=run.device
+            run.val, model.contract, workers=run.config.workers, device=run.device
         )
         for x, y, m in batches:
             with run.autocast():
@@ -280,7 +300,7 @@ def _end_epoch(run: Run, epoch: int, seconds: float) -> EpochResult:
         run.since_best += 1
     result = EpochResult(
         epoch=epoch + 1,
-        epochs=run.options["epochs"],
+        epochs=run.config.epochs,
         steps=len(run.epoch_losses),
         loss=float(np.mean(run.epoch_losses)) if run.epoch_losses else math.nan,
         seconds=seconds,
@@ -322,6 +342,9 @@ def _save_last(run: Run) -> None:
 
     model = run.model
     state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": run.config.to_dict(),
+        "lineage": model.contract.training,
         "network": model.network.state_dict(),
         "optimiser": run.optimiser.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -339,10 +362,37 @@ def _save_last(run: Run) -> None:
             "since": run.since_best,
             "thresholds": list(run.thresholds),
         },
-        "config": run.config,
         "rng": torch.get_rng_state(),
     }
     save_state(state, run.folder / LAST)
+
+
+def _check_resumable(run: Run, state: dict[str, Any]) -> None:
+    """Refuse, in one line saying why, a checkpoint this run cannot go on from:
+    another format, or other kept settings (:meth:`TrainConfig.resume_differences`)
+    or other training rows (the lineage: store, version, selection, rows)."""
+    path = run.folder / LAST
+    found = state.get("format", 1)
+    if found != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path} is of format {found!r}, written by an earlier xray train; "
+            f"this one resumes format {CHECKPOINT_FORMAT} only: train again without --resume"
+        )
+    try:
+        theirs = TrainConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"checkpoint {path} holds no readable training configuration: {exc}"
+        ) from exc
+    wrong = run.config.resume_differences(theirs)
+    lineage, recorded = run.model.contract.training or {}, state.get("lineage") or {}
+    wrong += [
+        f"{k} {recorded.get(k)!r} (now {lineage.get(k)!r})"
+        for k in sorted(set(lineage) | set(recorded))
+        if recorded.get(k) != lineage.get(k)
+    ]
+    if wrong:
+        raise ValueError(f"checkpoint {path} is of a run with other settings: {', '.join(wrong)}")
 
 
 def resume_run(run: Run) -> None:
@@ -350,13 +400,7 @@ def resume_run(run: Run) -> None:
     import torch
 
     state = load_state(run.folder / LAST)
-    theirs = state.get("config", {})
-    wrong = [k for k in run.config if theirs.get(k) != run.config[k]]
-    if wrong:
-        detail = ", ".join(f"{k} {theirs.get(k)!r} (now {run.config[k]!r})" for k in wrong)
-        raise ValueError(
-            f"checkpoint {run.folder / LAST} is of a run with other settings: {detail}"
-        )
+    _check_resumable(run, state)
     model = run.model
     model.network.load_state_dict(state["network"])
     run.optimiser.load_state_dict(state["optimiser"])
@@ -372,3 +416,4 @@ def resume_run(run: Run) -> None:
     if model.best_epoch is not None:
         run.best_state = load_state(run.folder / BEST)
     torch.set_rng_state(state["rng"])
+    model.resumed_step = model.steps

@@ -12,7 +12,7 @@ from stores import labelled_store
 from xraycore.predict.contract import ModelContract, OnnxClassifier, prepare_batch
 from xraycore.store import ScanStore
 from xraycore.train import _run, cnn
-from xraycore.train.cnn import IMAGENET_MEAN, IMAGENET_STD, cnn_contract
+from xraycore.train.cnn import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, cnn_contract
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -32,16 +32,15 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(store):
     epochs = []
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=cnn_contract(SIZE),
         batch_size=8,
         epochs=4,
         seed=0,
         device="cpu",
-        on_epoch=epochs.append,
     )
+    model = cnn.train_cnn(store, config, on_epoch=epochs.append)
     return model, epochs
 
 
@@ -70,6 +69,14 @@ def test_training_learns_bright_from_dark(trained):
     assert np.mean(model.losses[-3:]) < 0.5 * model.losses[0], model.losses
     assert epochs[-1].loss < epochs[0].loss
     assert (model.device, model.precision) == ("cpu", "fp32")
+    assert model.config.epochs == 4 and model.resumed_step is None  # a fresh run
+    assert model.selection == {
+        "split": "train",
+        "validation": "validation",
+        "where": None,
+        "uncertain": "ignore",
+        "targets": ["finding_pneumonia"],
+    }
     assert not model.network.training
     assert all(
         p.dtype == torch.float32 and p.device.type == "cpu" for p in model.network.parameters()
@@ -89,7 +96,9 @@ def test_onnx_export_scores_equal_torch_on_stored_scans(trained, store, tmp_path
     assert proto.ir_version == 8 and proto.opset_import[0].version == 18
     assert [i.name for i in proto.graph.input] == ["input"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # any batch size
-    assert not list(tmp_path.glob("*.tmp-*")) and not list(tmp_path.glob("*.data"))
+    # The model and its sidecar, nothing else: no temporary file left behind (a
+    # writer's "<target>.<hex>.partial"), no external weights ("*.data").
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["densenet.onnx", "densenet.onnx.json"]
 
     scans = ScanStore.open(store).read("preprocessed", list(range(32)))
     expected = cnn.cnn_scores(model.network, scans, model.contract)
@@ -101,8 +110,7 @@ def test_onnx_export_scores_equal_torch_on_stored_scans(trained, store, tmp_path
 def test_weights_checkpoint_round_trip(trained, store, tmp_path):
     model, _ = trained
     path = cnn.save_checkpoint(model.network, tmp_path / "densenet.pt")
-    again = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=model.contract,
         weights=path,
@@ -110,6 +118,7 @@ def test_weights_checkpoint_round_trip(trained, store, tmp_path):
         device="cpu",
         seed=1,  # another initialisation: everything must come from the file
     )
+    again = cnn.train_cnn(store, config)
     assert again.steps == 0 and again.epochs == []
     mine, theirs = model.network.state_dict(), again.network.state_dict()
     assert mine.keys() == theirs.keys()
@@ -148,8 +157,7 @@ def test_weights_that_do_not_fit_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_keep_fp32_weights(store, precision):
     """The autocast and (fp16) gradient-scaler path CUDA takes, run on the CPU."""
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         target="finding_pneumonia",
         contract=cnn_contract(SIZE),
         batch_size=4,
@@ -158,6 +166,7 @@ def test_mixed_precision_steps_keep_fp32_weights(store, precision):
         device="cpu",
         precision=precision,
     )
+    model = cnn.train_cnn(store, config)
     assert model.precision == precision and model.steps == 1
     assert np.isfinite(model.losses).all()
     assert all(p.dtype == torch.float32 for p in model.network.parameters())
@@ -208,11 +217,11 @@ def test_device_and_precision_resolution():
 def test_bad_input_is_refused(store, kwargs, match):
     args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
     with pytest.raises(ValueError, match=match):
-        cnn.train_cnn(store, **{**args, **kwargs})
+        cnn.train_cnn(store, TrainConfig(**{**args, **kwargs}))
 
 
 @pytest.mark.parametrize("kwargs", [{"epochs": 1.5}, {"batch_size": True}, {"lr": "fast"}])
 def test_a_number_of_the_wrong_type_is_refused(store, kwargs):
     args = {"target": "finding_pneumonia", "contract": cnn_contract(SIZE), "device": "cpu"}
     with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be"):
-        cnn.train_cnn(store, **{**args, **kwargs})
+        cnn.train_cnn(store, TrainConfig(**{**args, **kwargs}))

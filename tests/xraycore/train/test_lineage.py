@@ -91,3 +91,58 @@ def test_a_model_trained_at_version_k_gets_its_rows_back_after_the_store_moved_o
     vacuum_store(store, keep=1)
     with pytest.raises(VersionRemovedError, match="removed by xray vacuum"):
         ScanLoader.from_lineage(training)
+
+
+def _first_loss(loader: ScanLoader, contract, *, seed: int) -> float:
+    """The untrained network's (seeded as training seeds it) loss on the first batch
+    of ``loader``'s epoch 0, in train mode as a training step computes it."""
+    import torch
+
+    from xraycore.train._run import prepare_tensors
+    from xraycore.train._schedule import masked_bce
+    from xraycore.train.cnn import build_network
+
+    loader.set_epoch(0)
+    x, y, mask = prepare_tensors(next(iter(loader)), contract=contract)
+    network = build_network(seed=seed, outputs=1)
+    network.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return float(masked_bce(network(x).float(), y, mask, None))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_lineage_xray_train_wrote_gives_the_order_it_trained_in(tmp_path):
+    """The CNN's lineage, as ``xray train`` wrote it, rebuilds the order its rows
+    were read in: a loader made from the command's flags (seed 7, batches of 5, not
+    the defaults) reads that order, and the first step learnt from its first batch
+    (that step's loss, kept in last.pt, is the untrained network's on it)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    from xraycore.predict.contract import ModelContract
+
+    url = labelled_store(tmp_path / "s", n=16, size=64)
+    model = tmp_path / "model.onnx"
+    cnn = ["--arch", "densenet121", "--size", "32", "--device", "cpu", "--no-balance"]
+    flags = ["--batch-size", "5", "--seed", "7", "--max-steps", "1", "--out", str(model)]
+    res = _xray("train", url, "--target", "finding_pneumonia", *cnn, *flags)
+    assert res.returncode == 0, res.stdout + res.stderr
+    contract = ModelContract.from_dict(json.loads(Path(f"{model}.json").read_text()))
+    training = contract.training
+
+    recorded = ScanLoader.from_lineage(training)
+    seen = _order(recorded)
+    args = dict(batch_size=5, split="train", targets=["finding_pneumonia"])
+    assert seen == _order(ScanLoader(url, **args, seed=7))
+    other = ScanLoader(url, **args, seed=0)
+    assert seen != _order(other)  # the seed decides the order: this check can fail
+    assert training["rows"] == len(seen[0]) == 12
+    assert training["rows_sha256"] == rows_sha256(seen[0]) == rows_sha256(seen[1])
+
+    losses = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["losses"]
+    assert len(losses) == 1
+    assert _first_loss(recorded, contract, seed=7) == pytest.approx(losses[0], abs=1e-5)
+    assert _first_loss(other, contract, seed=7) != pytest.approx(losses[0], abs=1e-3)

@@ -1,5 +1,6 @@
 """Several findings at once: the masked, weighted loss; per-finding AUROC and the
-best epoch exported; seed 003's frozen stage; checkpoints that resume a killed run."""
+best epoch exported; the transfer-learning recipe's frozen stage; checkpoints that
+resume a killed run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from stores import findings_store
 
 from xraycore.store import ScanStore
 from xraycore.train import cnn
-from xraycore.train.cnn import cnn_contract
+from xraycore.train.cnn import TrainConfig, cnn_contract
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -37,15 +38,10 @@ def store(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(store):
     epochs = []
-    model = cnn.train_cnn(
-        store,
-        targets="findings",
-        contract=cnn_contract(SIZE),
-        batch_size=12,
-        epochs=3,
-        device="cpu",
-        on_epoch=epochs.append,
+    config = TrainConfig(
+        targets="findings", contract=cnn_contract(SIZE), batch_size=12, epochs=3, device="cpu"
     )
+    model = cnn.train_cnn(store, config, on_epoch=epochs.append)
     return model, epochs
 
 
@@ -63,7 +59,7 @@ def test_masked_weighted_loss_is_the_formula():
     assert abs(float(got) - want) < 1e-6  # y and the mask in float32
 
 
-def test_every_finding_is_scored_and_the_best_epoch_is_the_model(trained, store):
+def test_every_finding_is_scored_each_epoch(trained):
     model, epochs = trained
     assert model.contract.findings == FINDINGS and len(model.contract.thresholds) == 3
     assert [e.epoch for e in epochs] == [1, 2, 3]
@@ -72,21 +68,57 @@ def test_every_finding_is_scored_and_the_best_epoch_is_the_model(trained, store)
         assert e.validation_mean_auroc == pytest.approx(
             np.nanmean(list(e.validation_auroc.values()))
         )
+
+
+def _validation_labels(table, name: str) -> np.ndarray:
+    """A finding's labels, NaN where missing (uncertain -1 and missing do not count)."""
+    return np.array([v if v is not None else np.nan for v in table[name].to_pylist()], float)
+
+
+def test_the_exported_model_is_the_best_epoch_when_the_last_is_worse(store, tmp_path):
+    """Two epochs of the head at 1e-2, then every layer at 10 (the transfer-learning
+    recipe's schedule made to blow up): the last epoch is ruined, an earlier one is
+    not. The exported ONNX file, run by onnxruntime, scores the validation split as
+    the best epoch did (scikit-learn's AUROC), not as the last did."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from xraycore.predict.contract import ModelContract, prepare_batch
+
+    epochs = []
+    config = TrainConfig(
+        targets="findings",
+        contract=cnn_contract(SIZE),
+        batch_size=12,
+        epochs=3,
+        lr=1e-2,
+        freeze_epochs=2,
+        finetune_lr=10.0,
+        device="cpu",
+    )
+    model = cnn.train_cnn(store, config, on_epoch=epochs.append)
     means = [e.validation_mean_auroc for e in epochs]
-    assert model.best_epoch == int(np.argmax(means)) + 1
-    # The exported weights score the validation split as the best epoch did (sklearn's AUROC).
+    # Measured once: 0.703, 0.472, 0.500 (after the blow-up every score is NaN,
+    # which xraycore's AUROC counts as ties).
+    assert means[-1] < max(means[:-1]) - 0.1, means
+    assert model.best_epoch == int(np.argmax(means)) + 1 < 3, (model.best_epoch, means)
+    path = cnn.export_cnn_onnx(model, tmp_path / "best.onnx")
+
     s = ScanStore.open(store)
     rows = s.select(split="validation")
-    scores = cnn.cnn_scores(
-        model.network, s.read("preprocessed", rows["row"].to_pylist()), model.contract
-    )
+    scans = s.read("preprocessed", rows["row"].to_pylist())
+    contract = ModelContract.for_model(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (scores,) = session.run(["score"], {"input": prepare_batch(scans, contract)})
     assert scores.shape == (rows.num_rows, 3)
-    best = epochs[model.best_epoch - 1]
+    # The blown-up epoch's network scores NaN: the exported one must not be it.
+    assert np.isfinite(scores).all(), "the exported model scores NaN: the last epoch's weights"
+    best, last = epochs[model.best_epoch - 1], epochs[-1]
+    got = {}
     for k, name in enumerate(FINDINGS):
-        labels = np.array([v if v is not None else np.nan for v in rows[name].to_pylist()], float)
-        known = labels >= 0  # missing and uncertain (-1) do not count under "ignore"
-        auc = sklearn_metrics.roc_auc_score(labels[known], scores[known, k])
-        assert auc == pytest.approx(best.validation_auroc[name], abs=1e-6), name
+        labels = _validation_labels(rows, name)
+        known = labels >= 0
+        got[name] = sklearn_metrics.roc_auc_score(labels[known], scores[known, k])
+    assert got == pytest.approx(best.validation_auroc, abs=1e-6)
+    assert got != pytest.approx(last.validation_auroc, abs=1e-3)
 
 
 def test_positives_are_weighted_by_the_train_splits_negatives(store):
@@ -101,8 +133,7 @@ def test_positives_are_weighted_by_the_train_splits_negatives(store):
 
 def test_stage_one_moves_only_the_head(store):
     initial = cnn.build_network(seed=0, outputs=3).state_dict()
-    model = cnn.train_cnn(
-        store,
+    config = TrainConfig(
         targets="findings",
         contract=cnn_contract(SIZE),
         batch_size=12,
@@ -110,6 +141,7 @@ def test_stage_one_moves_only_the_head(store):
         freeze_epochs=1,
         device="cpu",
     )
+    model = cnn.train_cnn(store, config)
     after = model.network.state_dict()
     backbone = [k for k in after if k.startswith("features.")]
     head = [k for k in after if k.startswith("class_layers.")]
@@ -178,6 +210,15 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(store, tmp_pat
         _train_command(store, cut, "--resume"), env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+    # Training is deterministic: a resume that ignored last.pt and trained from step 0
+    # would end with the same weights. What shows it went on from the killed step:
+    # it says it resumed at that step, and its 12 steps in all are that many before
+    # plus 12 - killed_at of its own (from step 0, or from the wrong batch, they are not).
+    summary = done.stdout.splitlines()[-1]
+    assert summary.startswith(
+        f"trained densenet121 for 12 steps ({12 - killed_at} in this run, resumed at step "
+        f"{killed_at})"
+    ), done.stdout
     a = torch.load(whole.with_suffix(".pt"), weights_only=True)
     b = torch.load(cut.with_suffix(".pt"), weights_only=True)
     assert a.keys() == b.keys()
@@ -191,12 +232,26 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(store, tmp_pat
 def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     folder = tmp_path / "checkpoints"
     args = dict(targets="findings", contract=cnn_contract(SIZE), batch_size=12, device="cpu")
-    cnn.train_cnn(store, **args, max_steps=1, checkpoints=folder, checkpoint_steps=1)
+    cnn.train_cnn(store, TrainConfig(**args, max_steps=1, checkpoints=folder, checkpoint_steps=1))
     assert (folder / "last.pt").is_file()
     with pytest.raises(ValueError, match=r"other settings: .*lr 0.001 \(now 0.01\)"):
-        cnn.train_cnn(store, **args, lr=0.01, checkpoints=folder, resume=True)
+        cnn.train_cnn(store, TrainConfig(**args, lr=0.01, checkpoints=folder, resume=True))
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
-        cnn.train_cnn(store, **args, checkpoints=tmp_path / "none", resume=True)
+        cnn.train_cnn(store, TrainConfig(**args, checkpoints=tmp_path / "none", resume=True))
+    resume = TrainConfig(**args, checkpoints=folder, resume=True)
+    # Rows of another store version (the lineage beside the configuration).
+    state = torch.load(folder / "last.pt", weights_only=True)
+    version = state["lineage"]["store_version"]
+    moved = {**state["lineage"], "store_version": version + 1}
+    torch.save({**state, "lineage": moved}, folder / "last.pt")
+    with pytest.raises(ValueError, match=rf"store_version {version + 1} \(now {version}\)$"):
+        cnn.train_cnn(store, resume)
+    # A checkpoint written before TrainConfig (format 1: a dict of some settings).
+    old = {k: v for k, v in state.items() if k not in ("format", "lineage")}
+    torch.save({**old, "config": {"arch": "densenet121", "lr": 0.001}}, folder / "last.pt")
+    with pytest.raises(ValueError, match="format 1, written by an earlier xray train") as info:
+        cnn.train_cnn(store, resume)
+    assert "train again without --resume" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_classify_stores_a_score_per_finding_and_the_report_is_sklearns(trained, store, tmp_path):
@@ -270,9 +325,10 @@ def test_densenet_learns_planted_findings_well_above_chance(tmp_path):
     from xraycore.predict.roc import roc_auc
 
     url = findings_store(tmp_path, n=200, size=64, seed=1)
-    model = cnn.train_cnn(
-        url, targets="findings", contract=cnn_contract(64), epochs=4, batch_size=16, device="cpu"
+    config = TrainConfig(
+        targets="findings", contract=cnn_contract(64), epochs=4, batch_size=16, device="cpu"
     )
+    model = cnn.train_cnn(url, config)
     s = ScanStore.open(url)
     test = s.select(split="test")
     scores = cnn.cnn_scores(
