@@ -26,6 +26,7 @@ from harness import (
     clean_reference,
     committed_batches,
     wait_for,
+    worker_inside_a_batch,
     write_phantoms,
     xray,
     xray_popen,
@@ -177,17 +178,13 @@ def test_worker_container_killed_mid_batch_loses_nothing(
             "--batch-size", str(BATCH), "--scheduler", scheduler,
         )  # fmt: skip
 
-        def busy_worker():
-            """A worker container that is inside a batch, after a first commit."""
-            if not committed_batches(store):
-                return None
-            for address, keys in client.processing().items():
-                if any("process_batch" in str(k) for k in keys):
-                    return address
-            return None
-
         try:
-            victim = wait_for(busy_worker, 90, "a worker container inside a batch", poll=0.005)
+            victim = wait_for(
+                lambda: worker_inside_a_batch(client, store),
+                90,
+                "a worker container inside a batch",
+                poll=0.005,
+            )
         except AssertionError as exc:
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"{exc}; the run said:\n{proc.communicate()[0]}") from None

@@ -120,6 +120,17 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def worker_inside_a_batch(client, store: Path) -> str | None:
+    """The address of a Dask worker of ``client`` that is running a batch task
+    once ``store`` has committed a first batch (so a kill lands mid-run), else None."""
+    if not committed_batches(store):
+        return None
+    for address, keys in client.processing().items():
+        if any("process_batch" in str(k) for k in keys):
+            return address
+    return None
+
+
 def committed_batches(store: Path) -> list[int]:
     """The metadata versions that committed a batch so far (from the table's log,
     as any Delta reader sees it)."""

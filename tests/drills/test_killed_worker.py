@@ -12,6 +12,7 @@ from harness import (
     clean_reference,
     committed_batches,
     wait_for,
+    worker_inside_a_batch,
     write_phantoms,
     xray_popen,
 )
@@ -37,16 +38,12 @@ def test_worker_killed_mid_batch_is_replaced_and_every_row_lands_once(
     with Client(dask_processes, timeout=30) as client:
         pids = client.run(os.getpid)
 
-        def busy_worker():
-            """A worker that has been inside a batch for 100 ms (of ~500)."""
-            if not committed_batches(store):
-                return None
-            for address, keys in client.processing().items():
-                if any("process_batch" in str(k) for k in keys):
-                    return address
-            return None
-
-        victim = wait_for(busy_worker, 60, "a worker inside a batch", poll=0.005)
+        victim = wait_for(
+            lambda: worker_inside_a_batch(client, store),
+            60,
+            "a worker inside a batch",
+            poll=0.005,
+        )
         time.sleep(0.1)  # into the batch, not at its first line
         in_flight = client.processing()[victim]
         os.kill(pids[victim], signal.SIGKILL)
