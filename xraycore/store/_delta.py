@@ -196,12 +196,14 @@ class VersionedTable:
         table = self.open()
         return None if table is None else table.version()
 
-    def read(self):
-        """The rows of this table's version as a pyarrow Table (None: no table)."""
+    def read(self, filters=None):
+        """The rows of this table's version as a pyarrow Table (None: no table);
+        with ``filters`` (delta-rs's: a pyarrow Expression or DNF tuples), those
+        rows only, reading the files whose statistics can hold them."""
         table = self.open()
         if table is None:
             return None
-        return table.to_pyarrow_table()
+        return table.to_pyarrow_table(filters=filters)
 
     def rows(self) -> int:
         """Rows of this version, from the log's file statistics (no data read)."""

@@ -336,12 +336,16 @@ class ScanStore:
         info = commit_info(kind, run_id, pipeline_hash=pipeline_hash, rows=len(rows))
         return self.metadata.merge(table, info, fence=fence)
 
-    def read_metadata(self):
+    def read_metadata(self, rows: list[int] | None = None):
         """All metadata rows of this version, sorted by image_id (None: no rows);
-        a fixed column the table lacks (written before it) is read as null."""
+        a fixed column the table lacks (written before it) is read as null. With
+        ``rows``, the rows whose ``row`` is one of them only (what a few-row
+        reader needs, without holding a large store's table)."""
         import pyarrow as pa
+        import pyarrow.dataset as ds
 
-        table = self.metadata.read()
+        wanted = None if rows is None else ds.field("row").isin([int(r) for r in rows])
+        table = self.metadata.read(wanted)
         if table is None or table.num_rows == 0:
             return None
         fixed = columns.arrow_schema([])

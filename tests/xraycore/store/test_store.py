@@ -415,3 +415,14 @@ def test_shard_keys_name_the_stored_objects_of_every_array(tmp_path):
                 np.testing.assert_array_equal(stored, store.read(name, rows, decode=False))
     assert store.shard_key("preprocessed", 1) == "images.zarr/preprocessed/c/1/0/0"
     assert store.shard_key("histogram", 1) == "images.zarr/histogram/c/1/0"
+
+
+def test_read_metadata_of_some_rows_reads_those_rows_only(tmp_path):
+    images = [phantom_chest(48, seed=i) for i in range(6)]
+    spec = PipelineSpec(size=32, enhance=(), outputs=())
+    store = build_store(str(tmp_path / "store"), png_files(tmp_path, images), spec, batch_size=2)
+    every = store.read_metadata()
+    some = store.read_metadata(rows=[1, 4, 99])
+    assert sorted(some["row"].to_pylist()) == [1, 4]
+    assert some.column_names == every.column_names
+    assert store.read_metadata(rows=[]) is None
