@@ -220,7 +220,9 @@ def process_batch(
     target = ScanStore.open(store, storage_options)
     rows, t0 = [], time.perf_counter()
     pipeline_hash = spec.hash  # a JSON dump and a sha256: once, not per row
-    last: tuple[str, bytes, str] | None = None  # the frames of one file are read once
+    # The frames of one file are read, hashed and their header parsed once:
+    # (uri, bytes, sha256, (header columns, unkeyed) or None).
+    last: tuple[str, bytes, str, tuple[dict, bool] | None] | None = None
     found: list[tuple[int, int]] = []  # (slot, frames) of multi-frame files listed uncounted
     unkeyed = 0
     with target.writer(batch.start, len(batch.items)) as writer:
@@ -238,10 +240,12 @@ def process_batch(
             try:
                 if last is None or last[0] != item.uri:
                     data = Storage.from_url(item.uri, source_options).read_bytes()
-                    last = (item.uri, data, hashlib.sha256(data).hexdigest())
-                data, row["sha256"] = last[1], last[2]
-                if image_format(data) == "dicom":
-                    unkeyed += _header(row, data, pseudonyms)
+                    header = _header(data, pseudonyms)
+                    last = (item.uri, data, hashlib.sha256(data).hexdigest(), header)
+                data, row["sha256"], header = last[1], last[2], last[3]
+                if header is not None:  # a DICOM's: every frame's row has them
+                    row.update(header[0])
+                    unkeyed += header[1]
                 if item.frames is None:  # listed without counting: this is frame 0
                     frames = _frames_in(data)
                     first = counted(item, frames)
@@ -289,16 +293,18 @@ def process_batch(
     }
 
 
-def _header(row: dict[str, Any], data: bytes, pseudonyms: Pseudonyms | None) -> int:
-    """Fill ``row``'s header columns from a DICOM's bytes; 1 when its header
-    names a patient, study or series that no key could pseudonymise."""
+def _header(data: bytes, pseudonyms: Pseudonyms | None) -> tuple[dict[str, Any], bool] | None:
+    """A source file's header columns (None: not a DICOM, or its header cannot be
+    read), and whether it names a patient, study or series that no key could
+    pseudonymise."""
+    if image_format(data) != "dicom":
+        return None
     ds = read_header(data)
     if ds is None:
-        return 0
+        return None
     columns = header_columns(ds, pseudonyms)
     named = columns.pop("_identifiers")
-    row.update(columns)
-    return int(named and pseudonyms is None)
+    return columns, bool(named and pseudonyms is None)
 
 
 def _label(row: dict[str, Any], labels: dict[str, Any]) -> None:

@@ -152,3 +152,38 @@ def test_a_decoding_error_does_not_quote_header_values():
 def test_an_error_text_keeps_keywords_and_drops_quoted_values():
     text = _dicom_error(ValueError("Invalid value 'PLANTED^NAME' for 'PatientName', b'19280304'"))
     assert text == "Invalid value <value> for 'PatientName', <value>"
+
+
+def test_every_frame_of_a_multi_frame_file_gets_its_header_columns(tmp_path, monkeypatch):
+    from xraycore.batch import Batch, process_batch
+    from xraycore.image.pipeline import PipelineSpec
+    from xraycore.sources.catalog import list_sources
+    from xraycore.store import ScanStore
+    from xraycore.store.storage import Storage
+
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = np.stack([np.full((16, 16), 40 * k, np.uint8) for k in range(3)])
+    (src / "series.dcm").write_bytes(make_dicom(frames, header={**PHI, "ViewPosition": "AP"}))
+    listed = list_sources(Storage.from_url(str(src)), None)
+    assert len(listed) == 3
+    spec = PipelineSpec(size=16, enhance=(), outputs=())
+    store = ScanStore.open(str(tmp_path / "store"))
+    store.initialise(spec, batch_size=4)
+    store.ensure_capacity(4)
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    bare = process_batch(Batch(0, tuple(listed)), store=store.storage.url, spec=spec, run_id="a")
+    assert bare["ok"] == 3 and bare["unkeyed"] == 3  # each row's identifiers were dropped
+    keyed = process_batch(
+        Batch(0, tuple(listed)),
+        store=store.storage.url,
+        spec=spec,
+        run_id="b",
+        pseudonyms=Pseudonyms(KEY),
+    )
+    assert keyed["unkeyed"] == 0
+    rows = ScanStore.open(store.storage.url).read_metadata().to_pylist()
+    assert [r["frame"] for r in rows] == [0, 1, 2]
+    assert {(r["patient_id"], r["view_position"]) for r in rows} == {
+        (_hmac("patient_id", "MRN-PLANTED-1"), "AP")
+    }
