@@ -17,12 +17,12 @@ __all__ = ["pseudonyms_from", "with_block_credentials"]
 
 def pseudonyms_from(block: str | None) -> Pseudonyms | None:
     """The pseudonyms of the key in the Prefect ``Secret`` block named ``block``,
-    loaded inside the run (never a flow parameter); without a block, None: each
-    worker uses its environment's ``XRAY_PSEUDONYM_KEY``, which is checked here
-    when this process has one, so that a short key stops the run at its start."""
+    loaded inside the run (never a flow parameter); without a block, those of this
+    process's ``XRAY_PSEUDONYM_KEY`` (None when unset; a short key stops the run
+    here, in one line). Only a block's key is handed to the workers: without one,
+    each worker uses its own environment's."""
     if not block:
-        Pseudonyms.from_environment()  # a short key: refused here, in one line
-        return None
+        return Pseudonyms.from_environment()
     from prefect.blocks.system import Secret
 
     try:

@@ -99,7 +99,7 @@ def preprocess_dataset(
         batch_size = target.initialise(spec, batch_size=batch_size, overwrite=overwrite)
         with DaskCluster(where, delay_s=1.0) as dask_cluster:  # starts while we list and plan
             previous = target.read_metadata()  # read once: for the listing and the plan
-            _check_key(previous, pseudonyms or Pseudonyms.from_environment())
+            _check_key(previous, pseudonyms)
             sources = _list_sources(source, previous, options, started)
             table = read_labels(labels, options) if labels else None
             plan = _plan(target, sources, previous, spec, batch_size, labels=table)
@@ -117,7 +117,7 @@ def preprocess_dataset(
                 run_id=run_id,
                 options=options,
                 commits=_committer(target, run_id, spec.hash),
-                pseudonyms=pseudonyms,
+                pseudonyms=pseudonyms if pseudonym_key_block else None,
             )
             work = {"client": client, "lease": lease, "batch_size": batch_size, "model": model}
             run.process(plan, contract=scoring, **work)
@@ -206,7 +206,7 @@ def _refresh(
     filled, unkeyed = refresh_headers(
         target,
         run_id=run_id,
-        pseudonyms=pseudonyms or Pseudonyms.from_environment(),
+        pseudonyms=pseudonyms,
         source_options=options,
         skip=processed,
     )
