@@ -12,6 +12,10 @@
   commit path, and a store with the same rows committed in one version; three
   nights, each with a no-op, on each, alternating (medians): what the versions
   cost, apart from what the rows cost.
+- ``idle``: the CPU seconds a LocalCluster of 8 workers (1 thread each), as a
+  run starts it, spends over 20 idle seconds, in its worker processes and in
+  this process (scheduler and nannies), with distributed's housekeeping
+  intervals set by hand (a user's config wins) and with the run's own.
 - ``workers``: ``xray run`` over 8,000 tiny PNGs in batches of 16 with
   ``--workers 2`` and with ``--workers 8``, alternating ``--repeat`` times:
   the median images/s of each.
@@ -19,7 +23,7 @@
 Every ``xray run`` is the command line against a Prefect server started here
 (as a user's runs reuse theirs).
 
-    .venv/bin/python benchmarks/bench_nights.py [--parts scale,nights,workers]
+    .venv/bin/python benchmarks/bench_nights.py [--parts scale,nights,year,idle,workers]
         [--images 112120] [--nights 40] [--year 365] [--repeat 3]
 """
 
@@ -39,6 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from servers import free_port, prefect_env, prefect_server_process  # noqa: E402
 
@@ -222,6 +227,44 @@ def _year_rows(night: int, pipeline: str, run: str) -> list[dict]:
     ]  # fmt: skip
 
 
+def _idle_cpu(quiet: bool, workers: int = 8, idle_s: float = 20.0) -> tuple[float, float]:
+    """CPU seconds of a run's LocalCluster over ``idle_s`` idle seconds: its
+    workers', and this process's (scheduler and nannies); ``quiet=False``
+    starts it with distributed's own housekeeping intervals."""
+    import psutil
+
+    import flows.cluster as fc
+
+    spec = fc.resolve_cluster(fc.local_cluster(workers, dashboard_address=":0"))
+    me = psutil.Process()
+
+    def cpu() -> tuple[float, float]:
+        kids = sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
+        return kids, sum(me.cpu_times()[:2])
+
+    saved = fc.HOUSEKEEPING
+    fc.HOUSEKEEPING = saved if quiet else {}
+    try:
+        with fc.DaskCluster(spec) as cluster:
+            cluster.client().wait_for_workers(workers)
+            time.sleep(2)  # the workers' start is not idle time
+            (k0, s0), _, (k1, s1) = cpu(), time.sleep(idle_s), cpu()
+    finally:
+        fc.HOUSEKEEPING = saved
+    return k1 - k0, s1 - s0
+
+
+def _idle(repeat: int) -> None:
+    for attempt in range(repeat):
+        for name, quiet in (("distributed's intervals", False), ("the run's", True)):
+            workers, here = _idle_cpu(quiet)
+            print(
+                f"idle {attempt + 1}: 8 workers, 20 s, {name}: workers {workers:.2f} CPU s, "
+                f"scheduler and nannies {here:.2f} CPU s",
+                flush=True,
+            )
+
+
 def _workers(env: dict, work: Path, repeat: int) -> None:
     source = work / "eight-thousand"
     _pngs(source, 8000)
@@ -246,7 +289,7 @@ def _workers(env: dict, work: Path, repeat: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="scale,nights,year,workers")
+    ap.add_argument("--parts", default="scale,nights,year,idle,workers")
     ap.add_argument("--images", type=int, default=112_120)
     ap.add_argument("--nights", type=int, default=40)
     ap.add_argument("--year", type=int, default=365)
@@ -263,6 +306,8 @@ def main() -> None:
                 _nights(env, work, args.nights)
             if "year" in parts:
                 _year(env, work, args.year)
+            if "idle" in parts:
+                _idle(args.repeat)
             if "workers" in parts:
                 _workers(env, work, args.repeat)
 

@@ -27,6 +27,7 @@ from flows.progress import notify
 __all__ = [
     "DEFAULT_CLUSTER",
     "DEFAULT_WORKER_TIMEOUT_S",
+    "HOUSEKEEPING",
     "WORKER_MALLOC",
     "ClusterSpec",
     "DaskCluster",
@@ -34,6 +35,8 @@ __all__ = [
     "cluster_spec_dirs",
     "load_cluster_spec",
     "local_cluster",
+    "housekeeping",
+    "shipped_defaults",
     "resolve_cluster",
 ]
 
@@ -43,6 +46,29 @@ DEFAULT_CLUSTER = "distributed.LocalCluster"
 # unmapped on every call, and the page faults cost ~30% of a worker's time
 # (shared/MEASUREMENTS.md; measured again in benchmarks/bench_flow.py).
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+#: Dask's housekeeping in a cluster a run starts (its scheduler, nannies and
+#: workers), where the user's Dask config leaves distributed's default.
+#:
+#: - The intervals: the defaults wake every process 50 times a second to time
+#:   its event loop, 10 times for the memory check and 100 times for the
+#:   profiler; 8 idle workers used 14% of a core for it and their scheduler and
+#:   nannies 4%, and 6% and 2% at these (``benchmarks/bench_nights.py --parts
+#:   idle``). A blocked event loop is still reported after 3 s, a worker paused
+#:   or restarted within half a second of crossing its memory limit, and the
+#:   dashboard's profile keeps a sample every 0.1 s.
+#: - The developers' logs: each batched stream keeps its last messages, and the
+#:   scheduler and workers their last transitions and stimuli. The default of
+#:   1,000 kept every batch's task (its inputs' names and labels, ~17 kB) in
+#:   the flow process and its workers, for the first 1,000 batches of each
+#:   worker: the flow's memory grew with the run. 100 keep a recent history.
+HOUSEKEEPING = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.profile.interval": "100ms",
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.admin.low-level-log-length": 100,
+}
 
 #: How long a run waits for its first Dask worker (a queued SLURM job may wait
 #: long); ``worker_timeout_s`` in a cluster spec or XRAY_WORKER_TIMEOUT_S changes it.
@@ -185,6 +211,31 @@ def resolve_cluster(cluster: str | dict[str, Any] | None = None) -> ClusterSpec:
     )
 
 
+def housekeeping() -> dict[str, Any]:
+    """The :data:`HOUSEKEEPING` settings the user's Dask config leaves at
+    distributed's defaults (a value set in a Dask YAML file, a ``DASK_*``
+    variable or ``dask.config.set`` wins)."""
+    import dask
+
+    shipped = shipped_defaults(list(HOUSEKEEPING))
+    return {
+        key: value
+        for key, value in HOUSEKEEPING.items()
+        if dask.config.get(key, None) == shipped[key]
+    }
+
+
+def shipped_defaults(keys: list[str]) -> dict[str, Any]:
+    """The values Dask and distributed ship for ``keys``, whatever the user set."""
+    import dask
+    import distributed  # noqa: F401  (registers distributed's defaults)
+
+    shipped: dict = {}
+    for defaults in dask.config.defaults:
+        dask.config.update(shipped, defaults)
+    return {key: dask.config.get(key, None, config=shipped) for key in keys}
+
+
 def _import_class(path: str):
     module, _, name = path.rpartition(".")
     try:
@@ -234,7 +285,8 @@ class DaskCluster:
             environ = {**(dask.config.get(key, default={}) or {}), **WORKER_MALLOC}
             # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ to 64 KiB for the workers it
             # spawns; glibc reads it at process start, so it is set before spawning.
-            with dask.config.set({key: environ}):
+            # A nanny hands the config of its start to its worker.
+            with dask.config.set({key: environ, **housekeeping()}):
                 self._cluster = cls(**self.spec.cluster_kwargs)
             if self.spec.adapt_kwargs:
                 self._cluster.adapt(**self.spec.adapt_kwargs)
