@@ -277,20 +277,22 @@ class DaskCluster:
             import dask
             from distributed import Client
 
-            if self.spec.address:
-                self._client = Client(self.spec.address, set_as_default=False, timeout=60)
+            if self.spec.address:  # the client's own stream keeps a short log too
+                with dask.config.set(housekeeping()):
+                    self._client = Client(self.spec.address, set_as_default=False, timeout=60)
                 return
             cls = _import_class(self.spec.cluster_class or DEFAULT_CLUSTER)
             key = "distributed.nanny.pre-spawn-environ"
             environ = {**(dask.config.get(key, default={}) or {}), **WORKER_MALLOC}
             # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ to 64 KiB for the workers it
             # spawns; glibc reads it at process start, so it is set before spawning.
-            # A nanny hands the config of its start to its worker.
+            # A nanny hands the config of its start to its worker (an adaptive
+            # cluster's later workers get distributed's defaults).
             with dask.config.set({key: environ, **housekeeping()}):
                 self._cluster = cls(**self.spec.cluster_kwargs)
-            if self.spec.adapt_kwargs:
-                self._cluster.adapt(**self.spec.adapt_kwargs)
-            self._client = Client(self._cluster, set_as_default=False)
+                if self.spec.adapt_kwargs:
+                    self._cluster.adapt(**self.spec.adapt_kwargs)
+                self._client = Client(self._cluster, set_as_default=False)
         except BaseException as exc:  # handed to the caller of client()
             self._error = exc
 

@@ -26,7 +26,7 @@ def _keys() -> list[str]:
 
 
 def _scheduler_view(dask_scheduler) -> dict:
-    (stream,) = dask_scheduler.stream_comms.values()
+    (stream,) = dask_scheduler.stream_comms.values()  # to the one worker
     return {"tick_s": dask_scheduler._tick_interval, "kept": len(stream.recent_message_log)}
 
 
@@ -40,6 +40,7 @@ def _cluster_view(user: dict) -> tuple[dict, dict, dict]:
             client.submit(len, [f"scan{i}-{j}.png" for j in range(32)], pure=False).result()
         (seen,) = client.run(_worker_view).values()
         scheduler = client.run_on_scheduler(_scheduler_view)
+        scheduler["client_kept"] = len(client.scheduler_comm.recent_message_log)
         here = {k: dask.config.get(k) for k in _keys()}
     return seen, scheduler, here
 
@@ -50,8 +51,9 @@ def test_workers_get_the_quiet_intervals_and_the_malloc_settings():
     seen, scheduler, here = _cluster_view({})
     assert seen["config"] == HOUSEKEEPING
     assert seen["tick_s"] == 0.5 and scheduler["tick_s"] == 0.5
-    # The stream to the worker keeps the last 100 of the 150 tasks it sent, not all.
-    assert scheduler["kept"] == 100
+    # The streams to the worker and from the client keep the last 100 of the
+    # 150 tasks they sent, not all.
+    assert scheduler["kept"] == 100 and scheduler["client_kept"] == 100
     assert seen["malloc"] == WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
     # Only the cluster's start saw them: this process's config is as it was.
     assert here["distributed.admin.tick.interval"] == "20ms"
@@ -68,4 +70,17 @@ def test_a_value_the_user_set_wins():
     assert seen["config"]["distributed.worker.profile.interval"] == "7ms"
     assert seen["tick_s"] == 0.05 and scheduler["tick_s"] == 0.05
     assert seen["config"]["distributed.worker.memory.monitor-interval"] == "500ms"
-    assert scheduler["kept"] == 120
+    assert scheduler["kept"] == 120 and scheduler["client_kept"] == 120
+
+
+def test_a_client_of_a_running_scheduler_keeps_a_short_log_too():
+    from distributed import LocalCluster
+
+    from flows.cluster import DaskCluster, resolve_cluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as theirs:
+        with DaskCluster(resolve_cluster(theirs.scheduler_address)) as cluster:
+            client = cluster.client()
+            for i in range(150):
+                client.submit(len, [f"scan{i}-{j}.png" for j in range(32)], pure=False).result()
+            assert len(client.scheduler_comm.recent_message_log) == 100
