@@ -108,6 +108,10 @@ def report_markdown(report: dict) -> str:
     )
 
 
+#: What a panel needs of its row: which scan (and frame), that it is ok, its title.
+_SHEET_COLUMNS = ["row", "status", "source", "frame", "image_id", "patient_id", "view_position"]
+
+
 def comparison_sheet(
     store: ScanStore,
     rows: list[int],
@@ -141,7 +145,7 @@ def comparison_sheet(
         raise ValueError(f"{store.storage.url} is not a store (no {schema.IMAGES})")
     # The rows asked for only: a large store's whole table (or a dict per row) is
     # not what a picture of three rows should cost.
-    meta = store.read_metadata(rows=rows)
+    meta = store.read_metadata(rows=rows, columns=_SHEET_COLUMNS)
     ok: dict[int, dict[str, Any]] = {}
     if meta is not None:  # a store with no rows yet: no row asked for is ok
         chosen = select_rows(meta, url=store.storage.url, empty_ok=True)

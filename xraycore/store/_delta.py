@@ -196,14 +196,18 @@ class VersionedTable:
         table = self.open()
         return None if table is None else table.version()
 
-    def read(self, filters=None):
+    def read(self, filters=None, columns: list[str] | None = None):
         """The rows of this table's version as a pyarrow Table (None: no table);
         with ``filters`` (delta-rs's: a pyarrow Expression or DNF tuples), those
-        rows only, reading the files whose statistics can hold them."""
+        rows only, reading the files whose statistics can hold them; with
+        ``columns``, those of them the table has, in that order."""
         table = self.open()
         if table is None:
             return None
-        return table.to_pyarrow_table(filters=filters)
+        if columns is not None:
+            have = {field.name for field in table.schema().fields}
+            columns = [name for name in columns if name in have]
+        return table.to_pyarrow_table(columns=columns, filters=filters)
 
     def rows(self) -> int:
         """Rows of this version, from the log's file statistics (no data read)."""

@@ -336,21 +336,25 @@ class ScanStore:
         info = commit_info(kind, run_id, pipeline_hash=pipeline_hash, rows=len(rows))
         return self.metadata.merge(table, info, fence=fence)
 
-    def read_metadata(self, rows: list[int] | None = None):
+    def read_metadata(self, rows: list[int] | None = None, columns: list[str] | None = None):
         """All metadata rows of this version, sorted by image_id (None: no rows);
         a fixed column the table lacks (written before it) is read as null. With
-        ``rows``, the rows whose ``row`` is one of them only (what a few-row
-        reader needs, without holding a large store's table)."""
+        ``rows``, the rows whose ``row`` is one of them only, and with ``columns``
+        those columns only (what a few-row reader needs, without decoding a
+        large store's whole table)."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
+        from xraycore.store.columns import arrow_schema
+
         wanted = None if rows is None else ds.field("row").isin([int(r) for r in rows])
-        table = self.metadata.read(wanted)
+        if columns is not None:
+            columns = list(dict.fromkeys(["image_id", *columns]))
+        table = self.metadata.read(wanted, columns=columns)
         if table is None or table.num_rows == 0:
             return None
-        fixed = columns.arrow_schema([])
-        for field in fixed:
-            if field.name not in table.column_names:
+        for field in arrow_schema([]):
+            if field.name not in table.column_names and (columns is None or field.name in columns):
                 table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         return table.sort_by([("image_id", "ascending")])
 

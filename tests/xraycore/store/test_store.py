@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from stores import build_store, png_files, source_files
 
@@ -426,3 +428,20 @@ def test_read_metadata_of_some_rows_reads_those_rows_only(tmp_path):
     assert sorted(some["row"].to_pylist()) == [1, 4]
     assert some.column_names == every.column_names
     assert store.read_metadata(rows=[]) is None
+    # Some columns of some rows: those columns (image_id always, for the order),
+    # one the table does not have left out.
+    few = store.read_metadata(rows=[4, 1], columns=["row", "status", "patient_id", "nonesuch"])
+    assert few.column_names == ["image_id", "row", "status", "patient_id"]
+    assert (
+        few.to_pylist()
+        == every.filter(pc.is_in(every["row"], pa.array([1, 4])))
+        .select(few.column_names)
+        .to_pylist()
+    )
+    # A table written before a fixed column: asked for, it reads as null.
+    from xraycore.store._delta import commit_info
+
+    store.metadata.replace(every.drop_columns(["patient_id"]), commit_info("batch", "older"))
+    old = store.read_metadata(rows=[1], columns=["patient_id", "source"])
+    assert old.column_names == ["image_id", "source", "patient_id"]
+    assert old["patient_id"].to_pylist() == [None] and old["patient_id"].type == pa.string()
