@@ -41,7 +41,7 @@ _HEADS_AT_ONCE = 512
 _DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """One input: where it is, its id in the store, and what the listing says of it.
 
