@@ -33,11 +33,11 @@ __all__ = [
     "DaskCluster",
     "check_cluster_spec",
     "cluster_spec_dirs",
+    "housekeeping",
     "load_cluster_spec",
     "local_cluster",
-    "housekeeping",
-    "shipped_defaults",
     "resolve_cluster",
+    "shipped_defaults",
 ]
 
 DEFAULT_CLUSTER = "distributed.LocalCluster"
