@@ -18,7 +18,8 @@ On local disk and on a moto S3 server (its own process, loopback), into a table 
 ``--table-rows`` rows (filled by writing them as files, committed in one version,
 then compacted by ``finish_run``). Per configuration: batches/s accepted (batches
 committed over the time from the first hand-off to the last commit), versions
-added, group commits (new path: they must equal the versions), the worker's
+added, group commits (new path: they must equal the versions), the commits
+that lost a race to another and were made again (``conflicts``), the worker's
 median seconds per batch (``write_rows``; ``commit_rows`` in the old path), the
 95th percentile of a batch's seconds from hand-off to committed, and the files a
 run's end found uncommitted. Ratios: new path at the most workers over the old
@@ -88,6 +89,7 @@ class Result:
     wall_s: float = 0.0
     versions: int = 0
     groups: int | None = None
+    conflicts: int = 0
     worker_s: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     uncommitted: int = 0
@@ -140,7 +142,8 @@ def _worker(inbox, outbox) -> None:
         inbox.get()  # go
         for number in job.numbers:
             _hand_over(store, job, number, outbox)
-        outbox.put(("end", None, 0.0, 0.0))
+        # The commits of this worker that lost a race and were made again (old path).
+        outbox.put(("end", store.metadata.conflicts_retried, 0.0, 0.0))
 
 
 def _hand_over(store, job: Job, number: int, outbox) -> None:
@@ -276,6 +279,7 @@ def _collect(workers: Workers, n: int, result: Result, commits=None) -> float:
         kind, written, seconds, began = workers._next()
         if kind == "end":
             ended += 1
+            result.conflicts += written
             continue
         result.worker_s.append(seconds)
         if commits is None:  # merged by the worker: committed when it returned
@@ -313,6 +317,7 @@ def measure(workers: Workers, target: Target, spec, args, path: str, n: int) -> 
     result.wall_s = _collect(workers, n, result, commits) - began
     result.versions = store.metadata.current_version() - first
     result.groups = None if commits is None else commits.group
+    result.conflicts += store.metadata.conflicts_retried  # the committer's (new path)
     result.uncommitted = len(store.end_run(run_id))
     return result
 
@@ -343,7 +348,7 @@ def run_backend(workers: Workers, backend: str, folder: Path, endpoint, spec, ar
 # -- the report -------------------------------------------------------------------
 HEADER = (
     "backend table_rows path workers batches  wall_s batches/s versions groups"
-    " worker_med_s p95_to_commit_s uncommitted"
+    " conflicts worker_med_s p95_to_commit_s uncommitted"
 )
 
 
@@ -351,7 +356,7 @@ def _line(r: Result) -> str:
     groups = "-" if r.groups is None else str(r.groups)
     return (
         f"{r.backend:7s} {r.table_rows:10d} {r.path:4s} {r.workers:7d} {r.batches:7d}"
-        f" {r.wall_s:7.2f} {r.rate:9.1f} {r.versions:8d} {groups:>6s}"
+        f" {r.wall_s:7.2f} {r.rate:9.1f} {r.versions:8d} {groups:>6s} {r.conflicts:9d}"
         f" {r.worker_median:12.4f} {r.p95:15.3f} {r.uncommitted:11d}"
     )
 
@@ -394,6 +399,13 @@ def report_ratios(results: list[Result], args) -> None:
                 f"{backend} {path} path worker s/batch at {large} rows / at {small}: "
                 f"{', '.join(parts)}{goal}"
             )
+    for path in ("new", "old") if args.old else ("new",):
+        mine = [r for r in results if r.path == path]
+        print(
+            f"{path} path: {sum(r.conflicts for r in mine)} commit conflicts retried in"
+            f" {sum(r.batches for r in mine)} batches (the most in one configuration:"
+            f" {max(r.conflicts for r in mine)})"
+        )
     bad = [r for r in results if r.path == "new" and r.versions != r.groups]
     print(
         "new path: versions = group commits in every configuration"

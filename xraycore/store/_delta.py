@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,6 +149,9 @@ class VersionedTable:
     time_column: str
     nullable_key: tuple[str, ...] = ()
     version: int | None = None
+    #: Commits of this object that lost a race (a conflicting commit, or a table
+    #: made meanwhile) and were made again on the new version.
+    conflicts_retried: int = field(default=0, compare=False)
 
     @property
     def uri(self) -> str:
@@ -375,7 +378,7 @@ class VersionedTable:
             except Exception as exc:
                 if not (_conflict(exc) or _exists(exc)) or attempt == _ATTEMPTS - 1:
                     raise
-                time.sleep(random.uniform(0, min(_MAX_BACKOFF_S, 0.01 * 2**attempt)))
+                self._lost_race(attempt)
         raise AssertionError("unreachable")
 
     def commit_files(
@@ -431,8 +434,13 @@ class VersionedTable:
             except Exception as exc:
                 if not _conflict(exc) or attempt == _ATTEMPTS - 1:
                     raise
-                time.sleep(random.uniform(0, min(_MAX_BACKOFF_S, 0.01 * 2**attempt)))
+                self._lost_race(attempt)
         raise AssertionError("unreachable")
+
+    def _lost_race(self, attempt: int) -> None:
+        """Count a commit that lost a race, and wait a random backoff before the next."""
+        self.conflicts_retried += 1
+        time.sleep(random.uniform(0, min(_MAX_BACKOFF_S, 0.01 * 2**attempt)))
 
     def _with_columns(self, target, files: list[TableFile], info: dict[str, str]):
         """``target``, with the columns of ``files`` it lacks added first (label

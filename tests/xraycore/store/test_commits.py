@@ -186,6 +186,30 @@ def test_a_group_whose_acknowledgement_was_lost_is_retried_without_a_second_comm
     assert len(_keys(store)) == 4
 
 
+def test_a_group_commit_that_loses_a_race_is_made_again_and_counted(tmp_path, monkeypatch):
+    """Another commit lands between the committer's read of the table and its
+    commit (a property change, which conflicts with every commit): the group is
+    committed once, on the new version, and the lost race is counted."""
+    from xraycore.store._delta import VersionedTable, commit_info
+
+    store = _store(tmp_path)
+    other = ScanStore.open(store.storage.url).metadata
+    reads = VersionedTable._with_columns
+
+    def read_then_someone_commits(self, target, files, info):
+        if self.conflicts_retried == 0:
+            other.set_properties({"xray.writer": "r1"}, commit_info("fence", "r1"))
+        return reads(self, target, files, info)
+
+    monkeypatch.setattr(VersionedTable, "_with_columns", read_then_someone_commits)
+    files = [store.write_rows(_rows(0, 4, "r1"), run_id="r1", part=0)]
+    before = store.version
+    assert store.commit_row_files(files, run_id="r1", group=1, fence="r1")
+    assert store.metadata.conflicts_retried == 1
+    assert store.version == before + 2  # the other commit, then the group's, once
+    assert len(_keys(store)) == 4
+
+
 def test_first_commit_wait_from_the_environment(monkeypatch):
     monkeypatch.setenv("XRAY_COMMIT_FIRST_S", "0")
     assert first_commit_s() == 0.0 and GroupCommits(lambda *a: True).first_s == 0.0
