@@ -404,7 +404,7 @@ def report_ratios(results: list[Result], args) -> None:
         print(
             f"{path} path: {sum(r.conflicts for r in mine)} commit conflicts retried in"
             f" {sum(r.batches for r in mine)} batches (the most in one configuration:"
-            f" {max(r.conflicts for r in mine)})"
+            f" {max((r.conflicts for r in mine), default=0)})"
         )
     bad = [r for r in results if r.path == "new" and r.versions != r.groups]
     print(
